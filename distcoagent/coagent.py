@@ -1,0 +1,215 @@
+"""A coagent: its definition (``Coagent``) and its running state over a batch (``CoagentUnit``).
+
+``Coagent`` is a frozen description: name, declared inputs, policy, execution
+function, learning rule, features, initial-output distribution.  ``CoagentUnit``
+runs one coagent over a batch of ``trials x envs_per_trial`` environments: it owns
+the parameters (one copy per trial), the rule's traces, the reward stream since
+its last execution, its clock and its counters.  Engines only call ``begin_episode``,
+``act`` and ``observe``; the Ray engine wraps the same unit in an actor, unchanged.
+
+Inputs are named ``"obs"`` (the environment observation), ``"NAME"`` (coagent NAME's
+output at this tick; NAME must come earlier) or ``"prev:NAME"`` (NAME's output at
+the previous tick, any coagent, itself included).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+
+from .execution import Constant, Execution
+from .features import Encoder, InputSpace, ObservationFeatures
+from .policies import Policy
+from .rng import Stream, categorical
+from .rules import LearningRule
+
+EXECUTION_SLOT = 0
+INITIAL_OUTPUT_SLOT = 48
+
+
+class NonFiniteError(FloatingPointError):
+    """A NaN or infinity reached a coagent; names the coagent and the tick."""
+
+
+def parse_input(name: str) -> tuple[str, str]:
+    """'obs' -> ('obs', ''); 'prev:a' -> ('prev', 'a'); 'a' -> ('cur', 'a')."""
+    if name == "obs":
+        return "obs", ""
+    if name.startswith("prev:"):
+        return "prev", name[5:]
+    return "cur", name
+
+
+@dataclass(frozen=True)
+class Coagent:
+    """One coagent of a network.
+
+    name: unique name, used by other coagents' inputs.
+    inputs: declared inputs, in order ("obs", "NAME", "prev:NAME").
+    policy: its stochastic policy (``policies.Softmax(n)``, ``Bernoulli()``, ``Gaussian(d)``).
+    execution: its execution function beta (default: execute at every tick).
+    rule: its learning rule (default: frozen).
+    features: "tabular" (all inputs discrete), or an ObservationFeatures for "obs" with
+        one-hot codes of discrete inputs (linear); None picks tabular when it can.
+    initial: U_{-1}: "uniform" over discrete outputs, a list of probabilities, or "zeros".
+    init_scale: parameters start at N(0, init_scale**2) per trial (0: all zeros).
+    """
+
+    name: str
+    inputs: tuple[str, ...]
+    policy: Policy
+    execution: Execution = field(default_factory=lambda: Constant(1.0))
+    rule: LearningRule = field(default_factory=LearningRule)
+    features: str | ObservationFeatures | None = None
+    initial: str | tuple[float, ...] = "uniform"
+    init_scale: float = 0.0
+
+    def __post_init__(self):
+        object.__setattr__(self, "inputs", tuple(self.inputs))
+        if isinstance(self.initial, list):
+            object.__setattr__(self, "initial", tuple(self.initial))
+
+    def sources(self, kind: str) -> list[str]:
+        """Names of coagents read with kind 'cur' or 'prev'."""
+        return [n for k, n in map(parse_input, self.inputs) if k == kind]
+
+
+class CoagentUnit:
+    """The running state of one coagent over a batch; see the module docstring."""
+
+    def __init__(self, coagent: Coagent, input_spaces: Sequence[InputSpace], trials: int,
+                 envs_per_trial: int, gamma_atomic: float, seed: int, trial_offset: int = 0):
+        self.coagent = coagent
+        self.name = coagent.name
+        self.policy = coagent.policy
+        self.rule = coagent.rule
+        self.trials, self.envs_per_trial = trials, envs_per_trial
+        self.batch = trials * envs_per_trial
+        self.gamma_atomic = gamma_atomic
+        self.env_ids = trial_offset * envs_per_trial + np.arange(self.batch)
+        self.stream = Stream.from_seed(seed, "coagent:" + coagent.name)
+        tabular = coagent.features == "tabular" or (
+            coagent.features is None and all(s.discrete for s in input_spaces))
+        obs_pos = [k for k, name in enumerate(coagent.inputs) if name == "obs"]
+        self.encoder = Encoder(input_spaces, tabular,
+                               None if isinstance(coagent.features, str) else coagent.features, obs_pos)
+        self.output_space = coagent.policy.output_space()
+        self.params = coagent.policy.init_params(self.encoder.size, trials)
+        self.policy_param_names = tuple(self.params)
+        if coagent.init_scale > 0:
+            for t in range(trials):
+                rng = np.random.default_rng([seed, trial_offset + t, len(coagent.name), 7])
+                for k in self.policy.linear_params:
+                    self.params[k][t] = rng.normal(0.0, coagent.init_scale, self.params[k][t].shape)
+        self.rule_state = coagent.rule.init_state(self)
+        B = self.batch
+        shape = (B,) if self.output_space.discrete else (B, self.output_space.dim)
+        self.output = np.zeros(shape, dtype=np.int64 if self.output_space.discrete else np.float64)
+        self.stream_reward = np.zeros(B)      # Rbar since the last execution
+        self.stream_discount = np.ones(B)     # gamma_atomic ** (ticks since the last execution)
+        self.executed_this_episode = np.zeros(B, dtype=bool)
+        self.last_execution_tick = np.zeros(B, dtype=np.int64)
+        self.episode_tick = np.zeros(B, dtype=np.int64)
+        self.env_tick = np.zeros(B, dtype=np.int64)  # this unit's atomic clock per environment
+        self.counters = {"ticks": 0, "executions": 0, "updates": 0, "episodes": 0}
+        self._env_labels = None
+
+    # ------------------------------------------------------------------ helpers for rules
+    def count_updates(self, mask: np.ndarray) -> None:
+        self.counters["updates"] += int(mask.sum())
+
+    def check_finite(self, values: np.ndarray, what: str) -> None:
+        bad = ~np.isfinite(values)
+        if bad.any():
+            b = int(np.flatnonzero(bad)[0])
+            raise NonFiniteError(
+                f"coagent {self.name!r}: non-finite {what} at atomic tick {int(self.env_tick[b])} "
+                f"(environment {int(self.env_ids[b])}, episode tick {int(self.episode_tick[b])})")
+
+    # ------------------------------------------------------------------ engine interface
+    def begin_episode(self, mask: np.ndarray) -> np.ndarray:
+        """Start new episodes where ``mask``: draw U_{-1} from h, reset stream and traces."""
+        initial = self.coagent.initial
+        if self.output_space.discrete:
+            n = self.output_space.n
+            probs = np.full(n, 1.0 / n) if initial == "uniform" else np.asarray(initial, dtype=np.float64)
+            u = self.stream.uniform(self.env_ids, self.env_tick, INITIAL_OUTPUT_SLOT)
+            draw = categorical(np.broadcast_to(probs, (self.batch, n)), u)
+            self.output[mask] = draw[mask]
+        else:
+            self.output[mask] = 0.0
+        self.rule.reset(self, mask)
+        self.stream_reward[mask] = 0.0
+        self.stream_discount[mask] = 1.0
+        self.executed_this_episode[mask] = False
+        self.episode_tick[mask] = 0
+        return self.output.copy()
+
+    def local_state(self, values: Sequence[np.ndarray]):
+        return self.encoder(values)
+
+    def act(self, values: Sequence[np.ndarray], active: np.ndarray, drivers: dict | None = None,
+            shared_value: np.ndarray | None = None) -> np.ndarray:
+        """One atomic tick: maybe execute (learning first from the closed interval), else hold."""
+        x = self.encoder(values)
+        beta = self.coagent.execution.beta(x, self.episode_tick, drivers or {})
+        executes = (self.stream.uniform(self.env_ids, self.env_tick, EXECUTION_SLOT) < beta) & active
+        closing = executes & self.executed_this_episode
+        if closing.any():
+            self.rule.close(self, closing, self.rule.value_next(self, x, shared_value))
+        stats = self.policy.forward(self.params, x)
+        self.check_finite(stats[0] if isinstance(stats, tuple) else stats, "policy output")
+        sampled = self.policy.sample(stats, self.stream, self.env_ids, self.env_tick)
+        if executes.any():
+            self.rule.open(self, x, executes, self.policy.score(stats, sampled), shared_value)
+        self.output[executes] = sampled[executes]
+        self.stream_reward[executes] = 0.0
+        self.stream_discount[executes] = 1.0
+        self.last_execution_tick[executes] = self.episode_tick[executes]
+        self.executed_this_episode |= executes
+        self.counters["executions"] += int(executes.sum())
+        self.counters["ticks"] += int(active.sum())
+        self.last_executed = executes
+        return self.output.copy()
+
+    def observe(self, reward: np.ndarray, ended: np.ndarray, active: np.ndarray) -> None:
+        """The tick's reward (0 between environment steps); close intervals of ended episodes."""
+        self.check_finite(reward, "reward")
+        self.stream_reward += self.stream_discount * reward
+        self.stream_discount *= self.gamma_atomic
+        ending = ended & active & self.executed_this_episode
+        if ending.any():
+            self.rule.close(self, ending, np.zeros(self.batch))
+            self.rule.finish(self, ending)
+        self.counters["episodes"] += int((ended & active).sum())
+        self.env_tick += 1
+        self.episode_tick += 1
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict:
+        """Everything that evolves, as plain arrays and numbers (msgpack-able via serialize)."""
+        return {
+            "params": {k: v.copy() for k, v in self.params.items()},
+            "rule_state": {k: v.copy() for k, v in self.rule_state.items()},
+            "output": self.output.copy(),
+            "stream_reward": self.stream_reward.copy(),
+            "stream_discount": self.stream_discount.copy(),
+            "executed_this_episode": self.executed_this_episode.copy(),
+            "last_execution_tick": self.last_execution_tick.copy(),
+            "episode_tick": self.episode_tick.copy(),
+            "env_tick": self.env_tick.copy(),
+            "counters": dict(self.counters),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        for k, v in state["params"].items():
+            if k not in self.params or self.params[k].shape != np.shape(v):
+                raise ValueError(f"coagent {self.name!r}: parameter {k!r} has shape {np.shape(v)}, "
+                                 f"expected {self.params[k].shape if k in self.params else 'no such parameter'}")
+            self.params[k] = np.array(v, dtype=np.float64)
+        self.rule_state = {k: np.array(v) for k, v in state["rule_state"].items()}
+        for k in ("output", "stream_reward", "stream_discount", "executed_this_episode",
+                  "last_execution_tick", "episode_tick", "env_tick"):
+            setattr(self, k, np.array(state[k], dtype=getattr(self, k).dtype))
+        self.counters = dict(state["counters"])

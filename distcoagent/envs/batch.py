@@ -1,0 +1,65 @@
+"""A batch of environments behind one small interface, with autoreset on the same step.
+
+``reset() -> obs``; ``step(actions) -> (obs, reward, terminated, truncated)``, where
+an ended environment's ``obs`` is already the first observation of its next episode.
+The built-in gridworld is stepped natively with numpy; any other gymnasium id runs
+in gymnasium's ``SyncVectorEnv``.  Environment ``b`` is seeded from the run's seed
+and its global index ``b`` alone, so it does not matter how the batch is split.
+"""
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+
+
+def env_seed(seed: int, env_index: int) -> int:
+    """The seed of global environment ``env_index`` in a run seeded with ``seed``."""
+    return int(np.random.SeedSequence([int(seed), int(env_index), 0xE5]).generate_state(1)[0])
+
+
+class GymBatch:
+    """``num_envs`` copies of a gymnasium env in a SyncVectorEnv with same-step autoreset."""
+
+    def __init__(self, env_id: str, num_envs: int, seed: int, env_offset: int = 0, **kwargs):
+        probe = gym.make(env_id, **kwargs)  # unknown ids raise gymnasium's error, with its suggestion
+        self.observation_space = probe.observation_space
+        self.action_space = probe.action_space
+        self.single = probe
+        self.num_envs = num_envs
+        self.vector = gym.vector.SyncVectorEnv(
+            [lambda: gym.make(env_id, **kwargs) for _ in range(num_envs)],
+            autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+        self._seeds = [env_seed(seed, env_offset + b) for b in range(num_envs)]
+
+    def reset(self):
+        obs, _ = self.vector.reset(seed=self._seeds)
+        return obs
+
+    def step(self, actions):
+        if isinstance(self.action_space, gym.spaces.Box):
+            actions = np.clip(actions, self.action_space.low, self.action_space.high)
+        obs, reward, terminated, truncated, _ = self.vector.step(actions)
+        return obs, np.asarray(reward, dtype=np.float64), np.asarray(terminated), np.asarray(truncated)
+
+    def transition_model(self):
+        model = getattr(self.single.unwrapped, "transition_model", None)
+        if model is None:
+            raise TypeError("this environment exposes no transition model (needed for exact evaluation)")
+        return model()
+
+    def close(self):
+        self.vector.close()
+
+
+def make_batch(env_id: str, num_envs: int, seed: int, env_offset: int = 0, **kwargs):
+    """The batch for ``env_id``: native for the built-in gridworld, gymnasium's otherwise."""
+    from . import GRIDWORLD_ID
+    from .gridworld import GridWorldBatch
+
+    if env_id == GRIDWORLD_ID:
+        unknown = set(kwargs) - {"size", "start", "goal", "max_steps"}
+        if unknown:
+            raise ValueError(f"env: unknown gridworld option(s) {sorted(unknown)}; "
+                             "expected size, start, goal, max_steps")
+        return GridWorldBatch(num_envs, **kwargs)
+    return GymBatch(env_id, num_envs, seed, env_offset, **kwargs)

@@ -1,0 +1,202 @@
+"""Local states: how a coagent turns its declared inputs into what its policy reads.
+
+A local state is either *tabular* (one index per environment, the declared discrete
+inputs in mixed radix, first input most significant, so parameters read
+``theta[x_1, ..., x_n, output]``) or a *feature vector* (observation features, one-hot
+codes of discrete inputs, raw continuous inputs, and a bias).  Both expose the two
+operations every linear-in-parameters policy and critic needs, batched over trials
+(parameter groups ``P``) and the environments of each trial (``E``, with ``B = P*E``):
+
+- ``linear(W)``: ``x . W`` per environment, ``W`` of shape ``(P, n, K)`` -> ``(B, K)``;
+- ``add_outer(z, g, mask)``: ``z[p, e] += mask * outer(x, g)`` for traces ``(P, E, n, K)``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class InputSpace:
+    """What one input carries: ``n`` discrete values, or a float vector of ``dim``."""
+
+    n: int | None = None
+    dim: int | None = None
+    low: np.ndarray | None = field(default=None, compare=False)
+    high: np.ndarray | None = field(default=None, compare=False)
+
+    @property
+    def discrete(self) -> bool:
+        return self.n is not None
+
+
+class LocalState:
+    """Base class; see the module docstring."""
+
+    size: int
+
+
+class TabularState(LocalState):
+    def __init__(self, index: np.ndarray, size: int):
+        self.index = index
+        self.size = size
+
+    def linear(self, W: np.ndarray) -> np.ndarray:
+        P = W.shape[0]
+        E = self.index.shape[0] // P
+        return W[np.repeat(np.arange(P), E), self.index]
+
+    def add_outer(self, z: np.ndarray, g: np.ndarray, mask: np.ndarray) -> None:
+        P, E = z.shape[:2]
+        flat = z.reshape(P * E, self.size, -1)
+        rows = np.flatnonzero(mask)
+        flat[rows, self.index[rows]] += g[rows]
+
+    def outer(self, g: np.ndarray) -> np.ndarray:
+        out = np.zeros((g.shape[0], self.size, g.shape[1]))
+        out[np.arange(g.shape[0]), self.index] = g
+        return out
+
+
+class FeatureState(LocalState):
+    def __init__(self, phi: np.ndarray):
+        self.phi = phi
+        self.size = phi.shape[1]
+
+    def linear(self, W: np.ndarray) -> np.ndarray:
+        P = W.shape[0]
+        phi = self.phi.reshape(P, -1, self.size)
+        return np.einsum("pef,pfk->pek", phi, W).reshape(self.phi.shape[0], -1)
+
+    def add_outer(self, z: np.ndarray, g: np.ndarray, mask: np.ndarray) -> None:
+        P, E = z.shape[:2]
+        z += (mask[:, None, None] * self.phi[:, :, None] * g[:, None, :]).reshape(z.shape)
+
+    def outer(self, g: np.ndarray) -> np.ndarray:
+        return self.phi[:, :, None] * g[:, None, :]
+
+
+# ----------------------------------------------------------------------------- encoders
+class ObservationFeatures:
+    """Turns a Box observation batch ``(B, d)`` into features ``(B, F)``."""
+
+    def size(self, space: InputSpace) -> int:
+        raise NotImplementedError
+
+    def __call__(self, obs: np.ndarray, space: InputSpace) -> np.ndarray:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class Raw(ObservationFeatures):
+    """The observation itself, optionally scaled into [0, 1] by the space's bounds."""
+
+    def size(self, space):
+        return space.dim
+
+    def __call__(self, obs, space):
+        return np.asarray(obs, dtype=np.float64).reshape(obs.shape[0], -1)
+
+
+def _unit_box(obs: np.ndarray, space: InputSpace, name: str) -> np.ndarray:
+    if space.low is None or not np.all(np.isfinite(space.low)) or not np.all(np.isfinite(space.high)):
+        raise ValueError(
+            f"features: {name} needs finite observation bounds; give `low` and `high` "
+            "in the features table (the environment's Box space is unbounded)"
+        )
+    x = (np.asarray(obs, dtype=np.float64) - space.low) / (space.high - space.low)
+    return np.clip(x, 0.0, 1.0)
+
+
+@dataclass(frozen=True)
+class Fourier(ObservationFeatures):
+    """Fourier basis of order ``order`` (Konidaris et al. 2011) on the unit box."""
+
+    order: int = 3
+
+    def _coefficients(self, dim: int) -> np.ndarray:
+        grids = np.meshgrid(*[np.arange(self.order + 1)] * dim, indexing="ij")
+        return np.stack([g.ravel() for g in grids], axis=1).astype(np.float64)
+
+    def size(self, space):
+        return (self.order + 1) ** space.dim
+
+    def __call__(self, obs, space):
+        return np.cos(np.pi * _unit_box(obs, space, "fourier") @ self._coefficients(space.dim).T)
+
+
+@dataclass(frozen=True)
+class TileCoding(ObservationFeatures):
+    """``tilings`` offset grids of ``tiles`` per dimension over the unit box; one active tile each."""
+
+    tilings: int = 8
+    tiles: int = 4
+
+    def size(self, space):
+        return self.tilings * (self.tiles + 1) ** space.dim
+
+    def __call__(self, obs, space):
+        x = _unit_box(obs, space, "tile coding")
+        B, d = x.shape
+        per_tiling = (self.tiles + 1) ** d
+        phi = np.zeros((B, self.size(space)))
+        radix = (self.tiles + 1) ** np.arange(d)
+        for k in range(self.tilings):
+            offset = k / (self.tilings * self.tiles)
+            cell = np.minimum(np.floor((x + offset) * self.tiles), self.tiles).astype(np.int64)
+            phi[np.arange(B), k * per_tiling + cell @ radix] = 1.0
+        return phi
+
+
+FEATURES = {"raw": Raw, "fourier": Fourier, "tile": TileCoding}
+
+
+class Encoder:
+    """Builds a coagent's local state from its inputs' batches, in declared order."""
+
+    def __init__(self, spaces: Sequence[InputSpace], tabular: bool, obs_features: ObservationFeatures | None,
+                 obs_positions: Sequence[int] = ()):
+        self.spaces = list(spaces)
+        self.tabular = tabular
+        self.obs_features = obs_features or Raw()
+        self.obs_positions = set(obs_positions)
+        if tabular:
+            self.radix = []
+            size = 1
+            for space in reversed(self.spaces):
+                self.radix.insert(0, size)
+                size *= space.n
+            self.size = size
+        else:
+            sizes = []
+            for k, space in enumerate(self.spaces):
+                if space.discrete:
+                    sizes.append(space.n)
+                else:
+                    sizes.append(self.obs_features.size(space) if k in self.obs_positions else space.dim)
+            self.size = int(sum(sizes)) + 1  # + bias
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """The table shape of a tabular local state (one axis per input)."""
+        return tuple(s.n for s in self.spaces) if self.tabular else (self.size,)
+
+    def __call__(self, values: Sequence[np.ndarray]) -> LocalState:
+        if self.tabular:
+            index = np.zeros(np.asarray(values[0]).shape[0], dtype=np.int64)
+            for value, r in zip(values, self.radix):
+                index += np.asarray(value, dtype=np.int64) * r
+            return TabularState(index, self.size)
+        parts = []
+        for k, (value, space) in enumerate(zip(values, self.spaces)):
+            value = np.asarray(value)
+            if space.discrete:
+                parts.append(np.eye(space.n)[value.astype(np.int64)])
+            elif k in self.obs_positions:
+                parts.append(self.obs_features(value, space))
+            else:
+                parts.append(value.reshape(value.shape[0], -1).astype(np.float64))
+        parts.append(np.ones((parts[0].shape[0] if parts else 0, 1)))
+        return FeatureState(np.concatenate(parts, axis=1))

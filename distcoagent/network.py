@@ -1,0 +1,296 @@
+"""A coagent network: coagents, the action, the discount, the tick rate, an optional shared critic.
+
+``Network`` validates its structure when built (unknown inputs, same-tick cycles,
+duplicate names) and against an environment's spaces in ``input_spaces``.
+``NetworkBatch`` runs one batch of it (one micro-batch of trials): the coagent units
+in topological order of the same-tick edges, and the shared critic.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from graphlib import CycleError, TopologicalSorter
+from typing import Sequence
+
+import gymnasium as gym
+import numpy as np
+
+from .coagent import Coagent, CoagentUnit, parse_input
+from .features import Encoder, InputSpace, ObservationFeatures
+from .policies import Gaussian
+
+
+class SpecError(ValueError):
+    """A network or run description is malformed; the message names the field."""
+
+
+@dataclass(frozen=True)
+class SharedCritic:
+    """One critic V(s) over the environment state, TD(lambda) per environment step, read by
+    every coagent whose rule says critic = "shared".
+
+    step: critic step size; lam: trace decay; features: for Box observations.
+    """
+
+    step: float = 0.1
+    lam: float = 0.7
+    features: ObservationFeatures | None = None
+
+    def __post_init__(self):
+        if not np.isfinite(self.step) or self.step < 0:
+            raise SpecError(f"critic.step: expected a finite step size >= 0, got {self.step!r}")
+        if not 0 <= self.lam <= 1:
+            raise SpecError(f"critic.lam: expected lambda in [0, 1], got {self.lam!r}")
+
+    def to_config(self):
+        return {"step": self.step, "lam": self.lam,
+                "features": None if self.features is None else type(self.features).__name__}
+
+
+def space_of(space: gym.Space) -> InputSpace:
+    if isinstance(space, gym.spaces.Discrete):
+        return InputSpace(n=int(space.n))
+    if isinstance(space, gym.spaces.Box):
+        return InputSpace(dim=int(np.prod(space.shape)), low=space.low.ravel(), high=space.high.ravel())
+    raise SpecError(f"env: observation space {space} is not supported; expected Discrete or Box")
+
+
+@dataclass(frozen=True)
+class Network:
+    """coagents: in any order; action: the coagent (or tuple of coagents) whose output is
+    the action; gamma: discount per environment step; ticks_per_step: atomic ticks per
+    environment step (k); critic: a SharedCritic, needed if a rule uses critic="shared"."""
+
+    coagents: tuple[Coagent, ...]
+    action: str | tuple[str, ...]
+    gamma: float = 0.99
+    ticks_per_step: int = 1
+    critic: SharedCritic | None = None
+    order: tuple[str, ...] = field(init=False, default=())
+
+    def __post_init__(self):
+        object.__setattr__(self, "coagents", tuple(self.coagents))
+        if isinstance(self.action, list):
+            object.__setattr__(self, "action", tuple(self.action))
+        names = [c.name for c in self.coagents]
+        if not names:
+            raise SpecError("coagents: expected at least one coagent")
+        dup = {n for n in names if names.count(n) > 1}
+        if dup:
+            raise SpecError(f"coagents: duplicate name(s) {sorted(dup)}")
+        for n in names:
+            if not n or n == "obs" or ":" in n:
+                raise SpecError(f"coagents.name: {n!r} is not allowed (empty, 'obs', or contains ':')")
+        if not 0 < self.gamma <= 1:
+            raise SpecError(f"gamma: expected a discount in (0, 1], got {self.gamma!r}")
+        if not isinstance(self.ticks_per_step, int) or self.ticks_per_step < 1:
+            raise SpecError(f"ticks_per_step: expected a positive integer, got {self.ticks_per_step!r}")
+        graph = {}
+        for c in self.coagents:
+            deps = set()
+            for raw in c.inputs:
+                kind, src = parse_input(raw)
+                if kind != "obs" and src not in names:
+                    raise SpecError(f"coagents.{c.name}.inputs: unknown input {raw!r}; expected 'obs', "
+                                    f"a coagent name ({', '.join(names)}) or 'prev:NAME'")
+                if kind == "cur":
+                    deps.add(src)
+            for d in c.execution.drivers:
+                if d not in names:
+                    raise SpecError(f"coagents.{c.name}.execution.coagent: unknown coagent {d!r}")
+                deps.add(d)
+            if c.name in deps:
+                raise SpecError(f"coagents.{c.name}.inputs: a coagent cannot read its own output at the "
+                                f"same tick; use 'prev:{c.name}'")
+            graph[c.name] = deps
+            if c.rule.uses_shared_critic and self.critic is None:
+                raise SpecError(f"coagents.{c.name}.rule.critic: 'shared' needs a [critic] section")
+        try:
+            TopologicalSorter(graph).prepare()
+        except CycleError as e:
+            raise SpecError(f"coagents: same-tick cycle {' -> '.join(e.args[1])}; a cycle must go "
+                            "through at least one 'prev:' input") from None
+        # keep the declared order where the edges allow it: stable topological order
+        position = {n: i for i, n in enumerate(names)}
+        order = _stable_topo(graph, position)
+        object.__setattr__(self, "order", order)
+        for a in self.action_coagents:
+            if a not in names:
+                raise SpecError(f"action: unknown coagent {a!r}; expected one of {names}")
+
+    @property
+    def action_coagents(self) -> tuple[str, ...]:
+        return (self.action,) if isinstance(self.action, str) else tuple(self.action)
+
+    @property
+    def gamma_atomic(self) -> float:
+        return self.gamma ** (1.0 / self.ticks_per_step)
+
+    def coagent(self, name: str) -> Coagent:
+        return next(c for c in self.coagents if c.name == name)
+
+    def input_spaces(self, observation_space: gym.Space, action_space: gym.Space | None = None
+                     ) -> dict[str, list[InputSpace]]:
+        """Each coagent's input spaces; checks cardinalities and the action against the env."""
+        obs = space_of(observation_space)
+        outputs = {c.name: c.policy.output_space() for c in self.coagents}
+        spaces = {}
+        for c in self.coagents:
+            spaces[c.name] = [obs if k == "obs" else outputs[src] for k, src in map(parse_input, c.inputs)]
+            if c.features == "tabular" and not all(s.discrete for s in spaces[c.name]):
+                raise SpecError(f"coagents.{c.name}.features: 'tabular' needs discrete inputs; input(s) "
+                                f"{[i for i, s in zip(c.inputs, spaces[c.name]) if not s.discrete]} are "
+                                "continuous (use fourier, tile or raw features)")
+            if isinstance(c.initial, tuple):
+                out = outputs[c.name]
+                if not out.discrete or len(c.initial) != out.n or abs(sum(c.initial) - 1) > 1e-9 \
+                        or min(c.initial) < 0:
+                    raise SpecError(f"coagents.{c.name}.initial: expected {out.n} probabilities summing "
+                                    f"to 1, got {list(c.initial)}")
+        if action_space is not None:
+            self._check_action(action_space, outputs)
+        return spaces
+
+    def _check_action(self, action_space: gym.Space, outputs: dict[str, InputSpace]) -> None:
+        acts = self.action_coagents
+        if isinstance(action_space, gym.spaces.Discrete):
+            out = outputs[acts[0]]
+            if len(acts) != 1 or out.n != action_space.n:
+                raise SpecError(f"action: the environment's action space is Discrete({action_space.n}); "
+                                f"expected one coagent with {action_space.n} outputs, got {acts} with "
+                                f"{[outputs[a].n or f'{outputs[a].dim} reals' for a in acts]}")
+        elif isinstance(action_space, gym.spaces.MultiDiscrete):
+            want = list(action_space.nvec)
+            got = [outputs[a].n for a in acts]
+            if got != want:
+                raise SpecError(f"action: the environment's action space is MultiDiscrete({want}); "
+                                f"expected coagents with those output counts, got {got}")
+        elif isinstance(action_space, gym.spaces.Box):
+            dim = int(np.prod(action_space.shape))
+            got = sum(outputs[a].dim or 0 for a in acts)
+            if got != dim or any(not isinstance(self.coagent(a).policy, Gaussian) for a in acts):
+                raise SpecError(f"action: the environment's action space is a Box of {dim} reals; "
+                                f"expected gaussian coagent(s) with {dim} outputs in all, got {acts}")
+        else:
+            raise SpecError(f"env: action space {action_space} is not supported")
+
+    def to_config(self) -> dict:
+        return {
+            "gamma": self.gamma, "ticks_per_step": self.ticks_per_step,
+            "action": list(self.action_coagents) if len(self.action_coagents) > 1 else self.action,
+            "critic": None if self.critic is None else self.critic.to_config(),
+            "coagents": [{
+                "name": c.name, "inputs": list(c.inputs), "policy": c.policy.to_config(),
+                "execution": c.execution.to_config(), "rule": c.rule.to_config(),
+                "features": c.features if isinstance(c.features, (str, type(None))) else
+                {"kind": type(c.features).__name__.lower(), **c.features.__dict__},
+                "initial": c.initial if isinstance(c.initial, str) else list(c.initial),
+                "init_scale": c.init_scale} for c in self.coagents],
+        }
+
+
+def _stable_topo(graph: dict[str, set], position: dict[str, int]) -> tuple[str, ...]:
+    done, order = set(), []
+    while len(order) < len(graph):
+        ready = [n for n in graph if n not in done and graph[n] <= done]
+        n = min(ready, key=position.get)
+        done.add(n)
+        order.append(n)
+    return tuple(order)
+
+
+class CriticUnit:
+    """The shared critic's running state over a batch: TD(lambda) per environment step."""
+
+    def __init__(self, critic: SharedCritic, obs_space: InputSpace, trials: int, envs_per_trial: int,
+                 gamma_step: float):
+        self.critic = critic
+        self.encoder = Encoder([obs_space], obs_space.discrete, critic.features, [0])
+        self.trials, self.envs_per_trial = trials, envs_per_trial
+        self.gamma_step = gamma_step
+        self.params = {"w": np.zeros((trials, self.encoder.size, 1))}
+        self.rule_state = {"z": np.zeros((trials, envs_per_trial, self.encoder.size, 1))}
+
+    def value(self, obs: np.ndarray) -> np.ndarray:
+        return self.encoder([obs]).linear(self.params["w"])[:, 0]
+
+    def update(self, obs, reward, next_obs, ended, active):
+        """One TD(lambda) step for the transitions obs -> next_obs of active environments."""
+        from .rules import _group_sum, _scale
+
+        x = self.encoder([obs])
+        z = self.rule_state["z"]
+        v = x.linear(self.params["w"])[:, 0]
+        v_next = np.where(ended, 0.0, self.value(next_obs))
+        delta = np.where(active, reward + self.gamma_step * v_next - v, 0.0)
+        _scale(z, np.where(active, self.gamma_step * self.critic.lam, 1.0))
+        x.add_outer(z, np.ones((obs.shape[0], 1)), active)
+        self.params["w"] += self.critic.step * _group_sum(delta, z)
+        _scale(z, ~(ended & active))
+
+    def state_dict(self):
+        return {"params": {k: v.copy() for k, v in self.params.items()},
+                "rule_state": {k: v.copy() for k, v in self.rule_state.items()}}
+
+    def load_state_dict(self, state):
+        self.params = {k: np.array(v) for k, v in state["params"].items()}
+        self.rule_state = {k: np.array(v) for k, v in state["rule_state"].items()}
+
+
+class NetworkBatch:
+    """One batch of the network: coagent units in order, and the shared critic.
+
+    ``tick`` runs step (1) of SPEC §3a's tick; the engine steps the environment and
+    calls ``observe`` with the tick's reward.
+    """
+
+    def __init__(self, network: Network, observation_space: gym.Space, trials: int, envs_per_trial: int,
+                 seed: int, trial_offset: int = 0, action_space: gym.Space | None = None):
+        self.network = network
+        spaces = network.input_spaces(observation_space, action_space)
+        self.units = {
+            name: CoagentUnit(network.coagent(name), spaces[name], trials, envs_per_trial,
+                              network.gamma_atomic, seed, trial_offset)
+            for name in network.order}
+        self.critic = None if network.critic is None else CriticUnit(
+            network.critic, space_of(observation_space), trials, envs_per_trial, network.gamma)
+        self.batch = trials * envs_per_trial
+        self.previous: dict[str, np.ndarray] = {}
+
+    def begin_episode(self, mask: np.ndarray) -> None:
+        for name, unit in self.units.items():
+            out = unit.begin_episode(mask)
+            self.previous[name] = out
+
+    def inputs_of(self, name: str, obs, current: dict) -> list:
+        values = []
+        for kind, src in map(parse_input, self.units[name].coagent.inputs):
+            values.append(obs if kind == "obs" else current[src] if kind == "cur" else self.previous[src])
+        return values
+
+    def tick(self, obs: np.ndarray, active: np.ndarray) -> dict[str, np.ndarray]:
+        value = self.critic.value(obs) if self.critic is not None else None
+        current = {}
+        for name, unit in self.units.items():
+            drivers = {d: current[d] for d in unit.coagent.execution.drivers}
+            current[name] = unit.act(self.inputs_of(name, obs, current), active, drivers, value)
+        self.previous = current
+        return current
+
+    def action(self, current: dict) -> np.ndarray:
+        acts = [current[a] for a in self.network.action_coagents]
+        if len(acts) == 1:
+            return acts[0]
+        if acts[0].ndim == 1:
+            return np.stack(acts, axis=1)
+        return np.concatenate(acts, axis=1)
+
+    def observe(self, reward: np.ndarray, ended: np.ndarray, active: np.ndarray) -> None:
+        for unit in self.units.values():
+            unit.observe(reward, ended, active)
+
+    def state_dict(self) -> dict:
+        state = {"coagents": {n: u.state_dict() for n, u in self.units.items()},
+                 "previous": {k: v.copy() for k, v in self.previous.items()}}
+        if self.critic is not None:
+            state["critic"] = self.critic.state_dict()
+        return state

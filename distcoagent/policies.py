@@ -1,0 +1,176 @@
+"""Coagent policies pi_i(u | x, theta_i), linear in their parameters, batched over trials.
+
+Each policy keeps its parameters in a dict of arrays with a leading trial axis ``P``.
+Parameters named in ``linear_params`` have shape ``(P, n, K)`` and act on the local
+state ``x`` (tabular index or features); their score (d/dtheta ln pi) is
+``outer(x, g)`` with the ``g`` that ``score`` returns.  Other parameters have shape
+``(P, K)`` and their score is ``g`` itself.
+
+>>> import numpy as np
+>>> from distcoagent.features import TabularState
+>>> p = Softmax(3)
+>>> params = p.init_params(n_local=2, trials=1)
+>>> stats = p.forward(params, TabularState(np.array([0, 1]), 2))
+>>> stats.shape, float(stats.sum())
+((2, 3), 2.0)
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .features import InputSpace, LocalState
+from .rng import Stream, categorical
+
+POLICY_SLOT = 1  # first random slot a policy draws from (slot 0: execution)
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax by log-sum-exp: finite for any finite logits."""
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    e = np.exp(shifted)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def sigmoid(z: np.ndarray) -> np.ndarray:
+    """Logistic function without overflow for large |z|."""
+    e = np.exp(-np.abs(z))
+    return np.where(z >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+
+
+class Policy:
+    """A stochastic policy over a coagent's output; see the module docstring."""
+
+    name: str = ""
+    linear_params: tuple[str, ...] = ("W",)
+
+    def output_space(self) -> InputSpace:
+        raise NotImplementedError
+
+    def init_params(self, n_local: int, trials: int) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    def forward(self, params: dict, x: LocalState):
+        """Distribution statistics per environment (probabilities, or mean and std)."""
+        raise NotImplementedError
+
+    def sample(self, stats, stream: Stream, env: np.ndarray, tick: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def score(self, stats, u: np.ndarray) -> dict[str, np.ndarray]:
+        """The per-environment factor g of d/dtheta ln pi(u | x) for each parameter."""
+        raise NotImplementedError
+
+    def probabilities(self, stats) -> np.ndarray:
+        """(B, n) probabilities of every output, for discrete policies (exact evaluation)."""
+        raise TypeError(f"policy {self.name!r} has no finite output set")
+
+    def to_config(self) -> dict:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class Softmax(Policy):
+    """Categorical over ``n`` outputs, logits linear in the local state (tabular or features)."""
+
+    n: int
+    name = "softmax"
+
+    def __post_init__(self):
+        if not isinstance(self.n, int) or self.n < 2:
+            raise ValueError(f"softmax.n: expected an integer >= 2 outputs, got {self.n!r}")
+
+    def output_space(self):
+        return InputSpace(n=self.n)
+
+    def init_params(self, n_local, trials):
+        return {"W": np.zeros((trials, n_local, self.n))}
+
+    def forward(self, params, x):
+        return softmax(x.linear(params["W"]))
+
+    def sample(self, stats, stream, env, tick):
+        return categorical(stats, stream.uniform(env, tick, POLICY_SLOT))
+
+    def score(self, stats, u):
+        g = -stats.copy()
+        g[np.arange(u.shape[0]), u] += 1.0
+        return {"W": g}
+
+    def probabilities(self, stats):
+        return stats
+
+    def to_config(self):
+        return {"kind": "softmax", "n": self.n}
+
+
+@dataclass(frozen=True)
+class Bernoulli(Policy):
+    """Binary output (0 or 1) with P(1) = sigmoid(x . w)."""
+
+    name = "bernoulli"
+
+    def output_space(self):
+        return InputSpace(n=2)
+
+    def init_params(self, n_local, trials):
+        return {"W": np.zeros((trials, n_local, 1))}
+
+    def forward(self, params, x):
+        return sigmoid(x.linear(params["W"])[:, 0])
+
+    def sample(self, stats, stream, env, tick):
+        return (stream.uniform(env, tick, POLICY_SLOT) < stats).astype(np.int64)
+
+    def score(self, stats, u):
+        return {"W": (u - stats)[:, None]}
+
+    def probabilities(self, stats):
+        return np.stack([1.0 - stats, stats], axis=1)
+
+    def to_config(self):
+        return {"kind": "bernoulli"}
+
+
+@dataclass(frozen=True)
+class Gaussian(Policy):
+    """Diagonal Gaussian over ``dim`` reals: mean linear in the local state, learned log std."""
+
+    dim: int = 1
+    init_log_std: float = 0.0
+    min_log_std: float = -5.0
+    name = "gaussian"
+    linear_params = ("W",)
+
+    def __post_init__(self):
+        if not isinstance(self.dim, int) or self.dim < 1:
+            raise ValueError(f"gaussian.dim: expected a positive integer, got {self.dim!r}")
+
+    def output_space(self):
+        return InputSpace(dim=self.dim)
+
+    def init_params(self, n_local, trials):
+        return {"W": np.zeros((trials, n_local, self.dim)),
+                "log_std": np.full((trials, self.dim), float(self.init_log_std))}
+
+    def forward(self, params, x):
+        mean = x.linear(params["W"])
+        P = params["log_std"].shape[0]
+        log_std = np.maximum(np.repeat(params["log_std"], mean.shape[0] // P, axis=0), self.min_log_std)
+        return mean, np.exp(log_std)
+
+    def sample(self, stats, stream, env, tick):
+        mean, std = stats
+        return mean + std * stream.normal(env, tick, POLICY_SLOT, self.dim)
+
+    def score(self, stats, u):
+        mean, std = stats
+        z = (u - mean) / std
+        return {"W": z / std, "log_std": z * z - 1.0}
+
+    def to_config(self):
+        return {"kind": "gaussian", "dim": self.dim, "init_log_std": self.init_log_std}
+
+
+POLICIES = {"softmax": Softmax, "bernoulli": Bernoulli, "gaussian": Gaussian}

@@ -1,0 +1,248 @@
+"""Learning rules: how a coagent updates itself from the discounted reward stream.
+
+A coagent only ever sees, per environment: its local state and output when it
+executes, and between executions the summary ``Rbar_j`` of the rewards and the
+elapsed discount ``gamma_atomic ** (t_{j+1} - t_j)`` (SPEC §3a).  A rule has two
+hooks, both batched and masked:
+
+- ``close(unit, mask, v_next)``: execution j is followed by a new execution or by
+  the episode's end; ``Rbar_j`` and the elapsed discount are complete.
+- ``open(unit, x, mask, score)``: the coagent executed; ``score`` is the factor of
+  d/dtheta ln pi(u_j | x_j).
+
+Rule state lives in ``unit.rule_state`` (a dict of arrays: it serialises like the
+parameters).  Traces carry an environment axis: ``(P, E, ...)`` for parameters
+``(P, ...)``; updates sum over a trial's environments in index order, so runs are
+deterministic.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+def _group_sum(weights: np.ndarray, traces: np.ndarray) -> np.ndarray:
+    """sum_e weights[p, e] * traces[p, e, ...] -> (P, ...)."""
+    P, E = traces.shape[:2]
+    return np.einsum("pe,pe...->p...", weights.reshape(P, E), traces)
+
+
+def _scale(trace: np.ndarray, factor: np.ndarray) -> None:
+    """trace[p, e, ...] *= factor[b] in place, b = p*E + e."""
+    P, E = trace.shape[:2]
+    trace *= factor.reshape((P, E) + (1,) * (trace.ndim - 2))
+
+
+def add_score(trace: np.ndarray, x, g: np.ndarray, mask: np.ndarray, linear: bool) -> None:
+    """trace += mask * (outer(x, g) if linear else g)."""
+    if linear:
+        x.add_outer(trace, g, mask)
+    else:
+        P, E = trace.shape[:2]
+        trace += (mask[:, None] * g).reshape(trace.shape)
+
+
+class LearningRule:
+    """Base class: a rule that does not learn (frozen parameters)."""
+
+    kind = "frozen"
+    uses_shared_critic = False
+
+    def init_state(self, unit) -> dict:
+        return {}
+
+    def close(self, unit, mask, v_next):
+        pass
+
+    def open(self, unit, x, mask, score, shared_value):
+        pass
+
+    def value_next(self, unit, x, shared_value):
+        return np.zeros(unit.batch)
+
+    def finish(self, unit, mask):
+        pass
+
+    def reset(self, unit, mask):
+        pass
+
+    def to_config(self) -> dict:
+        return {"kind": self.kind}
+
+
+def _check_step(value, field: str) -> float:
+    if not isinstance(value, (int, float)) or not np.isfinite(value) or value < 0:
+        raise ValueError(f"{field}: expected a finite step size >= 0, got {value!r}")
+    return float(value)
+
+
+@dataclass(frozen=True)
+class ActorCritic(LearningRule):
+    """Actor-critic(lambda) on the SMDP reward stream (SPEC §3a), own or shared critic.
+
+    delta_j = Rbar_j + gamma_atomic**Delta_j V(x_{j+1}) - V(x_j);
+    z_j = (gamma_atomic*lambda)**Delta_{j-1} z_{j-1} + grad ln pi(u_j | x_j);
+    theta += actor_step * delta_j * z_j, and likewise for an own critic's weights.
+    """
+
+    actor_step: float = 0.1
+    critic_step: float = 0.1
+    lam: float = 0.7
+    critic: str = "shared"  # "shared": the network's critic over the environment state; "own": V(x)
+    kind = "actor_critic"
+
+    def __post_init__(self):
+        _check_step(self.actor_step, "rule.actor_step")
+        _check_step(self.critic_step, "rule.critic_step")
+        if not 0 <= self.lam <= 1:
+            raise ValueError(f"rule.lam: expected lambda in [0, 1], got {self.lam!r}")
+        if self.critic not in ("shared", "own"):
+            raise ValueError(f"rule.critic: expected 'shared' or 'own', got {self.critic!r}")
+
+    @property
+    def uses_shared_critic(self):
+        return self.critic == "shared"
+
+    def init_state(self, unit):
+        P, E, B = unit.trials, unit.envs_per_trial, unit.batch
+        state = {f"z.{k}": np.zeros((P, E) + v.shape[1:]) for k, v in unit.params.items()}
+        if self.critic == "own":
+            unit.params.setdefault("critic", np.zeros((P, unit.encoder.size, 1)))
+            state["z.critic_w"] = np.zeros((P, E, unit.encoder.size, 1))
+        state["v_last"] = np.zeros(B)
+        return state
+
+    def _value(self, unit, x):
+        return x.linear(unit.params["critic"])[:, 0]
+
+    def close(self, unit, mask, v_next):
+        st = unit.rule_state
+        delta = np.where(mask, unit.stream_reward + unit.stream_discount * v_next - st["v_last"], 0.0)
+        unit.check_finite(delta, "TD error")
+        for k in unit.policy_param_names:
+            unit.params[k] += self.actor_step * _group_sum(delta, st[f"z.{k}"])
+        if self.critic == "own":
+            unit.params["critic"] += self.critic_step * _group_sum(delta, st["z.critic_w"])
+        unit.count_updates(mask)
+
+    def open(self, unit, x, mask, score, shared_value):
+        st = unit.rule_state
+        elapsed = unit.episode_tick - unit.last_execution_tick
+        decay = np.where(mask, np.where(unit.executed_this_episode,
+                                        (unit.gamma_atomic * self.lam) ** elapsed, 0.0), 1.0)
+        for k in unit.policy_param_names:
+            _scale(st[f"z.{k}"], decay)
+            add_score(st[f"z.{k}"], x, score[k], mask, k in unit.policy.linear_params)
+        if self.critic == "own":
+            _scale(st["z.critic_w"], decay)
+            x.add_outer(st["z.critic_w"], np.ones((mask.shape[0], 1)), mask)
+            v_now = self._value(unit, x)
+        else:
+            v_now = shared_value
+        st["v_last"] = np.where(mask, v_now, st["v_last"])
+
+    def value_next(self, unit, x, shared_value):
+        """V(x_{j+1}) used to close execution j when the coagent executes again."""
+        return self._value(unit, x) if self.critic == "own" else shared_value
+
+    def reset(self, unit, mask):
+        for k, v in unit.rule_state.items():
+            if k.startswith("z."):
+                _scale(v, ~mask)
+
+    def to_config(self):
+        return {"kind": self.kind, "actor_step": self.actor_step, "critic_step": self.critic_step,
+                "lam": self.lam, "critic": self.critic}
+
+
+@dataclass(frozen=True)
+class Reinforce(LearningRule):
+    """Episodic REINFORCE (SPEC §2, Eq. 1): theta += step * sum_j g**t_j (G_{t_j} - b) grad ln pi.
+
+    Computed online from the stream without storing the episode: with
+    e_j = sum_{k<=j} grad_k, sum_j g**t_j G_{t_j} grad_j = sum_j g**t_j Rbar_j e_j.
+    The optional baseline b is a running mean (rate ``baseline_step``) of the
+    discounted return seen from the coagent's first execution; a constant baseline
+    keeps the update unbiased.
+    """
+
+    step: float = 0.01
+    baseline: bool = False
+    baseline_step: float = 0.05
+    kind = "reinforce"
+
+    def __post_init__(self):
+        _check_step(self.step, "rule.step")
+        _check_step(self.baseline_step, "rule.baseline_step")
+
+    def init_state(self, unit):
+        P, E, B = unit.trials, unit.envs_per_trial, unit.batch
+        state = {}
+        for k, v in unit.params.items():
+            if k in unit.policy_param_names:
+                state[f"e.{k}"] = np.zeros((P, E) + v.shape[1:])  # sum of scores so far
+                state[f"f.{k}"] = np.zeros((P, E) + v.shape[1:])  # sum of g**t_j scores
+                state[f"acc.{k}"] = np.zeros((P, E) + v.shape[1:])  # sum of g**t_j Rbar_j e_j
+        state["start_discount"] = np.zeros(B)  # g**t_j of the open execution
+        state["return_from_first"] = np.zeros(B)
+        state["first_discount"] = np.zeros(B)
+        unit.params.setdefault("baseline", np.zeros((P,)))
+        return state
+
+    def close(self, unit, mask, v_next):
+        st = unit.rule_state
+        weight = np.where(mask, st["start_discount"] * unit.stream_reward, 0.0)
+        unit.check_finite(weight, "discounted reward")
+        st["return_from_first"] += np.where(mask, weight / np.where(st["first_discount"] > 0,
+                                                                     st["first_discount"], 1.0), 0.0)
+        for k in unit.policy_param_names:
+            st[f"acc.{k}"] += (weight.reshape(st[f"acc.{k}"].shape[:2] + (1,) * (st[f"acc.{k}"].ndim - 2))
+                               * st[f"e.{k}"])
+
+    def open(self, unit, x, mask, score, shared_value):
+        st = unit.rule_state
+        discount_now = unit.gamma_atomic ** unit.episode_tick
+        st["start_discount"] = np.where(mask, discount_now, st["start_discount"])
+        st["first_discount"] = np.where(mask & ~unit.executed_this_episode, discount_now, st["first_discount"])
+        for k in unit.policy_param_names:
+            linear = k in unit.policy.linear_params
+            add_score(st[f"e.{k}"], x, score[k], mask, linear)
+            add_score(st[f"f.{k}"], x, score[k] * discount_now[:, None], mask, linear)
+
+    def episode_gradient(self, unit, k: str) -> np.ndarray:
+        """Per-environment estimate sum_j g**t_j (G_{t_j} - b) grad_j of the finished episode."""
+        st = unit.rule_state
+        b = np.repeat(unit.params["baseline"], unit.envs_per_trial) if self.baseline else np.zeros(unit.batch)
+        f = st[f"f.{k}"]
+        return st[f"acc.{k}"] - b.reshape(f.shape[:2] + (1,) * (f.ndim - 2)) * f
+
+    def finish(self, unit, mask):
+        """At an episode's end: apply the update and move the baseline."""
+        if self.step > 0:
+            for k in unit.policy_param_names:
+                unit.params[k] += self.step * _group_sum(mask.astype(np.float64), self.episode_gradient(unit, k))
+            unit.count_updates(mask)
+        if self.baseline:
+            st = unit.rule_state
+            P, E = unit.trials, unit.envs_per_trial
+            seen = (mask & (st["first_discount"] > 0)).reshape(P, E)
+            for e in range(E):  # environments in index order: deterministic
+                unit.params["baseline"] += np.where(
+                    seen[:, e], self.baseline_step * (st["return_from_first"].reshape(P, E)[:, e]
+                                                      - unit.params["baseline"]), 0.0)
+
+    def reset(self, unit, mask):
+        st = unit.rule_state
+        for k, v in st.items():
+            if k.startswith(("e.", "f.", "acc.")):
+                _scale(v, ~mask)
+        for k in ("return_from_first", "first_discount", "start_discount"):
+            st[k] = np.where(mask, 0.0, st[k])
+
+    def to_config(self):
+        return {"kind": self.kind, "step": self.step, "baseline": self.baseline,
+                "baseline_step": self.baseline_step}
+
+
+RULES = {"actor_critic": ActorCritic, "reinforce": Reinforce, "frozen": LearningRule}
