@@ -100,13 +100,14 @@ class Raw(ObservationFeatures):
         return np.asarray(obs, dtype=np.float64).reshape(obs.shape[0], -1)
 
 
-def _unit_box(obs: np.ndarray, space: InputSpace, name: str) -> np.ndarray:
-    if space.low is None or not np.all(np.isfinite(space.low)) or not np.all(np.isfinite(space.high)):
+def _unit_box(obs: np.ndarray, space: InputSpace, features) -> np.ndarray:
+    low = np.asarray(features.low if features.low is not None else space.low, dtype=np.float64)
+    high = np.asarray(features.high if features.high is not None else space.high, dtype=np.float64)
+    if low is None or not np.all(np.isfinite(low)) or not np.all(np.isfinite(high)):
         raise ValueError(
-            f"features: {name} needs finite observation bounds; give `low` and `high` "
-            "in the features table (the environment's Box space is unbounded)"
-        )
-    x = (np.asarray(obs, dtype=np.float64) - space.low) / (space.high - space.low)
+            f"features: {type(features).__name__} needs finite observation bounds; give `low` and "
+            "`high` in the features table (the environment's Box space is unbounded)")
+    x = (np.asarray(obs, dtype=np.float64) - low) / (high - low)
     return np.clip(x, 0.0, 1.0)
 
 
@@ -115,6 +116,8 @@ class Fourier(ObservationFeatures):
     """Fourier basis of order ``order`` (Konidaris et al. 2011) on the unit box."""
 
     order: int = 3
+    low: tuple[float, ...] | None = None
+    high: tuple[float, ...] | None = None
 
     def _coefficients(self, dim: int) -> np.ndarray:
         grids = np.meshgrid(*[np.arange(self.order + 1)] * dim, indexing="ij")
@@ -124,7 +127,7 @@ class Fourier(ObservationFeatures):
         return (self.order + 1) ** space.dim
 
     def __call__(self, obs, space):
-        return np.cos(np.pi * _unit_box(obs, space, "fourier") @ self._coefficients(space.dim).T)
+        return np.cos(np.pi * _unit_box(obs, space, self) @ self._coefficients(space.dim).T)
 
 
 @dataclass(frozen=True)
@@ -133,12 +136,14 @@ class TileCoding(ObservationFeatures):
 
     tilings: int = 8
     tiles: int = 4
+    low: tuple[float, ...] | None = None
+    high: tuple[float, ...] | None = None
 
     def size(self, space):
         return self.tilings * (self.tiles + 1) ** space.dim
 
     def __call__(self, obs, space):
-        x = _unit_box(obs, space, "tile coding")
+        x = _unit_box(obs, space, self)
         B, d = x.shape
         per_tiling = (self.tiles + 1) ** d
         phi = np.zeros((B, self.size(space)))
