@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+import gymnasium as gym
+
 from .network import SpecError
 from .spec import ENGINES, check_env, load_spec
 
@@ -98,6 +100,9 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except SpecError as error:
         print(f"distcoagent {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except gym.error.Error as error:  # unknown env id: gymnasium's own message and suggestion
+        print(f"distcoagent {args.command}: error: env.id: {error}", file=sys.stderr)
         return 2
     except FloatingPointError as error:
         print(f"distcoagent {args.command}: stopped: {error}", file=sys.stderr)

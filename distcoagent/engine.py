@@ -147,8 +147,9 @@ class InProcessEngine:
             bad = active & ~np.isfinite(reward)
             if bad.any():
                 b = int(np.flatnonzero(bad)[0])
-                raise NonFiniteError(f"environment returned reward {reward[b]} at atomic tick "
-                                     f"{self.tick_count} (environment {b}); every coagent reads it")
+                raise NonFiniteError(
+                    f"environment returned reward {reward[b]} at atomic tick {self.tick_count} "
+                    f"(environment {b}); it would reach coagent(s) {', '.join(self.network.order)}")
             reward = np.where(active, reward, 0.0)
             ended = terminated | truncated
             if nb.critic is not None:

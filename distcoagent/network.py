@@ -140,6 +140,13 @@ class Network:
                 raise SpecError(f"coagents.{c.name}.features: 'tabular' needs discrete inputs; input(s) "
                                 f"{[i for i, s in zip(c.inputs, spaces[c.name]) if not s.discrete]} are "
                                 "continuous (use fourier, tile or raw features)")
+            table = getattr(c.execution, "probabilities", None)
+            if table is not None:
+                cells = int(np.prod([s.n or 0 for s in spaces[c.name]]))
+                if not all(s.discrete for s in spaces[c.name]) or len(table) != cells:
+                    raise SpecError(f"coagents.{c.name}.execution.probabilities: expected one probability "
+                                    f"per tabular local state ({cells} = product of the input cardinalities "
+                                    f"{[s.n for s in spaces[c.name]]}), got {len(table)}")
             if isinstance(c.initial, tuple):
                 out = outputs[c.name]
                 if not out.discrete or len(c.initial) != out.n or abs(sum(c.initial) - 1) > 1e-9 \

@@ -22,6 +22,7 @@ def plot_curve(returns: np.ndarray, path: Path, title: str = "", optimum: float 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    returns = returns[:, np.isfinite(returns).any(axis=0)]  # a stopped run: only finished episodes
     episodes = np.arange(1, returns.shape[1] + 1)
     mean, half = mean_and_band(returns)
     fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=110)

@@ -28,7 +28,8 @@ POLICY_SLOT = 1  # first random slot a policy draws from (slot 0: execution)
 
 def softmax(logits: np.ndarray) -> np.ndarray:
     """Row-wise softmax by log-sum-exp: finite for any finite logits."""
-    shifted = logits - logits.max(axis=-1, keepdims=True)
+    with np.errstate(over="ignore"):  # -huge - huge -> -inf, whose exp is an exact 0
+        shifted = logits - logits.max(axis=-1, keepdims=True)
     e = np.exp(shifted)
     return e / e.sum(axis=-1, keepdims=True)
 

@@ -120,10 +120,11 @@ class ActorCritic(LearningRule):
         st = unit.rule_state
         delta = np.where(mask, unit.stream_reward + unit.stream_discount * v_next - st["v_last"], 0.0)
         unit.check_finite(delta, "TD error")
-        for k in unit.policy_param_names:
-            unit.params[k] += self.actor_step * _group_sum(delta, st[f"z.{k}"])
-        if self.critic == "own":
-            unit.params["critic"] += self.critic_step * _group_sum(delta, st["z.critic_w"])
+        with np.errstate(over="ignore", invalid="ignore"):  # divergence is reported by check_finite
+            for k in unit.policy_param_names:
+                unit.params[k] += self.actor_step * _group_sum(delta, st[f"z.{k}"])
+            if self.critic == "own":
+                unit.params["critic"] += self.critic_step * _group_sum(delta, st["z.critic_w"])
         unit.count_updates(mask)
 
     def open(self, unit, x, mask, score, shared_value):

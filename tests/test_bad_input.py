@@ -1,0 +1,86 @@
+"""Bad input: one clear error naming the field; non-finite values stop the run, keeping its files."""
+import json
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from core_fakes import SCRIPTED_ID
+
+from distcoagent import Coagent, Network, NonFiniteError, SpecError, train
+from distcoagent.policies import Softmax
+from distcoagent.rules import ActorCritic
+from distcoagent.spec import check_env, parse
+
+BASE = {
+    "env": {"id": "distcoagent/GridWorld-v0", "size": 3},
+    "network": {"gamma": 0.9, "action": "act"},
+    "coagent": [
+        {"name": "bit", "inputs": ["obs"], "policy": {"kind": "softmax", "n": 2}},
+        {"name": "act", "inputs": ["bit", "obs"], "policy": {"kind": "softmax", "n": 4}},
+    ],
+}
+
+
+def spec_with(**changes):
+    import copy
+
+    raw = copy.deepcopy(BASE)
+    for path, value in changes.items():
+        target = raw
+        keys = path.split("__")
+        for k in keys[:-1]:
+            target = target[int(k)] if k.isdigit() else target[k]
+        target[keys[-1]] = value
+    return raw
+
+
+@pytest.mark.parametrize("changes, field, expected", [
+    ({"coagent__1__inputs": ["bitt"]}, r"coagent\[1\] \(act\)\.inputs|act\.inputs", "unknown input 'bitt'"),
+    ({"coagent__0__inputs": ["act"]}, "coagents", "same-tick cycle"),
+    ({"coagent__0__execution": {"kind": "constant", "probability": 1.5}}, r"coagent\[0\] \(bit\)\.execution",
+     r"\[0, 1\]"),
+    ({"coagent__0__policy": {"kind": "sofmax", "n": 2}}, r"coagent\[0\] \(bit\)\.policy\.kind",
+     "expected one of bernoulli, gaussian, softmax"),
+    ({"coagent__0__rule": {"kind": "actor_critc"}}, r"\.rule\.kind", "expected one of actor_critic"),
+    ({"coagent__0__rule": {"kind": "actor_critic", "lam": 2.0}}, r"\.rule", r"lambda in \[0, 1\]"),
+    ({"coagent__0__polcy": 1}, r"coagent\[0\]", "unknown key"),
+    ({"network__gamma": 1.5}, "gamma", r"\(0, 1\]"),
+    ({"coagent__0__initial": [0.5, 0.25, 0.25]}, r"bit\.initial", "2 probabilities"),
+    ({"coagent__0__execution": {"kind": "table", "probabilities": [0.5, 0.5]}},
+     r"bit\.execution\.probabilities", "one probability per tabular local state"),
+    ({"coagent__1__policy": {"kind": "softmax", "n": 3}}, "action", r"Discrete\(4\)"),
+    ({"coagent__0__rule": {"kind": "actor_critic", "critic": "shared"}}, r"bit\.rule\.critic", r"\[critic\]"),
+])
+def test_malformed_spec_names_the_field(changes, field, expected):
+    with pytest.raises(SpecError) as info:
+        check_env(parse(spec_with(**changes)))
+    message = str(info.value)
+    assert __import__("re").search(field, message), message
+    assert __import__("re").search(expected, message), message
+
+
+def test_well_formed_base_spec_is_accepted():
+    check_env(parse(BASE)).close()
+
+
+def test_unknown_env_id_gets_gymnasiums_error_with_its_suggestion():
+    with pytest.raises(gym.error.Error, match="Did you mean"):
+        check_env(parse(spec_with(env={"id": "CartPol-v1"})))
+
+
+def test_nan_reward_stops_the_run_naming_coagent_and_tick_and_keeps_the_run_directory(tmp_path):
+    net = Network([Coagent("act", ["obs"], Softmax(2), rule=ActorCritic(critic="own"))], action="act")
+    with pytest.raises(NonFiniteError, match=r"reward nan at atomic tick 12 .*coagent\(s\) act"):
+        train(net, SCRIPTED_ID, env_kwargs={"rewards": [1.0] * 5, "nan_at": 12}, episodes=4, trials=1,
+              out=tmp_path)
+    assert json.loads((tmp_path / "config.json").read_text())["network"]["action"] == "act"
+    assert "NonFiniteError" in (tmp_path / "error.txt").read_text()
+    lines = (tmp_path / "returns.csv").read_text().splitlines()
+    assert len(lines) == 1 + 2  # the two episodes finished before the NaN are kept
+
+
+def test_diverging_parameters_stop_the_run_naming_the_coagent():
+    net = Network([Coagent("act", ["obs"], Softmax(2), rule=ActorCritic(actor_step=1e306, critic_step=1e306,
+                                                                          critic="own"))], action="act")
+    with pytest.raises(NonFiniteError, match=r"coagent 'act': non-finite .* at atomic tick \d+"):
+        train(net, SCRIPTED_ID, env_kwargs={"rewards": [1e10] * 5}, episodes=20, trials=1)
