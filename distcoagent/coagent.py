@@ -119,10 +119,12 @@ class CoagentUnit:
     def count_updates(self, mask: np.ndarray) -> None:
         self.counters["updates"] += int(mask.sum())
 
-    def check_finite(self, values: np.ndarray, what: str) -> None:
+    def check_finite(self, values: np.ndarray, what: str, rows: np.ndarray | None = None) -> None:
+        """Stop with an error naming this coagent and the tick if ``values`` (for ``rows``) are not finite."""
         bad = ~np.isfinite(values)
         if bad.any():
-            b = int(np.flatnonzero(bad)[0])
+            b = int(np.flatnonzero(bad.reshape(bad.shape[0], -1).any(axis=1))[0])
+            b = int(rows[b]) if rows is not None else b
             raise NonFiniteError(
                 f"coagent {self.name!r}: non-finite {what} at atomic tick {int(self.env_tick[b])} "
                 f"(environment {int(self.env_ids[b])}, episode tick {int(self.episode_tick[b])})")
@@ -134,9 +136,9 @@ class CoagentUnit:
         if self.output_space.discrete:
             n = self.output_space.n
             probs = np.full(n, 1.0 / n) if initial == "uniform" else np.asarray(initial, dtype=np.float64)
-            u = self.stream.uniform(self.env_ids, self.env_tick, INITIAL_OUTPUT_SLOT)
-            draw = categorical(np.broadcast_to(probs, (self.batch, n)), u)
-            self.output[mask] = draw[mask]
+            rows = np.flatnonzero(mask)
+            u = self.stream.uniform(self.env_ids[rows], self.env_tick[rows], INITIAL_OUTPUT_SLOT)
+            self.output[rows] = categorical(np.broadcast_to(probs, (rows.size, n)), u)
         else:
             self.output[mask] = 0.0
         self.rule.reset(self, mask)
@@ -158,12 +160,17 @@ class CoagentUnit:
         closing = executes & self.executed_this_episode
         if closing.any():
             self.rule.close(self, closing, self.rule.value_next(self, x, shared_value))
-        stats = self.policy.forward(self.params, x)
-        self.check_finite(stats[0] if isinstance(stats, tuple) else stats, "policy output")
-        sampled = self.policy.sample(stats, self.stream, self.env_ids, self.env_tick)
-        if executes.any():
-            self.rule.open(self, x, executes, self.policy.score(stats, sampled), shared_value)
-        self.output[executes] = sampled[executes]
+        rows = np.flatnonzero(executes)  # only executing environments compute (draws are keyed: same numbers)
+        stats = self.policy.forward(self.params, x, rows)
+        self.check_finite(stats[0] if isinstance(stats, tuple) else stats, "policy output", rows)
+        sampled = self.policy.sample(stats, self.stream, self.env_ids[rows], self.env_tick[rows])
+        if rows.size:
+            score = {}
+            for k, g in self.policy.score(stats, sampled).items():
+                score[k] = np.zeros((self.batch,) + g.shape[1:])
+                score[k][rows] = g
+            self.rule.open(self, x, executes, score, shared_value)
+        self.output[rows] = sampled
         self.stream_reward[executes] = 0.0
         self.stream_discount[executes] = 1.0
         self.last_execution_tick[executes] = self.episode_tick[executes]

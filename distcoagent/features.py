@@ -7,7 +7,8 @@ codes of discrete inputs, raw continuous inputs, and a bias).  Both expose the t
 operations every linear-in-parameters policy and critic needs, batched over trials
 (parameter groups ``P``) and the environments of each trial (``E``, with ``B = P*E``):
 
-- ``linear(W)``: ``x . W`` per environment, ``W`` of shape ``(P, n, K)`` -> ``(B, K)``;
+- ``linear(W, rows)``: ``x . W`` for the environments ``rows`` (default all), ``W`` of
+  shape ``(P, n, K)`` -> ``(len(rows), K)``;
 - ``add_outer(z, g, mask)``: ``z[p, e] += mask * outer(x, g)`` for traces ``(P, E, n, K)``.
 """
 from __future__ import annotations
@@ -36,17 +37,20 @@ class LocalState:
     """Base class; see the module docstring."""
 
     size: int
+    batch: int
 
 
 class TabularState(LocalState):
     def __init__(self, index: np.ndarray, size: int):
+        self.batch = index.shape[0]
         self.index = index
         self.size = size
 
-    def linear(self, W: np.ndarray) -> np.ndarray:
-        P = W.shape[0]
-        E = self.index.shape[0] // P
-        return W[np.repeat(np.arange(P), E), self.index]
+    def linear(self, W: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
+        E = self.index.shape[0] // W.shape[0]
+        if rows is None:
+            rows = np.arange(self.index.shape[0])
+        return W[rows // E, self.index[rows]]
 
     def add_outer(self, z: np.ndarray, g: np.ndarray, mask: np.ndarray) -> None:
         P, E = z.shape[:2]
@@ -62,17 +66,26 @@ class TabularState(LocalState):
 
 class FeatureState(LocalState):
     def __init__(self, phi: np.ndarray):
+        self.batch = phi.shape[0]
         self.phi = phi
         self.size = phi.shape[1]
 
-    def linear(self, W: np.ndarray) -> np.ndarray:
+    def linear(self, W: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
         P = W.shape[0]
-        phi = self.phi.reshape(P, -1, self.size)
-        return np.einsum("pef,pfk->pek", phi, W).reshape(self.phi.shape[0], -1)
+        if rows is None:
+            if P == 1:
+                return self.phi @ W[0]
+            return np.einsum("pef,pfk->pek", self.phi.reshape(P, -1, self.size), W).reshape(self.phi.shape[0], -1)
+        if P == 1:
+            return self.phi[rows] @ W[0]
+        E = self.phi.shape[0] // P
+        return np.einsum("bf,bfk->bk", self.phi[rows], W[rows // E])
 
     def add_outer(self, z: np.ndarray, g: np.ndarray, mask: np.ndarray) -> None:
         P, E = z.shape[:2]
-        z += (mask[:, None, None] * self.phi[:, :, None] * g[:, None, :]).reshape(z.shape)
+        flat = z.reshape(P * E, self.size, -1)
+        rows = np.flatnonzero(mask)
+        flat[rows] += self.phi[rows, :, None] * g[rows, None, :]
 
     def outer(self, g: np.ndarray) -> np.ndarray:
         return self.phi[:, :, None] * g[:, None, :]

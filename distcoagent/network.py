@@ -17,6 +17,7 @@ import numpy as np
 from .coagent import Coagent, CoagentUnit, parse_input
 from .features import Encoder, InputSpace, ObservationFeatures
 from .policies import Gaussian
+from .rules import ScaledTraces
 
 
 class SpecError(ValueError):
@@ -215,24 +216,23 @@ class CriticUnit:
         self.trials, self.envs_per_trial = trials, envs_per_trial
         self.gamma_step = gamma_step
         self.params = {"w": np.zeros((trials, self.encoder.size, 1))}
-        self.rule_state = {"z": np.zeros((trials, envs_per_trial, self.encoder.size, 1))}
+        self.rule_state = {"z.w": np.zeros((trials, envs_per_trial, self.encoder.size, 1))}
+        ScaledTraces.init(self.rule_state, trials * envs_per_trial)
 
     def value(self, obs: np.ndarray) -> np.ndarray:
         return self.encoder([obs]).linear(self.params["w"])[:, 0]
 
     def update(self, obs, reward, next_obs, ended, active):
         """One TD(lambda) step for the transitions obs -> next_obs of active environments."""
-        from .rules import _group_sum, _scale
-
         x = self.encoder([obs])
-        z = self.rule_state["z"]
+        st = self.rule_state
         v = x.linear(self.params["w"])[:, 0]
         v_next = np.where(ended, 0.0, self.value(next_obs))
         delta = np.where(active, reward + self.gamma_step * v_next - v, 0.0)
-        _scale(z, np.where(active, self.gamma_step * self.critic.lam, 1.0))
-        x.add_outer(z, np.ones((obs.shape[0], 1)), active)
-        self.params["w"] += self.critic.step * _group_sum(delta, z)
-        _scale(z, ~(ended & active))
+        ScaledTraces.decay(st, np.full(obs.shape[0], self.gamma_step * self.critic.lam), active)
+        ScaledTraces.add(st, "z.w", x, np.ones((obs.shape[0], 1)), active, True)
+        ScaledTraces.apply(st, "z.w", self.params["w"], self.critic.step * delta, active)
+        ScaledTraces.reset(st, ended & active)
 
     def state_dict(self):
         return {"params": {k: v.copy() for k, v in self.params.items()},

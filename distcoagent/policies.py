@@ -52,8 +52,8 @@ class Policy:
     def init_params(self, n_local: int, trials: int) -> dict[str, np.ndarray]:
         raise NotImplementedError
 
-    def forward(self, params: dict, x: LocalState):
-        """Distribution statistics per environment (probabilities, or mean and std)."""
+    def forward(self, params: dict, x: LocalState, rows: np.ndarray | None = None):
+        """Distribution statistics for environments ``rows`` (default all): probabilities, or mean and std."""
         raise NotImplementedError
 
     def sample(self, stats, stream: Stream, env: np.ndarray, tick: np.ndarray) -> np.ndarray:
@@ -88,8 +88,8 @@ class Softmax(Policy):
     def init_params(self, n_local, trials):
         return {"W": np.zeros((trials, n_local, self.n))}
 
-    def forward(self, params, x):
-        return softmax(x.linear(params["W"]))
+    def forward(self, params, x, rows=None):
+        return softmax(x.linear(params["W"], rows))
 
     def sample(self, stats, stream, env, tick):
         return categorical(stats, stream.uniform(env, tick, POLICY_SLOT))
@@ -118,8 +118,8 @@ class Bernoulli(Policy):
     def init_params(self, n_local, trials):
         return {"W": np.zeros((trials, n_local, 1))}
 
-    def forward(self, params, x):
-        return sigmoid(x.linear(params["W"])[:, 0])
+    def forward(self, params, x, rows=None):
+        return sigmoid(x.linear(params["W"], rows)[:, 0])
 
     def sample(self, stats, stream, env, tick):
         return (stream.uniform(env, tick, POLICY_SLOT) < stats).astype(np.int64)
@@ -155,11 +155,11 @@ class Gaussian(Policy):
         return {"W": np.zeros((trials, n_local, self.dim)),
                 "log_std": np.full((trials, self.dim), float(self.init_log_std))}
 
-    def forward(self, params, x):
-        mean = x.linear(params["W"])
-        P = params["log_std"].shape[0]
-        log_std = np.maximum(np.repeat(params["log_std"], mean.shape[0] // P, axis=0), self.min_log_std)
-        return mean, np.exp(log_std)
+    def forward(self, params, x, rows=None):
+        mean = x.linear(params["W"], rows)
+        log_std = params["log_std"]
+        group = (np.arange(x.batch) if rows is None else rows) // (x.batch // log_std.shape[0])
+        return mean, np.exp(np.maximum(log_std[group], self.min_log_std))
 
     def sample(self, stats, stream, env, tick):
         mean, std = stats

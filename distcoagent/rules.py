@@ -39,8 +39,78 @@ def add_score(trace: np.ndarray, x, g: np.ndarray, mask: np.ndarray, linear: boo
     if linear:
         x.add_outer(trace, g, mask)
     else:
-        P, E = trace.shape[:2]
         trace += (mask[:, None] * g).reshape(trace.shape)
+
+
+_SCRATCH: dict = {}
+
+
+def apply_traces(param: np.ndarray, weights: np.ndarray, trace: np.ndarray, mask: np.ndarray) -> None:
+    """param[p] += sum_e weights[p, e] * trace[p, e] over masked environments, in index order.
+
+    With one environment per trial this is an elementwise update (the common case, and
+    most of an engine's time): a gather of the masked rows when they are few, else one
+    dense pass through a reused scratch buffer.  Otherwise a fixed-order sum over each
+    trial's environments.
+    """
+    P, E = trace.shape[:2]
+    if E > 1:
+        param += _group_sum(np.where(mask, weights, 0.0), trace)
+        return
+    rows = np.flatnonzero(mask)
+    if rows.size * 8 < P:
+        param[rows] += weights[rows].reshape((-1,) + (1,) * (trace.ndim - 2)) * trace[rows, 0]
+        return
+    buffer = _SCRATCH.get(param.shape)
+    if buffer is None:
+        buffer = _SCRATCH[param.shape] = np.empty(param.shape)
+    np.multiply(np.where(mask, weights, 0.0).reshape((-1,) + (1,) * (trace.ndim - 2)), trace[:, 0], out=buffer)
+    param += buffer
+
+
+class ScaledTraces:
+    """Eligibility traces stored as ``scale[b] * stored[b]``: decaying a trace is O(1) per env.
+
+    Keys in a rule's state: ``z.NAME`` (stored traces, ``(P, E, ...)``) and ``z_scale`` (B,).
+    A scale that falls below ``floor`` is folded back into its stored rows.
+    """
+
+    floor = 1e-150
+
+    @staticmethod
+    def init(state: dict, batch: int) -> None:
+        state["z_scale"] = np.ones(batch)
+
+    @staticmethod
+    def decay(state: dict, factor: np.ndarray, mask: np.ndarray) -> None:
+        scale = state["z_scale"]
+        scale[mask] *= factor[mask]
+        tiny = scale < ScaledTraces.floor
+        if tiny.any():
+            rows = np.flatnonzero(tiny)
+            for k, v in state.items():
+                if k.startswith("z."):
+                    P, E = v.shape[:2]
+                    flat = v.reshape((P * E,) + v.shape[2:])
+                    flat[rows] *= scale[rows].reshape((-1,) + (1,) * (flat.ndim - 1))
+            scale[rows] = 1.0
+
+    @staticmethod
+    def add(state: dict, name: str, x, g: np.ndarray, mask: np.ndarray, linear: bool) -> None:
+        add_score(state[name], x, g / state["z_scale"][:, None], mask, linear)
+
+    @staticmethod
+    def apply(state: dict, name: str, param: np.ndarray, weights: np.ndarray, mask: np.ndarray) -> None:
+        apply_traces(param, weights * state["z_scale"], state[name], mask)
+
+    @staticmethod
+    def reset(state: dict, mask: np.ndarray) -> None:
+        rows = np.flatnonzero(mask)
+        for k, v in state.items():
+            if k.startswith("z."):
+                P, E = v.shape[:2]
+                v.reshape((P * E,) + v.shape[2:])[rows] = 0.0
+        state["z_scale"][rows] = 1.0
 
 
 class LearningRule:
@@ -111,6 +181,7 @@ class ActorCritic(LearningRule):
             unit.params.setdefault("critic", np.zeros((P, unit.encoder.size, 1)))
             state["z.critic_w"] = np.zeros((P, E, unit.encoder.size, 1))
         state["v_last"] = np.zeros(B)
+        ScaledTraces.init(state, B)
         return state
 
     def _value(self, unit, x):
@@ -122,22 +193,21 @@ class ActorCritic(LearningRule):
         unit.check_finite(delta, "TD error")
         with np.errstate(over="ignore", invalid="ignore"):  # divergence is reported by check_finite
             for k in unit.policy_param_names:
-                unit.params[k] += self.actor_step * _group_sum(delta, st[f"z.{k}"])
+                ScaledTraces.apply(st, f"z.{k}", unit.params[k], self.actor_step * delta, mask)
             if self.critic == "own":
-                unit.params["critic"] += self.critic_step * _group_sum(delta, st["z.critic_w"])
+                ScaledTraces.apply(st, "z.critic_w", unit.params["critic"], self.critic_step * delta, mask)
         unit.count_updates(mask)
 
     def open(self, unit, x, mask, score, shared_value):
         st = unit.rule_state
         elapsed = unit.episode_tick - unit.last_execution_tick
-        decay = np.where(mask, np.where(unit.executed_this_episode,
-                                        (unit.gamma_atomic * self.lam) ** elapsed, 0.0), 1.0)
+        # (gamma_atomic * lambda) ** Delta_{j-1}; a first execution finds its traces reset to 0
+        decay = (unit.gamma_atomic * self.lam) ** elapsed
+        ScaledTraces.decay(st, decay, mask & unit.executed_this_episode)
         for k in unit.policy_param_names:
-            _scale(st[f"z.{k}"], decay)
-            add_score(st[f"z.{k}"], x, score[k], mask, k in unit.policy.linear_params)
+            ScaledTraces.add(st, f"z.{k}", x, score[k], mask, k in unit.policy.linear_params)
         if self.critic == "own":
-            _scale(st["z.critic_w"], decay)
-            x.add_outer(st["z.critic_w"], np.ones((mask.shape[0], 1)), mask)
+            ScaledTraces.add(st, "z.critic_w", x, np.ones((mask.shape[0], 1)), mask, True)
             v_now = self._value(unit, x)
         else:
             v_now = shared_value
@@ -148,9 +218,7 @@ class ActorCritic(LearningRule):
         return self._value(unit, x) if self.critic == "own" else shared_value
 
     def reset(self, unit, mask):
-        for k, v in unit.rule_state.items():
-            if k.startswith("z."):
-                _scale(v, ~mask)
+        ScaledTraces.reset(unit.rule_state, mask)
 
     def to_config(self):
         return {"kind": self.kind, "actor_step": self.actor_step, "critic_step": self.critic_step,
@@ -222,7 +290,7 @@ class Reinforce(LearningRule):
         """At an episode's end: apply the update and move the baseline."""
         if self.step > 0:
             for k in unit.policy_param_names:
-                unit.params[k] += self.step * _group_sum(mask.astype(np.float64), self.episode_gradient(unit, k))
+                apply_traces(unit.params[k], np.full(unit.batch, self.step), self.episode_gradient(unit, k), mask)
             unit.count_updates(mask)
         if self.baseline:
             st = unit.rule_state
