@@ -50,3 +50,30 @@ def test_frozenlake_tabular_network_learns_to_reach_the_goal():
     first, last = result.returns[:, 0, :50].mean(), result.returns[:, 0, -50:].mean()
     print(f"FrozenLake success rate: first 50 episodes {first:.2f}, last 50 {last:.2f}")
     assert last > first + 0.3
+
+
+def test_reinforce_with_baseline_learns_the_small_grid():
+    from distcoagent import Coagent, Network
+    from distcoagent.policies import Softmax
+    from distcoagent.rules import Reinforce
+
+    net = Network([Coagent("act", ["obs"], Softmax(4), rule=Reinforce(step=0.05, baseline=True))],
+                  action="act", gamma=0.95)
+    result = train(net, "distcoagent/GridWorld-v0", env_kwargs={"size": 3, "max_steps": 50}, trials=32,
+                   episodes=150, seed=0)
+    first, last = result.returns[:, 0, :10].mean(), result.returns[:, 0, -10:].mean()
+    print(f"REINFORCE on 3x3: first 10 episodes {first:.1f}, last 10 {last:.1f} (optimum -4)")
+    assert last > first + 5 and last > -8
+
+
+def test_gaussian_coagent_acts_on_a_box_action_space():
+    from distcoagent import Coagent, Network
+    from distcoagent.features import Fourier
+    from distcoagent.policies import Gaussian
+    from distcoagent.rules import ActorCritic
+
+    net = Network([Coagent("torque", ["obs"], Gaussian(1), features=Fourier(1),
+                           rule=ActorCritic(0.001, 0.01, 0.5, critic="own"))], action="torque", gamma=0.9)
+    result = train(net, "Pendulum-v1", env_kwargs={"max_episode_steps": 20}, trials=2, episodes=3, seed=0)
+    assert result.returns.shape == (2, 1, 3) and np.all(np.isfinite(result.returns))
+    assert np.all(np.isfinite(result.params["torque"]["log_std"]))
