@@ -60,3 +60,11 @@ def test_help_describes_every_option():
     for flag in ("--episodes", "--trials", "--seed", "--out", "--engine", "--address"):
         assert flag in train
     assert "inprocess" in train and "ray" in train
+
+
+def test_every_example_spec_validates():
+    examples = sorted((ROOT / "examples").glob("*.toml"))
+    assert len(examples) >= 3
+    for path in examples:
+        proc = cli("validate", str(path))
+        assert proc.returncode == 0, (path, proc.stderr)
