@@ -1,0 +1,49 @@
+"""``distcoagent reproduce fig5|fig6``: the paper's experiments (SPEC §4), as PNG and JSON."""
+from __future__ import annotations
+
+import sys
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "reproduce", help="reproduce the paper's Figure 5 (gradient check) or Figure 6 (learning curve)",
+        description="fig5: train the paper's network 5 episodes (actor-critic(lambda), shared critic), "
+                    "freeze it, estimate dJ/dtheta by ACPGT and by finite differences from growing data, "
+                    "and plot their mean cosine distance (95% band over trials) against episodes. "
+                    "fig6: mean episodic return per episode over trials (95% band) with the optimal "
+                    "return. Writes DIR/figN.png and DIR/figN.json.")
+    p.add_argument("figure", choices=["fig5", "fig6"])
+    p.add_argument("--trials", type=int, help="independent trials (default: fig5 20, fig6 10000)")
+    p.add_argument("--episodes", type=int, help="fig5: most episodes per estimate (default 3000); "
+                                                "fig6: episodes per trial (default 200)")
+    p.add_argument("--out", default="figures", help="output directory (default: figures)")
+    p.add_argument("--seed", type=int, default=0, help="seed (default 0)")
+    p.add_argument("--step", type=float, default=0.1, help="fig5: finite-difference step h (default 0.1)")
+    p.add_argument("--workers", type=int, help="worker processes (default: CPU count, at most 8)")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from .. import reproduce
+
+    for flag in ("trials", "episodes", "workers"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            print(f"distcoagent reproduce: error: --{flag}: expected a positive integer, got {value}",
+                  file=sys.stderr)
+            return 2
+    if args.figure == "fig5":
+        summary = reproduce.fig5(trials=args.trials or 20, episodes=args.episodes or 3000, seed=args.seed,
+                                 out=args.out, step=args.step, workers=args.workers)
+        print(f"fig5: {summary['trials']} trials, up to {summary['max_episodes']} episodes per estimate, "
+              f"{summary['seconds']:.1f} s")
+        for n, m, h in zip(summary["episodes"], summary["mean_cosine_distance"], summary["ci95_halfwidth"]):
+            print(f"  {n:>7} episodes: cosine distance {m:.4f} +- {h:.4f}")
+    else:
+        summary = reproduce.fig6(trials=args.trials or 10_000, episodes=args.episodes or 200, seed=args.seed,
+                                 out=args.out, workers=args.workers)
+        print(f"fig6: {summary['trials']} trials x {summary['episodes']} episodes in {summary['seconds']:.1f} s; "
+              f"mean return: episode 1 {summary['first_episode_mean']:.2f}, last 10 "
+              f"{summary['final_mean_last10']:.2f}; optimal {summary['optimal_return']:g}")
+    print(f"wrote {args.out}/{args.figure}.png and {args.out}/{args.figure}.json")
+    return 0

@@ -1,0 +1,132 @@
+"""gradcheck: freeze a network's parameters and compare estimates of dJ/dtheta.
+
+Methods: ``acpgt`` (the asynchronous coagent policy gradient estimator, SPEC §3),
+``fd`` (central finite differences of J on common random numbers) and, for tabular
+networks on environments with a transition model, ``exact`` (``exact.exact``).
+The report gives each method's gradient per coagent in parameter shape, standard
+errors, per-coagent norms, cosine distances between methods and distances to the
+exact gradient; ``to_dict()`` is JSON-ready and ``table()`` is for humans.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..network import Network
+from .common import Gradient, cosine_distance, distance, norms, to_lists
+from .estimators import acpgt_estimate, fd_estimate, initial_params, j_estimate, trained_params
+from .exact import exact as exact_evaluate
+
+
+@dataclass
+class GradcheckReport:
+    """Gradients by method (``{method: {coagent: {param: array}}}``) and how they compare."""
+
+    gradients: dict[str, Gradient]
+    stderr: dict[str, Gradient]
+    episodes: dict[str, int]
+    params: Gradient
+    J: dict[str, float]
+    settings: dict
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def cosine_distances(self) -> dict[str, float]:
+        methods = list(self.gradients)
+        return {f"{a}_vs_{b}": cosine_distance(self.gradients[a], self.gradients[b])
+                for i, a in enumerate(methods) for b in methods[i + 1:]}
+
+    @property
+    def norms(self) -> dict[str, dict[str, float]]:
+        return {m: norms(g) for m, g in self.gradients.items()}
+
+    @property
+    def distance_to_exact(self) -> dict[str, float]:
+        if "exact" not in self.gradients:
+            return {}
+        return {m: distance(g, self.gradients["exact"]) for m, g in self.gradients.items() if m != "exact"}
+
+    def to_dict(self) -> dict:
+        return {"settings": self.settings, "episodes": self.episodes, "J": self.J,
+                "cosine_distance": self.cosine_distances, "norms": self.norms,
+                "distance_to_exact": self.distance_to_exact, "seconds": self.seconds,
+                "params": to_lists(self.params),
+                "gradients": {m: to_lists(g) for m, g in self.gradients.items()},
+                "stderr": {m: to_lists(g) for m, g in self.stderr.items()}}
+
+    def table(self) -> str:
+        methods = list(self.gradients)
+        lines = [f"gradcheck on {self.settings['env_id']}  "
+                 + "  ".join(f"{m}: {self.episodes[m]} episodes" for m in methods if m in self.episodes)]
+        header = f"{'coagent':<16}" + "".join(f"{'|' + m + '|':>14}" for m in methods)
+        lines += ["", "per-coagent gradient norms", header]
+        for name in self.params:
+            lines.append(f"{name:<16}" + "".join(f"{self.norms[m][name]:>14.5f}" for m in methods))
+        lines += ["", "cosine distance (1 - cos)"]
+        lines += [f"  {k:<22}{v:>12.6f}" for k, v in self.cosine_distances.items()]
+        if self.distance_to_exact:
+            lines += ["", "euclidean distance to the exact gradient"]
+            lines += [f"  {k:<22}{v:>12.6f}" for k, v in self.distance_to_exact.items()]
+        lines += ["", "J: " + "  ".join(f"{k} {v:.6f}" for k, v in self.J.items())]
+        if self.settings.get("note"):
+            lines += ["note: " + self.settings["note"]]
+        return "\n".join(lines)
+
+
+def resolve(spec_or_network, env_id=None, env_kwargs=None, seed=None):
+    """(network, env_id, env_kwargs, seed) from a RunSpec, a spec path, or a Network and an env."""
+    if isinstance(spec_or_network, (str, Path)):
+        from ..spec import load_spec  # the lead's loader; imported only when a path is given
+
+        spec_or_network = load_spec(spec_or_network)
+    if isinstance(spec_or_network, Network):
+        if env_id is None:
+            raise ValueError("env_id: a Network needs an environment id (or pass a spec)")
+        return spec_or_network, env_id, dict(env_kwargs or {}), 0 if seed is None else seed
+    spec = spec_or_network
+    return (spec.network, env_id or spec.env_id, dict(spec.env_kwargs if env_kwargs is None else env_kwargs),
+            getattr(spec, "seed", 0) if seed is None else seed)
+
+
+def gradcheck(spec_or_network, env_id: str | None = None, env_kwargs: dict | None = None, *,
+              episodes: int = 1000, fd_episodes: int | None = None, step: float = 0.1, exact: bool = False,
+              fd: bool = True, seed: int | None = None, params: dict | None = None,
+              train_episodes: int = 0) -> GradcheckReport:
+    """Estimate dJ/dtheta at frozen parameters by ACPGT and finite differences (and exactly).
+
+    params: frozen parameters (default: the network's initial ones for ``seed``, or the
+        result of ``train_episodes`` episodes of its own learning rules, trial 0).
+    episodes: ACPGT episodes; fd_episodes: episode pairs per coordinate (default: episodes).
+    step: finite-difference step h; exact: also compute J and the gradient exactly.
+    """
+    network, env_id, env_kwargs, seed = resolve(spec_or_network, env_id, env_kwargs, seed)
+    if params is None and train_episodes > 0:
+        params = trained_params(network, env_id, env_kwargs, train_episodes, 1, seed)[0]
+    params = initial_params(network, env_id, env_kwargs, seed, params)
+    gradients, stderr, counts, J, seconds = {}, {}, {}, {}, {}
+    if exact:  # first: a network or env that cannot be solved fails before any sampling
+        import time
+
+        start = time.perf_counter()
+        result = exact_evaluate(network, env_id, env_kwargs, params)
+        seconds["exact"] = time.perf_counter() - start
+        J["exact"] = result.J
+    est = acpgt_estimate(network, env_id, env_kwargs, params, episodes, seed)
+    gradients["acpgt"], stderr["acpgt"], counts["acpgt"], seconds["acpgt"] = (
+        est.mean, est.stderr, est.episodes, est.seconds)
+    if fd:
+        est = fd_estimate(network, env_id, env_kwargs, params, fd_episodes or episodes, step, seed + 1)
+        gradients["fd"], stderr["fd"], counts["fd"], seconds["fd"] = est.mean, est.stderr, est.episodes, est.seconds
+    if exact:
+        gradients["exact"] = result.gradient
+    J["estimate"], J["stderr"] = j_estimate(network, env_id, env_kwargs, params, min(episodes, 4096), seed + 2)
+    settings = {"env_id": env_id, "env_kwargs": env_kwargs, "seed": seed, "step": step,
+                "train_episodes": train_episodes, "gamma": network.gamma,
+                "ticks_per_step": network.ticks_per_step}
+    limit = env_kwargs.get("max_steps", 100) if env_id == "distcoagent/GridWorld-v0" else None
+    if exact and limit is not None:
+        settings["note"] = (f"the exact evaluation has no time limit, the estimators stop episodes at "
+                            f"max_steps={limit}; set max_steps = none in [env] for a like-for-like check")
+    return GradcheckReport(gradients, stderr, counts, params, J, settings, seconds)

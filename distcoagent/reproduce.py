@@ -1,0 +1,202 @@
+"""The paper's experiments (SPEC §4): Figure 5 (gradient check) and Figure 6 (learning curve).
+
+Figure 5: train the paper's network for 5 episodes (actor-critic(lambda), shared
+critic), freeze it, estimate dJ/dtheta with the ACPGT estimator and with finite
+differences on J from growing amounts of data, and plot the mean cosine distance
+between the two (95% band over trials) against episodes, log scale.  It falls
+towards 0 as both estimates converge to the same gradient.
+
+Figure 6: mean episodic return per episode over many trials of 200 episodes, 95%
+band, with the optimal return (shortest path, computed) as a reference line.
+
+Trials are spread over worker processes.  Randomness is keyed by trial, environment
+and tick, so the numbers do not depend on the number of workers.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+
+from .engine import InProcessEngine
+from .envs import GridWorldEnv
+from .gradients.common import cosine_distance, flatten
+from .gradients.estimators import acpgt_samples, fd_samples, trained_params
+from .network import Network
+
+PAPER_SPEC = Path(__file__).resolve().parents[1] / "examples" / "paper_gridworld.toml"
+TRAIN_EPISODES = 5  # SPEC §4: the gradient check happens after 5 training episodes
+
+
+def paper_setup() -> tuple[Network, str, dict]:
+    """The paper's network and gridworld: the example spec if present, else the same in Python."""
+    if PAPER_SPEC.is_file():
+        from .spec import load_spec
+
+        spec = load_spec(PAPER_SPEC)
+        return spec.network, spec.env_id, dict(spec.env_kwargs)
+    from .examples import paper_network
+
+    return paper_network(), "distcoagent/GridWorld-v0", {"size": 5, "max_steps": 100}
+
+
+def default_workers() -> int:
+    return max(1, min(os.cpu_count() or 1, 8))
+
+
+def _pool(workers: int):
+    return ProcessPoolExecutor(workers, mp_context=get_context("fork" if os.name == "posix" else "spawn"))
+
+
+# ------------------------------------------------------------------------------ figure 6
+def _learning_slice(job) -> np.ndarray:
+    """Returns (trials of slice w, episodes): the engine for all trials, split into ``workers``
+    micro-batches, keeping only micro-batch w (so trial t is trial t of a one-process run)."""
+    network, env_id, env_kwargs, trials, episodes, seed, workers, w = job
+    engine = InProcessEngine(network, env_id, env_kwargs, trials=trials, seed=seed, micro_batches=workers)
+    a, b = engine.slices[w]
+    engine.slices, engine.envs, engine.batches = [engine.slices[w]], [engine.envs[w]], [engine.batches[w]]
+    engine.trials = b - a
+    return engine.train(episodes).returns[:, 0, :]
+
+
+def learning_curves(network: Network, env_id: str, env_kwargs: dict, trials: int, episodes: int, seed: int = 0,
+                    workers: int | None = None) -> np.ndarray:
+    """Undiscounted returns, shape (trials, episodes), trials spread over worker processes."""
+    workers = min(workers or default_workers(), trials)
+    jobs = [(network, env_id, env_kwargs, trials, episodes, seed, workers, w) for w in range(workers)]
+    if workers == 1:
+        return _learning_slice(jobs[0])
+    with _pool(workers) as pool:
+        return np.concatenate(list(pool.map(_learning_slice, jobs)))
+
+
+def fig6(trials: int = 10_000, episodes: int = 200, seed: int = 0, out: Path | str = "figures",
+         workers: int | None = None) -> dict:
+    """Figure 6: writes fig6.png and fig6.json under ``out``; returns the JSON summary."""
+    from .plotting import mean_and_band
+
+    network, env_id, env_kwargs = paper_setup()
+    start = time.perf_counter()
+    returns = learning_curves(network, env_id, env_kwargs, trials, episodes, seed, workers)
+    seconds = time.perf_counter() - start
+    optimum = GridWorldEnv(**{k: v for k, v in env_kwargs.items() if k in ("size", "start", "goal")}
+                           ).optimal_return()
+    mean, half = mean_and_band(returns)
+    summary = {"figure": "fig6", "trials": trials, "episodes": episodes, "seed": seed, "env_id": env_id,
+               "env_kwargs": env_kwargs, "optimal_return": optimum, "seconds": seconds,
+               "mean_return": mean.tolist(), "ci95_halfwidth": half.tolist(),
+               "final_mean_last10": float(mean[-10:].mean()), "first_episode_mean": float(mean[0])}
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    _plot_fig6(mean, half, optimum, trials, out / "fig6.png")
+    (out / "fig6.json").write_text(json.dumps(summary, indent=1))
+    return summary
+
+
+def _plot_fig6(mean, half, optimum, trials, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    x = np.arange(1, mean.size + 1)
+    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=110)
+    ax.plot(x, mean, color="C0", label=f"mean over {trials} trials")
+    ax.fill_between(x, mean - half, mean + half, color="C0", alpha=0.3, label="95% confidence")
+    ax.axhline(optimum, color="k", ls="--", lw=1, label=f"optimal return ({optimum:g})")
+    ax.set_xlabel("episode")
+    ax.set_ylabel("episodic return")
+    ax.set_title("Asynchronous coagent network (beta = 0.5), 5x5 gridworld", fontsize=10)
+    ax.legend(loc="lower right", fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+# ------------------------------------------------------------------------------ figure 5
+def data_grid(max_episodes: int, points: int = 14) -> np.ndarray:
+    """Log-spaced episode counts from 1 to ``max_episodes`` (distinct integers)."""
+    return np.unique(np.round(np.logspace(0, np.log10(max_episodes), points)).astype(int))
+
+
+def _cosine_curve_of_trials(job) -> np.ndarray:
+    """(trials of the job, len(grid)) cosine distances between ACPGT and FD with n episodes each."""
+    network, env_id, env_kwargs, params, first_trial, episodes, grid, step, seed = job
+    acpgt = acpgt_samples(network, env_id, env_kwargs, params, episodes, 1, seed + 1,
+                          env_offset=first_trial * episodes)
+    out = np.zeros((len(params), len(grid)))
+    for t, theta in enumerate(params):
+        fd = fd_samples(network, env_id, env_kwargs, theta, episodes, 1, step, seed + 2,
+                        env_offset=(first_trial + t) * episodes)
+        a, f = np.cumsum(acpgt[t], axis=0), np.cumsum(fd, axis=0)
+        for i, n in enumerate(grid):
+            out[t, i] = cosine_distance({"g": {"g": a[n - 1]}}, {"g": {"g": f[n - 1]}})
+    return out
+
+
+def gradient_check_curves(network: Network, env_id: str, env_kwargs: dict, trials: int, episodes: int,
+                          seed: int = 0, step: float = 0.1, workers: int | None = None,
+                          train_episodes: int = TRAIN_EPISODES) -> tuple[np.ndarray, np.ndarray]:
+    """(grid, cosine distances of shape (trials, len(grid))) following SPEC §4's protocol."""
+    params = trained_params(network, env_id, env_kwargs, train_episodes, trials, seed)
+    grid = data_grid(episodes)
+    workers = min(workers or default_workers(), trials)
+    bounds = np.linspace(0, trials, workers + 1).round().astype(int)
+    jobs = [(network, env_id, env_kwargs, params[a:b], int(a), episodes, grid, step, seed)
+            for a, b in zip(bounds[:-1], bounds[1:])]
+    if workers == 1:
+        return grid, _cosine_curve_of_trials(jobs[0])
+    with _pool(workers) as pool:
+        return grid, np.concatenate(list(pool.map(_cosine_curve_of_trials, jobs)))
+
+
+def fig5(trials: int = 20, episodes: int = 1000, seed: int = 0, out: Path | str = "figures", step: float = 0.1,
+         workers: int | None = None) -> dict:
+    """Figure 5: writes fig5.png and fig5.json under ``out``; returns the JSON summary."""
+    from .plotting import mean_and_band
+
+    network, env_id, env_kwargs = paper_setup()
+    start = time.perf_counter()
+    grid, distances = gradient_check_curves(network, env_id, env_kwargs, trials, episodes, seed, step, workers)
+    seconds = time.perf_counter() - start
+    mean, half = mean_and_band(distances)
+    n_params = flatten(trained_params(network, env_id, env_kwargs, 0, 1, seed)[0]).size
+    summary = {"figure": "fig5", "trials": trials, "max_episodes": episodes, "seed": seed, "fd_step": step,
+               "train_episodes": TRAIN_EPISODES, "env_id": env_id, "env_kwargs": env_kwargs,
+               "parameters": n_params, "seconds": seconds, "episodes": grid.tolist(),
+               "mean_cosine_distance": mean.tolist(), "ci95_halfwidth": half.tolist(),
+               "per_trial": distances.tolist()}
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    _plot_fig5(grid, mean, half, trials, out / "fig5.png")
+    (out / "fig5.json").write_text(json.dumps(summary, indent=1))
+    return summary
+
+
+def _plot_fig5(grid, mean, half, trials, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=110)
+    ax.plot(grid, mean, color="C3", marker="o", ms=3, label=f"mean over {trials} trials")
+    ax.fill_between(grid, np.maximum(mean - half, 0), mean + half, color="C3", alpha=0.25,
+                    label="95% confidence")
+    ax.set_xscale("log")
+    ax.set_ylim(bottom=0)
+    ax.set_xlabel("episodes per estimate (ACPGT: episodes; FD: episode pairs per parameter)")
+    ax.set_ylabel("cosine distance, ACPGT vs finite differences")
+    ax.set_title("Gradient check after 5 training episodes, 5x5 gridworld", fontsize=10)
+    ax.legend(loc="upper right", fontsize=8)
+    ax.grid(alpha=0.3, which="both")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

@@ -1,0 +1,142 @@
+"""ACPGT and finite-difference estimates against the exact gradient, with variance-derived bounds.
+
+Every check is ``fakes.consistent``: a Bonferroni bound on per-entry z-scores built from
+the estimators' own standard errors (per-episode spread), at alpha = 1e-3 per check.
+Seeds are fixed, so the outcome is deterministic; the wrong estimators show the
+same check rejects a biased estimate at the same sample size.
+"""
+import json
+
+import numpy as np
+import pytest
+
+from distcoagent.gradients import acpgt_estimate, exact, fd_estimate, gradcheck, j_estimate
+from distcoagent.gradients.common import cosine_distance, flatten
+from distcoagent.gradients.estimators import acpgt_samples, fd_samples, initial_params
+from distcoagent.gradients.exact import NotExactError, exact_central_differences
+
+from fakes import (GRID, GRID3, NO_DISCOUNT, VARIANTS, consistent, count_every_tick, reference_cases,
+                   reference_gradient, reference_network)
+
+EPISODES = 20_000      # ACPGT episodes per check
+FD_PAIRS = 3_000       # finite-difference episode pairs per coordinate
+FD_COORDINATES = 8     # coordinates checked per variant by default (all with -m slow)
+STEP = 0.1
+
+
+def setup(variant, seed=11):
+    network = VARIANTS[variant]()
+    params = initial_params(network, GRID, GRID3, seed=seed)
+    return network, params, exact(network, GRID, GRID3, params)
+
+
+@pytest.mark.parametrize("case", reference_cases(), ids=lambda c: c["name"])
+def test_acpgt_converges_to_the_reference_gradient(case):
+    network, params = reference_network(case)
+    est = acpgt_estimate(network, GRID, GRID3, params, episodes=EPISODES, seed=1, keep_samples=True)
+    ok, z, threshold = consistent(est.mean, est.stderr, reference_gradient(case), samples=est.samples)
+    assert ok, f"max |z| {z:.2f} > {threshold:.2f}"
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_acpgt_agrees_with_the_exact_gradient(variant):
+    network, params, truth = setup(variant)
+    est = acpgt_estimate(network, GRID, GRID3, params, episodes=EPISODES, seed=2, keep_samples=True)
+    ok, z, threshold = consistent(est.mean, est.stderr, truth.gradient, samples=est.samples)
+    assert ok, f"{variant}: max |z| {z:.2f} > {threshold:.2f}"
+    assert cosine_distance(est.mean, truth.gradient) < 0.1
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_monte_carlo_J_agrees_with_exact_J(variant):
+    """The engine and the folded chain implement the same semantics (SPEC §3a)."""
+    network, params, truth = setup(variant)
+    mean, stderr = j_estimate(network, GRID, GRID3, params, episodes=EPISODES, seed=3)
+    ok, z, threshold = consistent({"J": {"J": np.array([mean])}}, {"J": {"J": np.array([stderr])}},
+                                  {"J": {"J": np.array([truth.J])}})
+    assert ok, f"{variant}: J {mean:.4f} +- {stderr:.4f} vs exact {truth.J:.4f}"
+
+
+def _fd_check(variant, coordinates):
+    network, params, _ = setup(variant)
+    x = fd_samples(network, GRID, GRID3, params, FD_PAIRS, 1, STEP, seed=4, coordinates=coordinates)
+    # the estimator's expectation at step h: central differences of exact J at h
+    expected = flatten(exact_central_differences(network, GRID, GRID3, params, step=STEP))[coordinates]
+    mean, stderr = x.mean(axis=0), x.std(axis=0, ddof=1) / np.sqrt(x.shape[0])
+    return consistent({"g": {"g": mean}}, {"g": {"g": stderr}}, {"g": {"g": expected}}, samples=x)
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_finite_differences_agree_with_exact_J(variant):
+    n = flatten(initial_params(VARIANTS[variant](), GRID, GRID3)).size
+    coordinates = np.random.default_rng(5).choice(n, FD_COORDINATES, replace=False)
+    ok, z, threshold = _fd_check(variant, coordinates)
+    assert ok, f"{variant}: max |z| {z:.2f} > {threshold:.2f}"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_finite_differences_agree_with_exact_J_every_coordinate(variant):
+    n = flatten(initial_params(VARIANTS[variant](), GRID, GRID3)).size
+    ok, z, threshold = _fd_check(variant, np.arange(n))
+    assert ok, f"{variant}: max |z| {z:.2f} > {threshold:.2f}"
+
+
+def test_fd_estimate_agrees_with_the_exact_gradient():
+    """The whole FD estimator, every coordinate: consistent with its exact expectation (central
+    differences of exact J at the same h), which is within O(h^2) of the exact gradient."""
+    network, params, truth = setup("async_paper")
+    est = fd_estimate(network, GRID, GRID3, params, episodes=1000, step=STEP, seed=6, keep_samples=True)
+    expected = exact_central_differences(network, GRID, GRID3, params, step=STEP)
+    assert np.abs(flatten(expected) - flatten(truth.gradient)).max() < STEP ** 2
+    ok, z, threshold = consistent(est.mean, est.stderr, expected, samples=est.samples)
+    assert ok, f"max |z| {z:.2f} > {threshold:.2f}"
+    assert cosine_distance(est.mean, truth.gradient) < 0.1
+
+
+@pytest.mark.parametrize("wrong", ["drops gamma^t", "counts non-executed ticks"])
+def test_the_check_rejects_a_wrong_estimator(wrong):
+    network, params, truth = setup("async_paper")
+    kwargs = {"recorder": NO_DISCOUNT} if wrong == "drops gamma^t" else {"instrument": count_every_tick}
+    est = acpgt_estimate(network, GRID, GRID3, params, episodes=EPISODES, seed=2, keep_samples=True, **kwargs)
+    ok, z, threshold = consistent(est.mean, est.stderr, truth.gradient, samples=est.samples)
+    assert not ok, f"{wrong}: max |z| {z:.2f} <= {threshold:.2f} -- the test has no power"
+
+
+def test_counting_every_tick_is_harmless_when_every_coagent_always_executes():
+    """Sanity check of the wrong estimator itself: with beta = 1 it is the right one."""
+    network, params, _ = setup("synchronous")
+    right = acpgt_estimate(network, GRID, GRID3, params, episodes=500, seed=7)
+    wrong = acpgt_estimate(network, GRID, GRID3, params, episodes=500, seed=7, instrument=count_every_tick)
+    np.testing.assert_allclose(flatten(right.mean), flatten(wrong.mean), atol=1e-12)
+
+
+def test_estimates_are_deterministic_and_do_not_depend_on_batching():
+    network, params, _ = setup("recurrent")
+    whole = acpgt_samples(network, GRID, GRID3, [params], envs=40, per_env=2, seed=8)[0]
+    first = acpgt_samples(network, GRID, GRID3, [params], envs=15, per_env=2, seed=8)[0]
+    rest = acpgt_samples(network, GRID, GRID3, [params], envs=25, per_env=2, seed=8, env_offset=15)[0]
+    np.testing.assert_array_equal(whole, np.concatenate([first, rest]))
+    again = acpgt_samples(network, GRID, GRID3, [params], envs=40, per_env=2, seed=8)[0]
+    np.testing.assert_array_equal(whole, again)
+
+
+def test_gradcheck_report_is_json_and_names_each_method():
+    network, params, truth = setup("async_paper")
+    report = gradcheck(network, GRID, GRID3, episodes=300, fd_episodes=50, exact=True, seed=0, params=params)
+    data = json.loads(json.dumps(report.to_dict()))
+    assert set(data["gradients"]) == {"acpgt", "fd", "exact"}
+    assert np.asarray(data["gradients"]["exact"]["c0"]["W"]).shape == (9, 2)
+    np.testing.assert_allclose(report.gradients["exact"]["c2"]["W"], truth.gradient["c2"]["W"])
+    assert set(data["cosine_distance"]) == {"acpgt_vs_fd", "acpgt_vs_exact", "fd_vs_exact"}
+    assert "c2" in report.table() and "cosine distance" in report.table()
+
+
+def test_gradcheck_exact_fails_fast_on_a_non_tabular_network():
+    from distcoagent.coagent import Coagent
+    from distcoagent.network import Network
+    from distcoagent.policies import Gaussian
+
+    network = Network([Coagent("steer", ["obs"], Gaussian(1))], action="steer", gamma=0.9)
+    with pytest.raises(NotExactError, match="steer.*continuous"):
+        gradcheck(network, "MountainCarContinuous-v0", exact=True, episodes=10)

@@ -1,0 +1,89 @@
+"""The paper's experiments and the gradcheck/reproduce commands, at tiny sizes."""
+import json
+
+import numpy as np
+import pytest
+
+from distcoagent import reproduce
+
+
+def test_learning_curves_do_not_depend_on_the_number_of_workers():
+    network, env_id, env_kwargs = reproduce.paper_setup()
+    one = reproduce.learning_curves(network, env_id, env_kwargs, trials=5, episodes=3, seed=4, workers=1)
+    two = reproduce.learning_curves(network, env_id, env_kwargs, trials=5, episodes=3, seed=4, workers=2)
+    np.testing.assert_array_equal(one, two)
+    assert one.shape == (5, 3)
+
+
+def test_fig5_and_fig6_write_png_and_json(tmp_path):
+    s5 = reproduce.fig5(trials=2, episodes=8, out=tmp_path, workers=1)
+    s6 = reproduce.fig6(trials=3, episodes=4, out=tmp_path, workers=1)
+    for name in ("fig5", "fig6"):
+        assert (tmp_path / f"{name}.png").stat().st_size > 1000
+        json.loads((tmp_path / f"{name}.json").read_text())
+    assert s5["episodes"][0] == 1 and s5["episodes"][-1] == 8
+    assert all(0 <= d <= 2 for d in s5["mean_cosine_distance"])
+    assert s6["optimal_return"] == -8.0 and len(s6["mean_return"]) == 4
+
+
+SPEC = """
+[env]
+id = "distcoagent/GridWorld-v0"
+size = 3
+max_steps = {max_steps}
+[network]
+gamma = 0.9
+action = "act"
+[[coagent]]
+name = "bit"
+inputs = ["obs"]
+policy = {{ kind = "softmax", n = 2 }}
+execution = {{ kind = "constant", probability = 0.5 }}
+[[coagent]]
+name = "act"
+inputs = ["bit", "prev:act"]
+policy = {{ kind = "softmax", n = 4 }}
+"""
+
+
+@pytest.fixture
+def cli():
+    main = pytest.importorskip("distcoagent.cli").main
+    return main
+
+
+def test_gradcheck_command_writes_json(cli, tmp_path, capsys):
+    spec = tmp_path / "net.toml"
+    spec.write_text(SPEC.format(max_steps=1000))
+    out = tmp_path / "report.json"
+    assert cli(["gradcheck", str(spec), "--episodes", "200", "--fd-episodes", "20", "--exact",
+                "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert np.asarray(report["gradients"]["exact"]["act"]["W"]).shape == (8, 4)  # (bit, prev:act) x 4 moves
+    assert "acpgt_vs_exact" in report["cosine_distance"]
+    assert "max_steps=1000" in capsys.readouterr().out  # the time-limit caveat is printed
+
+
+def test_gradcheck_command_names_what_is_not_exact(cli, tmp_path, capsys):
+    spec = tmp_path / "cart.toml"
+    spec.write_text("""
+[env]
+id = "CartPole-v1"
+[network]
+gamma = 0.99
+action = "push"
+[[coagent]]
+name = "push"
+inputs = ["obs"]
+policy = { kind = "softmax", n = 2 }
+features = { kind = "fourier", order = 1, low = [-2.4, -3, -0.21, -3], high = [2.4, 3, 0.21, 3] }
+""")
+    assert cli(["gradcheck", str(spec), "--exact", "--episodes", "5"]) == 2
+    err = capsys.readouterr().err
+    assert "push" in err and "continuous" in err
+
+
+def test_reproduce_command(cli, tmp_path):
+    assert cli(["reproduce", "fig6", "--trials", "2", "--episodes", "2", "--out", str(tmp_path),
+                "--workers", "1"]) == 0
+    assert (tmp_path / "fig6.png").exists()
