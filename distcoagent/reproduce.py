@@ -28,6 +28,7 @@ from .envs import GridWorldEnv
 from .gradients.common import cosine_distance, flatten
 from .gradients.estimators import acpgt_samples, fd_samples, trained_params
 from .network import Network
+from .plotting import mean_and_band, plot_band
 
 PAPER_SPEC = Path(__file__).resolve().parents[1] / "examples" / "paper_gridworld.toml"
 TRAIN_EPISODES = 5  # SPEC §4: the gradient check happens after 5 training episodes
@@ -79,7 +80,6 @@ def learning_curves(network: Network, env_id: str, env_kwargs: dict, trials: int
 def fig6(trials: int = 10_000, episodes: int = 200, seed: int = 0, out: Path | str = "figures",
          workers: int | None = None) -> dict:
     """Figure 6: writes fig6.png and fig6.json under ``out``; returns the JSON summary."""
-    from .plotting import mean_and_band
 
     network, env_id, env_kwargs = paper_setup()
     start = time.perf_counter()
@@ -100,24 +100,10 @@ def fig6(trials: int = 10_000, episodes: int = 200, seed: int = 0, out: Path | s
 
 
 def _plot_fig6(mean, half, optimum, trials, path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    x = np.arange(1, mean.size + 1)
-    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=110)
-    ax.plot(x, mean, color="C0", label=f"mean over {trials} trials")
-    ax.fill_between(x, mean - half, mean + half, color="C0", alpha=0.3, label="95% confidence")
-    ax.axhline(optimum, color="k", ls="--", lw=1, label=f"optimal return ({optimum:g})")
-    ax.set_xlabel("episode")
-    ax.set_ylabel("episodic return")
-    ax.set_title("Asynchronous coagent network (beta = 0.5), 5x5 gridworld", fontsize=10)
-    ax.legend(loc="lower right", fontsize=8)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    plot_band(np.arange(1, mean.size + 1), mean, half, path, label=f"mean over {trials} trials",
+              xlabel="episode", ylabel="episodic return",
+              title="Asynchronous coagent network (beta = 0.5), 5x5 gridworld",
+              reference=(optimum, f"optimal return ({optimum:g})"))
 
 
 # ------------------------------------------------------------------------------ figure 5
@@ -160,7 +146,6 @@ def gradient_check_curves(network: Network, env_id: str, env_kwargs: dict, trial
 def fig5(trials: int = 20, episodes: int = 1000, seed: int = 0, out: Path | str = "figures", step: float = 0.1,
          workers: int | None = None) -> dict:
     """Figure 5: writes fig5.png and fig5.json under ``out``; returns the JSON summary."""
-    from .plotting import mean_and_band
 
     network, env_id, env_kwargs = paper_setup()
     start = time.perf_counter()
@@ -181,22 +166,8 @@ def fig5(trials: int = 20, episodes: int = 1000, seed: int = 0, out: Path | str 
 
 
 def _plot_fig5(grid, mean, half, trials, path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=110)
-    ax.plot(grid, mean, color="C3", marker="o", ms=3, label=f"mean over {trials} trials")
-    ax.fill_between(grid, np.maximum(mean - half, 0), mean + half, color="C3", alpha=0.25,
-                    label="95% confidence")
-    ax.set_xscale("log")
-    ax.set_ylim(bottom=0)
-    ax.set_xlabel("episodes per estimate (ACPGT: episodes; FD: episode pairs per parameter)")
-    ax.set_ylabel("cosine distance, ACPGT vs finite differences")
-    ax.set_title("Gradient check after 5 training episodes, 5x5 gridworld", fontsize=10)
-    ax.legend(loc="upper right", fontsize=8)
-    ax.grid(alpha=0.3, which="both")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    plot_band(grid, mean, half, path, label=f"mean over {trials} trials", color="C3", marker="o", log_x=True,
+              floor=0.0, legend="upper right",
+              xlabel="episodes per estimate (ACPGT: episodes; FD: episode pairs per parameter)",
+              ylabel="cosine distance, ACPGT vs finite differences",
+              title="Gradient check after 5 training episodes, 5x5 gridworld")
