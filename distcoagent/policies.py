@@ -11,8 +11,8 @@ state ``x`` (tabular index or features); their score (d/dtheta ln pi) is
 >>> p = Softmax(3)
 >>> params = p.init_params(n_local=2, trials=1)
 >>> stats = p.forward(params, TabularState(np.array([0, 1]), 2))
->>> stats.shape, float(stats.sum())
-((2, 3), 2.0)
+>>> stats.shape, stats.sum(axis=1).round(12).tolist()
+((2, 3), [1.0, 1.0])
 """
 from __future__ import annotations
 
