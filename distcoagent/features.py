@@ -53,10 +53,9 @@ class TabularState(LocalState):
         return W[rows // E, self.index[rows]]
 
     def add_outer(self, z: np.ndarray, g: np.ndarray, mask: np.ndarray) -> None:
-        P, E = z.shape[:2]
-        flat = z.reshape(P * E, self.size, -1)
         rows = np.flatnonzero(mask)
-        flat[rows, self.index[rows]] += g[rows]
+        cells = z.reshape(z.shape[0] * z.shape[1] * self.size, -1)  # one row per (env, local state)
+        cells[rows * self.size + self.index[rows]] += g[rows]
 
     def outer(self, g: np.ndarray) -> np.ndarray:
         out = np.zeros((g.shape[0], self.size, g.shape[1]))

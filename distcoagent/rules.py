@@ -84,7 +84,7 @@ class ScaledTraces:
     @staticmethod
     def decay(state: dict, factor: np.ndarray, mask: np.ndarray) -> None:
         scale = state["z_scale"]
-        scale[mask] *= factor[mask]
+        np.multiply(scale, np.where(mask, factor, 1.0), out=scale)
         tiny = scale < ScaledTraces.floor
         if tiny.any():
             rows = np.flatnonzero(tiny)
