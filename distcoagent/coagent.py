@@ -148,6 +148,11 @@ class CoagentUnit:
         self.episode_tick[mask] = 0
         return self.output.copy()
 
+    def set_clock(self, tick: int) -> None:
+        """Set every environment's atomic clock (engines align clocks when a run starts, so a
+        micro-batch that finished early and stopped ticking draws the same numbers as in one batch)."""
+        self.env_tick[:] = tick
+
     def local_state(self, values: Sequence[np.ndarray]):
         return self.encoder(values)
 

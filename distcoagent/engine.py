@@ -119,6 +119,8 @@ class InProcessEngine:
         for (a, b), env, nb in zip(self.slices, self.envs, self.batches):
             books.append(EpisodeBook(b - a, self.envs_per_trial, episodes))
             obs.append(env.reset())
+            for unit in nb.units.values():
+                unit.set_clock(self.tick_count)
             nb.begin_episode(np.ones(nb.batch, dtype=bool))
         done_before = 0
         try:

@@ -76,3 +76,14 @@ def test_gymnasium_env_runs_batched_and_seeded():
     a = _run(3, env_id="CartPole-v1", kwargs={}, net=net, episodes=2)
     b = _run(3, env_id="CartPole-v1", kwargs={}, net=net, episodes=2)
     assert np.array_equal(a.returns, b.returns) and np.all(a.returns > 0)
+
+
+def test_a_second_train_call_does_not_depend_on_micro_batches():
+    """A micro-batch that finished early stops ticking; clocks are realigned when a run starts."""
+    results = []
+    for micro_batches in (1, 3):
+        engine = InProcessEngine(paper_network(), GRID, {"size": 4}, trials=6, seed=9, micro_batches=micro_batches)
+        engine.train(3)
+        results.append(engine.train(3))
+    assert np.array_equal(results[0].returns, results[1].returns)
+    assert np.array_equal(results[0].params["act"]["W"], results[1].params["act"]["W"])

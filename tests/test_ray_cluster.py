@@ -1,0 +1,46 @@
+"""Two Ray nodes on 127.0.0.1 (ray.cluster_utils.Cluster): coagents placed on both by custom resources,
+the result is the in-process engine's, bit for bit."""
+import pytest
+
+ray = pytest.importorskip("ray")
+
+from ray.cluster_utils import Cluster  # noqa: E402
+
+from distcoagent.ray_engine import RayEngine  # noqa: E402
+from ray_networks import GRID, assert_identical, in_process, paper  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "resources": {"node_a": 1}})
+    cluster.add_node(num_cpus=1, resources={"node_b": 1})
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address, logging_level="WARNING", log_to_driver=False)
+    yield cluster
+    ray.shutdown()
+    cluster.shutdown()
+
+
+def _node_of(actor) -> str:
+    return ray.get(actor.__ray_call__.remote(lambda self: ray.get_runtime_context().get_node_id()))
+
+
+@pytest.mark.parametrize("transport", ["compiled", "actors"])
+def test_coagents_on_two_nodes_agree_with_in_process(cluster, transport):
+    resources = {"bit_a": {"node_a": 0.5}, "bit_b": {"node_b": 0.5}, "act": {"node_b": 0.5}}
+    expected = in_process(paper(), GRID, {"size": 4}, trials=4, seed=7, micro_batches=2, episodes=3)
+    engine = RayEngine(paper(), GRID, {"size": 4}, trials=4, seed=7, micro_batches=2, resources=resources,
+                       env_resources={"node_a": 0.25}, transport=transport)
+    try:
+        nodes = [_node_of(a) for a in engine.actors]
+        assert nodes[0] != nodes[1] == nodes[2]  # bit_a on the head, bit_b and act on the second node
+        assert_identical(expected, engine.train(3))
+    finally:
+        engine.close()
+
+
+def test_a_resource_only_one_node_has_too_little_of_fails(cluster):
+    from distcoagent.ray_engine import PlacementError
+
+    with pytest.raises(PlacementError, match="node_b"):
+        RayEngine(paper(), GRID, {"size": 3}, resources={"bit_a": {"node_b": 1}, "act": {"node_b": 1}})

@@ -1,0 +1,158 @@
+"""The Ray engine agrees bit for bit with the in-process engine (as gymnasium's sync and async vector
+envs agree), whatever the packing, micro-batching and transport; bad placements and addresses fail fast."""
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ray = pytest.importorskip("ray")
+
+from distcoagent.ray_engine import PlacementError, RayEngine  # noqa: E402
+from ray_networks import (GRID, assert_identical, cartpole, in_process, option_critic, paper,  # noqa: E402
+                          recurrent)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def ray_instance():
+    tests = str(Path(__file__).parent)  # actors import the shared fakes (core_fakes) by module name
+    path = os.pathsep.join([tests] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING", log_to_driver=False,
+             runtime_env={"env_vars": {"PYTHONPATH": path}})
+    yield
+    ray.shutdown()
+
+
+def _ray(network, env_id, env_kwargs, *, trials, envs_per_trial=1, seed=0, episodes=3, **options):
+    engine = RayEngine(network, env_id, env_kwargs, trials=trials, envs_per_trial=envs_per_trial, seed=seed,
+                       **options)
+    try:
+        return engine.train(episodes)
+    finally:
+        engine.close()
+
+
+def _agree(make, env_id, env_kwargs, *, trials, envs_per_trial, seed, episodes, **options):
+    expected = in_process(make(), env_id, env_kwargs, trials=trials, envs_per_trial=envs_per_trial, seed=seed,
+                          micro_batches=options.get("micro_batches", 1), episodes=episodes)
+    got = _ray(make(), env_id, env_kwargs, trials=trials, envs_per_trial=envs_per_trial, seed=seed,
+               episodes=episodes, **options)
+    assert got.engine == "ray"
+    assert_identical(expected, got)
+    return got
+
+
+@pytest.mark.parametrize("options", [
+    {},
+    {"micro_batches": 2, "coagents_per_actor": 2},
+    {"micro_batches": 3, "transport": "actors"},
+], ids=["per-coagent", "micro-batches+packed", "plain-actor-calls"])
+def test_paper_network_agrees_with_in_process(options):
+    got = _agree(paper, GRID, {"size": 5}, trials=6, envs_per_trial=2, seed=3, episodes=4, **options)
+    assert got.counters["act"]["executions"] > 0
+
+
+@pytest.mark.parametrize("options", [
+    {"coagents_per_actor": 2},  # prev:act crosses actors, prev:gate and prev:mem stay inside
+    {"micro_batches": 2},
+], ids=["packed", "micro-batches"])
+def test_recurrent_network_agrees_with_in_process(options):
+    _agree(recurrent, GRID, {"size": 4}, trials=4, envs_per_trial=2, seed=11, episodes=3, **options)
+
+
+@pytest.mark.parametrize("options", [
+    {},
+    {"groups": [["termination", "act"], ["option"]], "micro_batches": 2},
+], ids=["per-coagent", "grouped+micro-batches"])
+def test_coagent_driven_execution_agrees_with_in_process(options):
+    got = _agree(option_critic, GRID, {"size": 4}, trials=4, envs_per_trial=1, seed=5, episodes=3, **options)
+    c = got.counters
+    assert c["termination"]["executions"] == c["termination"]["ticks"]  # beta = 1
+    assert 0 < c["option"]["executions"] < c["option"]["ticks"]  # driven by termination
+
+
+def test_cartpole_with_linear_features_agrees_with_in_process():
+    _agree(cartpole, "CartPole-v1", {}, trials=2, envs_per_trial=2, seed=0, episodes=2, micro_batches=2)
+
+
+def test_a_second_train_call_continues_like_in_process():
+    from distcoagent.engine import InProcessEngine
+    from ray_networks import assert_identical as same
+
+    ref = InProcessEngine(paper(), GRID, {"size": 4}, trials=3, seed=2)
+    engine = RayEngine(paper(), GRID, {"size": 4}, trials=3, seed=2)
+    try:
+        same(ref.train(2), engine.train(2))
+        same(ref.train(3), engine.train(3))
+    finally:
+        engine.close()
+
+
+def test_the_comparison_can_fail():
+    """Guard against a vacuous agreement: another seed must give other results."""
+    a = in_process(paper(), GRID, {"size": 4}, trials=3, seed=1, episodes=2)
+    b = _ray(paper(), GRID, {"size": 4}, trials=3, seed=2, episodes=2)
+    with pytest.raises(AssertionError):
+        assert_identical(a, b)
+
+
+def test_result_reports_the_placement():
+    got = _ray(paper(), GRID, {"size": 3}, trials=2, episodes=1, coagents_per_actor=3)
+    assert got.extra["groups"] == [["bit_a", "bit_b", "act"]]
+    assert got.extra["depth"] == 2 and got.extra["transport"] == "compiled"
+
+
+def test_placement_group_spread_runs():
+    _agree(paper, GRID, {"size": 3}, trials=2, envs_per_trial=1, seed=0, episodes=2, placement="SPREAD")
+
+
+# ---------------------------------------------------------------------- bad input
+def test_unknown_custom_resource_fails_fast_naming_it():
+    start = time.perf_counter()
+    with pytest.raises(PlacementError, match="node_nowhere"):
+        RayEngine(paper(), GRID, {"size": 3}, resources={"act": {"node_nowhere": 1}})
+    assert time.perf_counter() - start < 10
+
+
+def test_more_cpus_than_the_cluster_has_fails_naming_cpu():
+    with pytest.raises(PlacementError, match="CPU"):
+        RayEngine(paper(), GRID, {"size": 3}, cpus_per_actor=8)
+
+
+def test_resources_for_an_unknown_coagent_and_bad_groups_fail():
+    with pytest.raises(PlacementError, match="unknown coagent"):
+        RayEngine(paper(), GRID, {"size": 3}, resources={"nobody": {"CPU": 1}})
+    with pytest.raises(PlacementError, match="missing"):
+        RayEngine(paper(), GRID, {"size": 3}, groups=[["bit_a"], ["act"]])
+    with pytest.raises(PlacementError, match="placement"):
+        RayEngine(paper(), GRID, {"size": 3}, placement="EVERYWHERE")
+
+
+def test_unreachable_address_fails_within_seconds():
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    start = time.perf_counter()
+    with pytest.raises(ConnectionError, match=f"127.0.0.1:{port}"):
+        RayEngine(paper(), GRID, {"size": 3}, address=f"127.0.0.1:{port}")
+    assert time.perf_counter() - start < 5
+    with pytest.raises(ConnectionError, match="HOST:PORT"):
+        RayEngine(paper(), GRID, {"size": 3}, address="not-an-address")
+
+
+def test_nonfinite_reward_surfaces_as_the_core_error():
+    from core_fakes import SCRIPTED_ID  # noqa: F401  (registers the env here; "module:id" in the actor)
+    from distcoagent.coagent import Coagent, NonFiniteError
+    from distcoagent.network import Network
+    from distcoagent.policies import Softmax
+
+    net = Network([Coagent("c", ["obs"], Softmax(2))], action="c")
+    engine = RayEngine(net, "core_fakes:tests/Scripted-v0", {"nan_at": 3}, trials=1)
+    try:
+        with pytest.raises(NonFiniteError, match="reward"):
+            engine.train(2)
+    finally:
+        engine.close()
