@@ -21,7 +21,8 @@ def _train(args) -> int:
     overrides = {"episodes": args.episodes, "trials": args.trials, "seed": args.seed, "engine": args.engine,
                  "envs_per_trial": args.envs_per_trial, "micro_batches": args.micro_batches,
                  "address": args.address}
-    spec = load_spec(args.spec, overrides)
+    spec = load_spec(args.spec, overrides, {"coagents_per_actor": args.coagents_per_actor,
+                                            "placement": args.placement, "transport": args.transport})
     check_env(spec).close()
     out = Path(args.out) if args.out else Path("runs") / Path(args.spec).stem
     bar = tqdm(total=spec.train.episodes, unit="episode", disable=args.quiet or None,
@@ -76,6 +77,12 @@ def build_parser() -> argparse.ArgumentParser:
                                       "instead of starting a local Ray")
     p.add_argument("--micro-batches", type=int, help="split trials into this many micro-batches "
                                                       "(pipelined on Ray; results do not change)")
+    p.add_argument("--coagents-per-actor", type=int, help="with --engine ray: pack this many coagents into "
+                                                          "one actor (default 1; spec: ray.coagents_per_actor)")
+    p.add_argument("--placement", choices=["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"],
+                   help="with --engine ray: put all actors in a placement group with this strategy")
+    p.add_argument("--transport", choices=["compiled", "actors"],
+                   help="with --engine ray: Ray Compiled Graph (default) or plain actor calls")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_train)
 
@@ -99,6 +106,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except SpecError as error:
+        print(f"distcoagent {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except ConnectionError as error:  # --address where no Ray cluster answers
         print(f"distcoagent {args.command}: error: {error}", file=sys.stderr)
         return 2
     except gym.error.Error as error:  # unknown env id: gymnasium's own message and suggestion

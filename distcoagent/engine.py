@@ -34,6 +34,15 @@ def trial_slices(trials: int, micro_batches: int) -> list[tuple[int, int]]:
     return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:])]
 
 
+def check_reward(reward: np.ndarray, active: np.ndarray, tick: int, network: Network) -> None:
+    """Stop the run on a NaN or infinite reward, naming the tick and the coagents it would reach."""
+    bad = active & ~np.isfinite(reward)
+    if bad.any():
+        b = int(np.flatnonzero(bad)[0])
+        raise NonFiniteError(f"environment returned reward {reward[b]} at atomic tick {tick} "
+                             f"(environment {b}); it would reach coagent(s) {', '.join(network.order)}")
+
+
 class EpisodeBook:
     """Per-environment episode bookkeeping: returns, counts, which environments are still active."""
 
@@ -146,12 +155,7 @@ class InProcessEngine:
         current = nb.tick(obs, active)
         if stepped:
             next_obs, reward, terminated, truncated = env.step(nb.action(current))
-            bad = active & ~np.isfinite(reward)
-            if bad.any():
-                b = int(np.flatnonzero(bad)[0])
-                raise NonFiniteError(
-                    f"environment returned reward {reward[b]} at atomic tick {self.tick_count} "
-                    f"(environment {b}); it would reach coagent(s) {', '.join(self.network.order)}")
+            check_reward(reward, active, self.tick_count, self.network)
             reward = np.where(active, reward, 0.0)
             ended = terminated | truncated
             if nb.critic is not None:

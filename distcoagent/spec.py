@@ -23,6 +23,9 @@
     [train]                # optional; CLI flags override
     episodes = 200
 
+    [ray]                  # optional; placement for --engine ray (see ray_engine.RayEngine)
+    coagents_per_actor = 1
+
 Every key is checked: an unknown key, a wrong type or a value out of range raises
 ``SpecError`` naming the field (``coagent[2].policy.kind``) and what was expected.
 """
@@ -43,6 +46,8 @@ from .policies import POLICIES
 from .rules import RULES
 
 ENGINES = ("inprocess", "ray")
+RAY_OPTIONS = {"coagents_per_actor", "groups", "resources", "env_resources", "cpus_per_actor", "placement",
+               "transport", "max_inflight", "connect_timeout", "ready_timeout", "timeout"}
 
 
 @dataclass
@@ -89,6 +94,7 @@ class RunSpec:
     env_kwargs: dict
     train: TrainConfig
     raw: dict = field(default_factory=dict)
+    ray: dict = field(default_factory=dict)  # RayEngine placement options ([ray] table)
 
     def __getattr__(self, name):  # episodes, trials, seed, ... straight from train
         if name in TrainConfig.__dataclass_fields__:
@@ -135,7 +141,7 @@ COAGENT_KEYS = {"name", "inputs", "policy", "execution", "rule", "features", "in
 def parse(raw: dict, source: str = "spec") -> RunSpec:
     """Build a RunSpec from a parsed TOML document."""
     raw = copy.deepcopy(raw)
-    _check_keys(raw, {"env", "network", "critic", "defaults", "coagent", "train"}, source)
+    _check_keys(raw, {"env", "network", "critic", "defaults", "coagent", "train", "ray"}, source)
     env = raw.get("env")
     if not isinstance(env, dict) or not isinstance(env.get("id"), str):
         raise SpecError("env.id: expected a gymnasium environment id (a string), e.g. "
@@ -190,11 +196,14 @@ def parse(raw: dict, source: str = "spec") -> RunSpec:
                       ticks_per_step=net.get("ticks_per_step", 1), critic=critic)
     train = raw.get("train", {})
     _check_keys(train, set(TrainConfig.__dataclass_fields__), "train")
-    return RunSpec(network, env["id"], env_kwargs, TrainConfig(**train), raw)
+    ray = raw.get("ray", {})
+    _check_keys(ray, RAY_OPTIONS, "ray")
+    return RunSpec(network, env["id"], env_kwargs, TrainConfig(**train), raw, ray)
 
 
-def load_spec(path: str | Path, overrides: dict | None = None) -> RunSpec:
-    """Read and validate a TOML spec; ``overrides`` replace keys of [train] (CLI flags)."""
+def load_spec(path: str | Path, overrides: dict | None = None, ray_overrides: dict | None = None) -> RunSpec:
+    """Read and validate a TOML spec; ``overrides`` replace keys of [train], ``ray_overrides``
+    keys of [ray] (CLI flags; None values are ignored)."""
     path = Path(path)
     if not path.is_file():
         raise SpecError(f"spec: no such file {str(path)!r}")
@@ -204,6 +213,8 @@ def load_spec(path: str | Path, overrides: dict | None = None) -> RunSpec:
         raise SpecError(f"spec {path}: not valid TOML: {e}") from None
     if overrides:
         raw.setdefault("train", {}).update({k: v for k, v in overrides.items() if v is not None})
+    if ray_overrides and any(v is not None for v in ray_overrides.values()):
+        raw.setdefault("ray", {}).update({k: v for k, v in ray_overrides.items() if v is not None})
     return parse(raw, str(path))
 
 

@@ -23,14 +23,14 @@ from .network import Network, SpecError
 from .spec import RunSpec, TrainConfig
 
 
-def make_engine(network: Network, env_id: str, env_kwargs: dict, config: TrainConfig):
-    """The engine named by ``config.engine``, built for the run."""
+def make_engine(network: Network, env_id: str, env_kwargs: dict, config: TrainConfig, ray_options: dict | None = None):
+    """The engine named by ``config.engine``, built for the run (``ray_options``: RayEngine placement)."""
     common = dict(trials=config.trials, envs_per_trial=config.envs_per_trial, seed=config.seed,
                   micro_batches=config.micro_batches)
     if config.engine == "ray":
         from .ray_engine import RayEngine
 
-        return RayEngine(network, env_id, env_kwargs, address=config.address, **common)
+        return RayEngine(network, env_id, env_kwargs, address=config.address, **common, **(ray_options or {}))
     if config.address is not None:
         raise SpecError("address: only the ray engine joins a cluster; add --engine ray")
     return InProcessEngine(network, env_id, env_kwargs, **common)
@@ -39,9 +39,10 @@ def make_engine(network: Network, env_id: str, env_kwargs: dict, config: TrainCo
 def train(network: Network | RunSpec, env: str | None = None, *, env_kwargs: dict | None = None,
           episodes: int | None = None, trials: int | None = None, seed: int | None = None,
           envs_per_trial: int | None = None, engine: str | None = None, micro_batches: int | None = None,
-          address: str | None = None, out: str | Path | None = None,
+          address: str | None = None, out: str | Path | None = None, ray_options: dict | None = None,
           progress: Callable[[int], None] | None = None) -> TrainResult:
-    """Train ``network`` on gymnasium env ``env``; keyword arguments override a spec's [train].
+    """Train ``network`` on gymnasium env ``env``; keyword arguments override a spec's [train]
+    (``ray_options``, its [ray] table: placement for the Ray engine).
 
     >>> from distcoagent.examples import paper_network
     >>> result = train(paper_network(), "distcoagent/GridWorld-v0", env_kwargs={"size": 3},
@@ -56,6 +57,7 @@ def train(network: Network | RunSpec, env: str | None = None, *, env_kwargs: dic
         spec = network
         config = TrainConfig(**{**spec.train.__dict__, **overrides})
         network, env, env_kwargs = spec.network, env or spec.env_id, env_kwargs or spec.env_kwargs
+        ray_options = {**spec.ray, **(ray_options or {})}
     else:
         if env is None:
             raise SpecError("env: expected a gymnasium environment id")
@@ -66,8 +68,8 @@ def train(network: Network | RunSpec, env: str | None = None, *, env_kwargs: dic
         run_dir = Path(out)
         run_dir.mkdir(parents=True, exist_ok=True)
         _write_json(run_dir / "config.json", {"env": {"id": env, **env_kwargs}, "network": network.to_config(),
-                                              "train": config.__dict__})
-    runner = make_engine(network, env, env_kwargs, config)
+                                              "train": config.__dict__, "ray": ray_options or {}})
+    runner = make_engine(network, env, env_kwargs, config, ray_options)
     try:
         result = runner.train(config.episodes, progress=progress)
     except Exception as error:

@@ -68,3 +68,23 @@ def test_every_example_spec_validates():
     for path in examples:
         proc = cli("validate", str(path))
         assert proc.returncode == 0, (path, proc.stderr)
+
+
+def test_train_on_the_ray_engine_matches_the_in_process_engine(tmp_path):
+    common = ("--episodes", "4", "--trials", "3", "--seed", "4", "--quiet")
+    ray_run = cli("train", EXAMPLE, *common, "--engine", "ray", "--coagents-per-actor", "2", "--out",
+                  str(tmp_path / "ray"))
+    assert ray_run.returncode == 0, ray_run.stderr
+    assert "engine" in ray_run.stdout and "ray" in ray_run.stdout
+    assert cli("train", EXAMPLE, *common, "--out", str(tmp_path / "local")).returncode == 0
+    assert (tmp_path / "ray" / "returns.csv").read_text() == (tmp_path / "local" / "returns.csv").read_text()
+    assert json.loads((tmp_path / "ray" / "config.json").read_text())["ray"] == {"coagents_per_actor": 2}
+
+
+def test_unreachable_address_fails_fast_with_a_clear_error():
+    import time
+
+    start = time.monotonic()
+    proc = cli("train", EXAMPLE, "--engine", "ray", "--address", "127.0.0.1:1", "--quiet")
+    assert proc.returncode == 2 and "no Ray cluster answers at 127.0.0.1:1" in proc.stderr
+    assert time.monotonic() - start < 30 and "Traceback" not in proc.stderr

@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..coagent import CoagentUnit, NonFiniteError, parse_input
-from ..engine import EpisodeBook
+from ..coagent import CoagentUnit, parse_input
+from ..engine import EpisodeBook, check_reward
 from ..envs import make_batch
 from ..network import CriticUnit, Network, space_of
 
@@ -92,11 +92,7 @@ class EnvironmentWorker:
             action = acts[0] if len(acts) == 1 else (
                 np.stack(acts, axis=1) if acts[0].ndim == 1 else np.concatenate(acts, axis=1))
             next_obs, reward, terminated, truncated = self.env.step(action)
-            bad = active & ~np.isfinite(reward)
-            if bad.any():
-                b = int(np.flatnonzero(bad)[0])
-                raise NonFiniteError(f"environment returned reward {reward[b]} at atomic tick "
-                                     f"{self.tick} (environment {b}); every coagent reads it")
+            check_reward(reward, active, self.tick, network)
             reward = np.where(active, reward, 0.0)
             ended = terminated | truncated
             if self.critic is not None:
