@@ -2,7 +2,7 @@
 
 Cells are numbered row-major from the top-left; actions are 0 up, 1 down, 2 left,
 3 right; a move into a wall stays put; every step costs -1; reaching the goal
-terminates; ``max_steps`` environment steps truncate.
+terminates; ``max_steps`` environment steps truncate (0 or None: no time limit).
 
 >>> env = GridWorldEnv(size=3)
 >>> obs, _ = env.reset(seed=0)
@@ -27,8 +27,8 @@ def _check(size, start, goal, max_steps):
             raise ValueError(f"env.{name}: expected a cell in 0..{size * size - 1}, got {cell!r}")
     if start == goal:
         raise ValueError("env.goal: must differ from env.start")
-    if max_steps is not None and (not isinstance(max_steps, int) or max_steps < 1):
-        raise ValueError(f"env.max_steps: expected a positive integer or none, got {max_steps!r}")
+    if max_steps is not None and (not isinstance(max_steps, int) or max_steps < 0):
+        raise ValueError(f"env.max_steps: expected a number of steps, or 0 for no time limit, got {max_steps!r}")
 
 
 def next_cells(size: int) -> np.ndarray:
@@ -52,6 +52,7 @@ class GridWorldEnv(gym.Env):
                  render_mode: str | None = None):
         goal = size * size - 1 if goal is None else goal
         _check(size, start, goal, max_steps)
+        max_steps = max_steps or None  # 0: no time limit (TOML has no null)
         self.size, self.start, self.goal, self.max_steps = size, start, goal, max_steps
         self.observation_space = gym.spaces.Discrete(size * size)
         self.action_space = gym.spaces.Discrete(4)

@@ -128,5 +128,5 @@ def gradcheck(spec_or_network, env_id: str | None = None, env_kwargs: dict | Non
     limit = env_kwargs.get("max_steps", 100) if env_id == "distcoagent/GridWorld-v0" else None
     if exact and limit is not None:
         settings["note"] = (f"the exact evaluation has no time limit, the estimators stop episodes at "
-                            f"max_steps={limit}; set max_steps = none in [env] for a like-for-like check")
+                            f"max_steps={limit}; set max_steps = 0 (no time limit) in [env] for a like-for-like check")
     return GradcheckReport(gradients, stderr, counts, params, J, settings, seconds)
