@@ -201,16 +201,24 @@ def acpgt_estimate(network: Network, env_id: str, env_kwargs: dict | None = None
     like = initial_params(network, env_id, env_kwargs, seed, params)
     n_flat = flatten(like).size
     envs, per_env = episodes_layout(episodes)
-    total, total_sq, kept = np.zeros(n_flat), np.zeros(n_flat), []
     chunk = max(1, MAX_BATCH_ENTRIES // max(n_flat * per_env, 1))
-    for offset, size in _chunks(envs, chunk):
-        x = acpgt_samples(network, env_id, env_kwargs, [like], size, per_env, seed, offset, recorder,
-                          instrument)[0]
+    return _estimate_from_chunks(
+        lambda offset, size: acpgt_samples(network, env_id, env_kwargs, [like], size, per_env, seed, offset,
+                                           recorder, instrument)[0],
+        _chunks(envs, chunk), n_flat, envs * per_env, like, keep_samples, start)
+
+
+def _estimate_from_chunks(samples, chunks, n_flat: int, episodes: int, like: Gradient, keep_samples: bool,
+                          start: float) -> Estimate:
+    """Mean and standard error from per-episode samples drawn chunk by chunk (``samples(offset, size)``)."""
+    total, total_sq, kept = np.zeros(n_flat), np.zeros(n_flat), []
+    for offset, size in chunks:
+        x = samples(offset, size)
         total += x.sum(axis=0)
         total_sq += (x * x).sum(axis=0)
         if keep_samples:
             kept.append(x)
-    return Estimate.from_sums(total, total_sq, envs * per_env, like,
+    return Estimate.from_sums(total, total_sq, episodes, like,
                               np.concatenate(kept) if keep_samples else None, time.perf_counter() - start)
 
 
@@ -255,15 +263,9 @@ def fd_estimate(network: Network, env_id: str, env_kwargs: dict | None = None, p
     like = initial_params(network, env_id, env_kwargs, seed, params)
     n_flat = flatten(like).size
     envs, per_env = episodes_layout(episodes)
-    total, total_sq, kept = np.zeros(n_flat), np.zeros(n_flat), []
-    for offset, size in _chunks(envs, 4096):
-        x = fd_samples(network, env_id, env_kwargs, like, size, per_env, step, seed, offset)
-        total += x.sum(axis=0)
-        total_sq += (x * x).sum(axis=0)
-        if keep_samples:
-            kept.append(x)
-    return Estimate.from_sums(total, total_sq, envs * per_env, like,
-                              np.concatenate(kept) if keep_samples else None, time.perf_counter() - start)
+    return _estimate_from_chunks(
+        lambda offset, size: fd_samples(network, env_id, env_kwargs, like, size, per_env, step, seed, offset),
+        _chunks(envs, 4096), n_flat, envs * per_env, like, keep_samples, start)
 
 
 def trained_params(network: Network, env_id: str, env_kwargs: dict | None, episodes: int, trials: int = 1,
