@@ -78,6 +78,9 @@ class Coagent:
 class CoagentUnit:
     """The running state of one coagent over a batch; see the module docstring."""
 
+    ROWS = ("params", "rule_state", "output", "stream_reward", "stream_discount", "executed_this_episode",
+            "last_execution_tick", "episode_tick", "env_tick", "env_ids")  # per-trial or per-environment
+
     def __init__(self, coagent: Coagent, input_spaces: Sequence[InputSpace], trials: int,
                  envs_per_trial: int, gamma_atomic: float, seed: int, trial_offset: int = 0):
         self.coagent = coagent
@@ -113,7 +116,6 @@ class CoagentUnit:
         self.episode_tick = np.zeros(B, dtype=np.int64)
         self.env_tick = np.zeros(B, dtype=np.int64)  # this unit's atomic clock per environment
         self.counters = {"ticks": 0, "executions": 0, "updates": 0, "episodes": 0}
-        self._env_labels = None
 
     # ------------------------------------------------------------------ helpers for rules
     def count_updates(self, mask: np.ndarray) -> None:

@@ -6,7 +6,9 @@ environment has finished ``episodes`` episodes.  Trials can be split into
 ``micro_batches`` that are stepped round-robin; since randomness is keyed by
 environment and tick (see ``rng``) and trials never share parameters, the split
 changes nothing in the results, only the memory and cache footprint (the Ray
-engine pipelines the same micro-batches across its actors).
+engine pipelines the same micro-batches across its actors).  For the same reason,
+once at most half of a micro-batch's trials still run, the finished ones are cut
+out of the computation (``compact``, built-in gridworld only; see ``compaction``).
 
 Tick order (SPEC §3a): every coagent, in topological order, maybe executes; then,
 if ``(t + 1) % ticks_per_step == 0``, the environment steps with the action and the
@@ -22,6 +24,7 @@ from typing import Callable
 import numpy as np
 
 from .coagent import NonFiniteError
+from .compaction import env_rows, expand, shrink
 from .envs import make_batch
 from .network import Network, NetworkBatch, SpecError
 
@@ -45,6 +48,8 @@ def check_reward(reward: np.ndarray, active: np.ndarray, tick: int, network: Net
 
 class EpisodeBook:
     """Per-environment episode bookkeeping: returns, counts, which environments are still active."""
+
+    ROWS = ("returns", "lengths", "count", "running", "steps", "active")
 
     def __init__(self, trials: int, envs_per_trial: int, episodes: int):
         self.trials, self.envs_per_trial, self.episodes = trials, envs_per_trial, episodes
@@ -102,7 +107,7 @@ class InProcessEngine:
     name = "inprocess"
 
     def __init__(self, network: Network, env_id: str, env_kwargs: dict | None = None, *, trials: int = 1,
-                 envs_per_trial: int = 1, seed: int = 0, micro_batches: int = 1):
+                 envs_per_trial: int = 1, seed: int = 0, micro_batches: int = 1, compact: bool = True):
         for field_name, value in (("trials", trials), ("envs_per_trial", envs_per_trial)):
             if not isinstance(value, (int, np.integer)) or value < 1:
                 raise SpecError(f"{field_name}: expected a positive integer, got {value!r}")
@@ -117,6 +122,7 @@ class InProcessEngine:
             self.batches.append(NetworkBatch(network, env.observation_space, b - a, self.envs_per_trial,
                                              seed, a, env.action_space))
         self.tick_count = 0
+        self.compact = compact  # drop finished trials from the computation (no number changes)
 
     def train(self, episodes: int, progress: Callable[[int], None] | None = None) -> TrainResult:
         """Run until every environment has finished ``episodes`` episodes."""
@@ -132,6 +138,7 @@ class InProcessEngine:
                 unit.set_clock(self.tick_count)
             nb.begin_episode(np.ones(nb.batch, dtype=bool))
         done_before = 0
+        cuts = [[] for _ in self.batches]  # per micro-batch: the compactions to undo at the end
         try:
             while not all(book.finished for book in books):
                 stepped = (self.tick_count + 1) % m == 0
@@ -139,6 +146,8 @@ class InProcessEngine:
                     if book.finished:
                         continue
                     obs[k] = self._tick(env, nb, book, obs[k], stepped)
+                    if stepped and self.compact:
+                        obs[k] = self._drop_finished(k, book, obs[k], cuts[k])
                 self.tick_count += 1
                 if progress is not None:
                     done = min(int(book.count.min()) for book in books)
@@ -146,9 +155,43 @@ class InProcessEngine:
                         progress(done - done_before)
                         done_before = done
         except NonFiniteError as error:
+            self._restore(books, cuts)
             self.partial = self._result(books, start)
             raise error
+        self._restore(books, cuts)
         return self._result(books, start)
+
+    def _holders(self, k: int, book: EpisodeBook) -> list:
+        """Everything of micro-batch k that holds a row per trial or per environment."""
+        nb = self.batches[k]
+        return [*nb.units.values(), *([nb.critic] if nb.critic is not None else []), nb, book, self.envs[k]]
+
+    def _resize(self, k: int, book: EpisodeBook, trials: int) -> None:
+        E = self.envs_per_trial
+        for unit in self.batches[k].units.values():
+            unit.trials, unit.batch = trials, trials * E
+        self.batches[k].batch = self.envs[k].num_envs = trials * E
+
+    def _drop_finished(self, k: int, book: EpisodeBook, obs, cuts: list):
+        """Cut micro-batch k down to its running trials once at most half of them still run
+        (only for environment batches that support it; see ``compaction``)."""
+        env, E = self.envs[k], self.envs_per_trial
+        P = book.active.shape[0] // E
+        running = np.flatnonzero(book.active.reshape(P, E).any(axis=1))
+        if not hasattr(env, "ROWS") or P < 16 or running.size * 2 > P or running.size == 0:
+            return obs
+        cuts.append((running, P, [shrink(h, h.ROWS, running, P, E) for h in self._holders(k, book)]))
+        self._resize(k, book, running.size)
+        return obs[env_rows(running, E)]
+
+    def _restore(self, books: list, cuts: list) -> None:
+        """Undo every compaction, innermost first: full-size arrays for results and later runs."""
+        for k, stack in enumerate(cuts):
+            while stack:
+                running, P, saved = stack.pop()
+                for holder, originals in zip(self._holders(k, books[k]), saved):
+                    expand(holder, originals, running, P, self.envs_per_trial)
+                self._resize(k, books[k], P)
 
     def _tick(self, env, nb: NetworkBatch, book: EpisodeBook, obs, stepped: bool):
         active = book.active

@@ -209,6 +209,8 @@ def _stable_topo(graph: dict[str, set], position: dict[str, int]) -> tuple[str, 
 class CriticUnit:
     """The shared critic's running state over a batch: TD(lambda) per environment step."""
 
+    ROWS = ("params", "rule_state")
+
     def __init__(self, critic: SharedCritic, obs_space: InputSpace, trials: int, envs_per_trial: int,
                  gamma_step: float):
         self.critic = critic
@@ -249,6 +251,8 @@ class NetworkBatch:
     ``tick`` runs step (1) of SPEC §3a's tick; the engine steps the environment and
     calls ``observe`` with the tick's reward.
     """
+
+    ROWS = ("previous",)
 
     def __init__(self, network: Network, observation_space: gym.Space, trials: int, envs_per_trial: int,
                  seed: int, trial_offset: int = 0, action_space: gym.Space | None = None):

@@ -87,3 +87,24 @@ def test_a_second_train_call_does_not_depend_on_micro_batches():
         results.append(engine.train(3))
     assert np.array_equal(results[0].returns, results[1].returns)
     assert np.array_equal(results[0].params["act"]["W"], results[1].params["act"]["W"])
+
+
+def test_dropping_finished_trials_changes_no_number():
+    results = []
+    for compact in (False, True):
+        engine = InProcessEngine(paper_network(), GRID, {"size": 4}, trials=40, envs_per_trial=2, seed=3)
+        engine.compact = compact
+        sizes_seen = []
+        original = engine._resize
+        engine._resize = lambda k, book, trials: (sizes_seen.append(trials), original(k, book, trials))
+        engine.train(5)
+        assert (min(sizes_seen) < 20) if compact else not sizes_seen  # it did drop trials, or never
+        results.append(engine.train(4))  # a second run starts from the restored full-size state
+        sizes = {u.batch for u in engine.batches[0].units.values()}
+        assert sizes == {80} and engine.envs[0].num_envs == 80
+    assert np.array_equal(results[0].returns, results[1].returns)
+    assert np.array_equal(results[0].lengths, results[1].lengths)
+    for name in results[0].params:
+        for k in results[0].params[name]:
+            assert np.array_equal(results[0].params[name][k], results[1].params[name][k]), (name, k)
+    assert results[0].counters == results[1].counters

@@ -108,6 +108,8 @@ class GridWorldEnv(gym.Env):
 class GridWorldBatch:
     """B gridworlds stepped together with numpy; same dynamics as GridWorldEnv, autoreset."""
 
+    ROWS = ("cells", "steps")  # the engine may drop finished environments (see compaction)
+
     def __init__(self, num_envs: int, size: int = 5, start: int = 0, goal: int | None = None,
                  max_steps: int | None = 100):
         self.single = GridWorldEnv(size, start, goal, max_steps)

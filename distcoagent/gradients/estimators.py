@@ -123,6 +123,7 @@ def _key_episodes(engine: InProcessEngine, base_ids: np.ndarray, per_env: int) -
     are batched, and two rows with the same base id see common random numbers however
     long their earlier episodes were (finite differences on J need exactly that).
     """
+    engine.compact = False  # the wrappers below hold full-size arrays
     for nb in engine.batches:
         count = np.zeros(nb.batch, dtype=np.int64)
         original = nb.begin_episode
@@ -140,6 +141,7 @@ def _key_episodes(engine: InProcessEngine, base_ids: np.ndarray, per_env: int) -
 
 def _track_discounted_returns(engine: InProcessEngine, gamma_atomic: float, per_env: int) -> np.ndarray:
     """(B, per_env) discounted returns sum_t gamma_atomic^t R_t of each row's episodes (SPEC §3a)."""
+    engine.compact = False  # the wrapper below holds full-size arrays
     nb = engine.batches[0]
     B = nb.batch
     out = np.zeros((B, per_env))
