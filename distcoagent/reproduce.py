@@ -92,10 +92,15 @@ def fig6(trials: int = 10_000, episodes: int = 200, seed: int = 0, out: Path | s
                "env_kwargs": env_kwargs, "optimal_return": optimum, "seconds": seconds,
                "mean_return": mean.tolist(), "ci95_halfwidth": half.tolist(),
                "final_mean_last10": float(mean[-10:].mean()), "first_episode_mean": float(mean[0])}
+    return _save(out, summary, lambda path: _plot_fig6(mean, half, optimum, trials, path))
+
+
+def _save(out, summary: dict, plot) -> dict:
+    """Write OUT/<figure>.png (by ``plot(path)``) and OUT/<figure>.json; returns the summary."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    _plot_fig6(mean, half, optimum, trials, out / "fig6.png")
-    (out / "fig6.json").write_text(json.dumps(summary, indent=1))
+    plot(out / f"{summary['figure']}.png")
+    (out / f"{summary['figure']}.json").write_text(json.dumps(summary, indent=1))
     return summary
 
 
@@ -158,11 +163,7 @@ def fig5(trials: int = 20, episodes: int = 1000, seed: int = 0, out: Path | str 
                "parameters": n_params, "seconds": seconds, "episodes": grid.tolist(),
                "mean_cosine_distance": mean.tolist(), "ci95_halfwidth": half.tolist(),
                "per_trial": distances.tolist()}
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    _plot_fig5(grid, mean, half, trials, out / "fig5.png")
-    (out / "fig5.json").write_text(json.dumps(summary, indent=1))
-    return summary
+    return _save(out, summary, lambda path: _plot_fig5(grid, mean, half, trials, path))
 
 
 def _plot_fig5(grid, mean, half, trials, path):
