@@ -102,18 +102,25 @@ class TrainResult:
 
 
 class InProcessEngine:
-    """Runs micro-batches of a network against batched environments in this process."""
+    """Runs micro-batches of a network against batched environments in this process.
+
+    ``first_trial`` makes this engine run trials ``first_trial ..`` of a larger run
+    (its slice in another process): the numbers are those of the whole run.
+    """
 
     name = "inprocess"
 
     def __init__(self, network: Network, env_id: str, env_kwargs: dict | None = None, *, trials: int = 1,
-                 envs_per_trial: int = 1, seed: int = 0, micro_batches: int = 1, compact: bool = True):
+                 envs_per_trial: int = 1, seed: int = 0, micro_batches: int = 1, compact: bool = True,
+                 first_trial: int = 0):
         for field_name, value in (("trials", trials), ("envs_per_trial", envs_per_trial)):
             if not isinstance(value, (int, np.integer)) or value < 1:
                 raise SpecError(f"{field_name}: expected a positive integer, got {value!r}")
         self.network, self.env_id, self.env_kwargs = network, env_id, dict(env_kwargs or {})
         self.trials, self.envs_per_trial, self.seed = int(trials), int(envs_per_trial), seed
-        self.slices = trial_slices(self.trials, micro_batches)
+        # trials first_trial .. first_trial + trials - 1 of the run: a slice run in another process
+        # (say) draws exactly what those trials draw in one big batch
+        self.slices = [(a + first_trial, b + first_trial) for a, b in trial_slices(self.trials, micro_batches)]
         self.envs, self.batches = [], []
         for a, b in self.slices:
             env = make_batch(env_id, (b - a) * self.envs_per_trial, seed, a * self.envs_per_trial,

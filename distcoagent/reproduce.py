@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .engine import InProcessEngine
+from .engine import InProcessEngine, trial_slices
 from .envs import GridWorldEnv
 from .gradients.common import cosine_distance, flatten
 from .gradients.estimators import acpgt_samples, fd_samples, trained_params
@@ -56,13 +56,11 @@ def _pool(workers: int):
 
 # ------------------------------------------------------------------------------ figure 6
 def _learning_slice(job) -> np.ndarray:
-    """Returns (trials of slice w, episodes): the engine for all trials, split into ``workers``
-    micro-batches, keeping only micro-batch w (so trial t is trial t of a one-process run)."""
+    """(trials of slice w, episodes) returns: worker w's share of the trials, each the same trial
+    it would be in a one-process run."""
     network, env_id, env_kwargs, trials, episodes, seed, workers, w = job
-    engine = InProcessEngine(network, env_id, env_kwargs, trials=trials, seed=seed, micro_batches=workers)
-    a, b = engine.slices[w]
-    engine.slices, engine.envs, engine.batches = [engine.slices[w]], [engine.envs[w]], [engine.batches[w]]
-    engine.trials = b - a
+    a, b = trial_slices(trials, workers)[w]
+    engine = InProcessEngine(network, env_id, env_kwargs, trials=b - a, seed=seed, first_trial=a)
     return engine.train(episodes).returns[:, 0, :]
 
 

@@ -108,3 +108,10 @@ def test_dropping_finished_trials_changes_no_number():
         for k in results[0].params[name]:
             assert np.array_equal(results[0].params[name][k], results[1].params[name][k]), (name, k)
     assert results[0].counters == results[1].counters
+
+
+def test_a_slice_of_trials_run_apart_is_the_same_as_in_the_whole_run():
+    whole = _run(7)
+    part = InProcessEngine(paper_network(), GRID, {"size": 4}, trials=3, seed=5, first_trial=2).train(6)
+    assert np.array_equal(part.returns, whole.returns[2:5])
+    assert np.array_equal(part.params["bit_a"]["W"], whole.params["bit_a"]["W"][2:5])
