@@ -167,7 +167,7 @@ class Network:
                                 f"expected one coagent with {action_space.n} outputs, got {acts} with "
                                 f"{[outputs[a].n or f'{outputs[a].dim} reals' for a in acts]}")
         elif isinstance(action_space, gym.spaces.MultiDiscrete):
-            want = list(action_space.nvec)
+            want = [int(n) for n in action_space.nvec]
             got = [outputs[a].n for a in acts]
             if got != want:
                 raise SpecError(f"action: the environment's action space is MultiDiscrete({want}); "

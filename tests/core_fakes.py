@@ -65,3 +65,26 @@ class RecordingRule(LearningRule):
     def open(self, unit, x, mask, score, shared_value):
         for b in np.flatnonzero(mask):
             self.log.append((int(b), "open", int(unit.episode_tick[b]), 0.0, 1.0))
+
+
+class TwoPartEnv(gym.Env):
+    """A MultiDiscrete([2, 3]) action; the reward is the first part times 10 plus the second."""
+
+    def __init__(self, steps: int = 4):
+        self.observation_space = gym.spaces.Discrete(2)
+        self.action_space = gym.spaces.MultiDiscrete([2, 3])
+        self.steps, self.t = steps, 0
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        return 0, {}
+
+    def step(self, action):
+        self.t += 1
+        return self.t % 2, float(10 * action[0] + action[1]), self.t >= self.steps, False, {}
+
+
+TWO_PART_ID = "tests/TwoPart-v0"
+if TWO_PART_ID not in gym.registry:
+    gym.register(id=TWO_PART_ID, entry_point="core_fakes:TwoPartEnv")

@@ -115,3 +115,27 @@ def test_a_slice_of_trials_run_apart_is_the_same_as_in_the_whole_run():
     part = InProcessEngine(paper_network(), GRID, {"size": 4}, trials=3, seed=5, first_trial=2).train(6)
     assert np.array_equal(part.returns, whole.returns[2:5])
     assert np.array_equal(part.params["bit_a"]["W"], whole.params["bit_a"]["W"][2:5])
+
+
+def test_a_tuple_of_coagents_drives_a_multidiscrete_action():
+    from core_fakes import TWO_PART_ID
+
+    from distcoagent import Coagent, Network, SpecError
+    from distcoagent.policies import Softmax
+
+    net = Network([Coagent("first", ["obs"], Softmax(2)), Coagent("second", ["obs", "first"], Softmax(3))],
+                  action=("first", "second"))
+    engine = InProcessEngine(net, TWO_PART_ID, {}, trials=3, seed=0)
+    actions = []
+    original = engine.envs[0].step
+    engine.envs[0].step = lambda a: (actions.append(np.array(a)), original(a))[1]
+    result = engine.train(2)
+    stacked = np.stack(actions)  # (steps, B, 2): first part in column 0, second in column 1
+    assert stacked.shape == (8, 3, 2) and set(np.unique(stacked[..., 0])) <= {0, 1}
+    assert set(np.unique(stacked[..., 1])) == {0, 1, 2}
+    expected = (10 * stacked[..., 0] + stacked[..., 1]).reshape(2, 4, 3).sum(axis=1).T  # per trial, episode
+    assert np.array_equal(result.returns[:, 0, :], expected)
+    wrong = Network([Coagent("first", ["obs"], Softmax(2)), Coagent("second", ["obs"], Softmax(2))],
+                    action=("first", "second"))
+    with pytest.raises(SpecError, match=r"MultiDiscrete\(\[2, 3\]\).*got \[2, 2\]"):
+        InProcessEngine(wrong, TWO_PART_ID, {}, trials=1)
