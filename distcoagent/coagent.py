@@ -123,6 +123,9 @@ class CoagentUnit:
 
     def check_finite(self, values: np.ndarray, what: str, rows: np.ndarray | None = None) -> None:
         """Stop with an error naming this coagent and the tick if ``values`` (for ``rows``) are not finite."""
+        total = np.sum(values)
+        if np.isfinite(total):  # one pass: a NaN or an infinity makes the sum non-finite
+            return
         bad = ~np.isfinite(values)
         if bad.any():
             b = int(np.flatnonzero(bad.reshape(bad.shape[0], -1).any(axis=1))[0])
@@ -182,8 +185,8 @@ class CoagentUnit:
         self.stream_discount[executes] = 1.0
         self.last_execution_tick[executes] = self.episode_tick[executes]
         self.executed_this_episode |= executes
-        self.counters["executions"] += int(executes.sum())
-        self.counters["ticks"] += int(active.sum())
+        self.counters["executions"] += rows.size
+        self.counters["ticks"] += int(np.count_nonzero(active))
         self.last_executed = executes
         return self.output.copy()
 
@@ -196,7 +199,7 @@ class CoagentUnit:
         if ending.any():
             self.rule.close(self, ending, np.zeros(self.batch))
             self.rule.finish(self, ending)
-        self.counters["episodes"] += int((ended & active).sum())
+        self.counters["episodes"] += int(np.count_nonzero(ended & active))
         self.env_tick += 1
         self.episode_tick += 1
 
