@@ -158,9 +158,6 @@ class CoagentUnit:
         micro-batch that finished early and stopped ticking draws the same numbers as in one batch)."""
         self.env_tick[:] = tick
 
-    def local_state(self, values: Sequence[np.ndarray]):
-        return self.encoder(values)
-
     def act(self, values: Sequence[np.ndarray], active: np.ndarray, drivers: dict | None = None,
             shared_value: np.ndarray | None = None) -> np.ndarray:
         """One atomic tick: maybe execute (learning first from the closed interval), else hold."""

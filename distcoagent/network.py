@@ -122,6 +122,14 @@ class Network:
     def action_coagents(self) -> tuple[str, ...]:
         return (self.action,) if isinstance(self.action, str) else tuple(self.action)
 
+    def action_of(self, outputs: dict) -> np.ndarray:
+        """The environment's action from this tick's outputs: one coagent's, or several stacked
+        (discrete parts, for MultiDiscrete) or concatenated (real parts, for a Box)."""
+        acts = [outputs[a] for a in self.action_coagents]
+        if len(acts) == 1:
+            return acts[0]
+        return np.stack(acts, axis=1) if acts[0].ndim == 1 else np.concatenate(acts, axis=1)
+
     @property
     def gamma_atomic(self) -> float:
         return self.gamma ** (1.0 / self.ticks_per_step)
@@ -288,12 +296,7 @@ class NetworkBatch:
         return current
 
     def action(self, current: dict) -> np.ndarray:
-        acts = [current[a] for a in self.network.action_coagents]
-        if len(acts) == 1:
-            return acts[0]
-        if acts[0].ndim == 1:
-            return np.stack(acts, axis=1)
-        return np.concatenate(acts, axis=1)
+        return self.network.action_of(current)
 
     def observe(self, reward: np.ndarray, ended: np.ndarray, active: np.ndarray) -> None:
         for unit in self.units.values():

@@ -88,9 +88,7 @@ class EnvironmentWorker:
         network, active, obs = self.network, self.active, self.obs
         stepped = (self.tick + 1) % network.ticks_per_step == 0
         if stepped:
-            acts = [current[a] for a in network.action_coagents]
-            action = acts[0] if len(acts) == 1 else (
-                np.stack(acts, axis=1) if acts[0].ndim == 1 else np.concatenate(acts, axis=1))
+            action = network.action_of(current)
             next_obs, reward, terminated, truncated = self.env.step(action)
             check_reward(reward, active, self.tick, network)
             reward = np.where(active, reward, 0.0)
