@@ -3,9 +3,10 @@
 ``Coagent`` is a frozen description: name, declared inputs, policy, execution
 function, learning rule, features, initial-output distribution.  ``CoagentUnit``
 runs one coagent over a batch of ``trials x envs_per_trial`` environments: it owns
-the parameters (one copy per trial), the rule's traces, the reward stream since
-its last execution, its clock and its counters.  Engines only call ``begin_episode``,
-``act`` and ``observe``; the Ray engine wraps the same unit in an actor, unchanged.
+the parameters (one copy per trial), the rule's state, the reward stream since its
+last execution, its clock and its counters.  Only the coagent side of a tick
+(``tick.CoagentSide``) calls ``begin_episode``, ``act`` and ``observe``; both engines
+run that same side.  Every evolving array declares its batch axis in ``FIELDS``.
 
 Inputs are named ``"obs"`` (the environment observation), ``"NAME"`` (coagent NAME's
 output at this tick; NAME must come earlier) or ``"prev:NAME"`` (NAME's output at
@@ -18,6 +19,8 @@ from typing import Sequence
 
 import numpy as np
 
+from . import batched
+from .batched import ENV, FIELDS_OF, TRIAL, ArrayDict
 from .execution import Constant, Execution
 from .features import Encoder, InputSpace, ObservationFeatures
 from .policies import Policy
@@ -78,8 +81,9 @@ class Coagent:
 class CoagentUnit:
     """The running state of one coagent over a batch; see the module docstring."""
 
-    ROWS = ("params", "rule_state", "output", "stream_reward", "stream_discount", "executed_this_episode",
-            "last_execution_tick", "episode_tick", "env_tick", "env_ids")  # per-trial or per-environment
+    FIELDS = {"params": FIELDS_OF, "rule_state": FIELDS_OF, "output": ENV, "stream_reward": ENV,
+              "stream_discount": ENV, "executed_this_episode": ENV, "last_execution_tick": ENV,
+              "episode_tick": ENV, "env_tick": ENV, "env_ids": ENV, "last_executed": ENV}
 
     def __init__(self, coagent: Coagent, input_spaces: Sequence[InputSpace], trials: int,
                  envs_per_trial: int, gamma_atomic: float, seed: int, trial_offset: int = 0):
@@ -98,14 +102,17 @@ class CoagentUnit:
         self.encoder = Encoder(input_spaces, tabular,
                                None if isinstance(coagent.features, str) else coagent.features, obs_pos)
         self.output_space = coagent.policy.output_space()
-        self.params = coagent.policy.init_params(self.encoder.size, trials)
+        self.params = ArrayDict()
+        for k, v in coagent.policy.init_params(self.encoder.size, trials).items():
+            self.params.add(k, v, TRIAL)
         self.policy_param_names = tuple(self.params)
         if coagent.init_scale > 0:
             for t in range(trials):
                 rng = np.random.default_rng([seed, trial_offset + t, len(coagent.name), 7])
                 for k in self.policy.linear_params:
                     self.params[k][t] = rng.normal(0.0, coagent.init_scale, self.params[k][t].shape)
-        self.rule_state = coagent.rule.init_state(self)
+        self.scratch: dict = {}  # reusable buffers for the rule's dense updates (not state)
+        self.rule_state = coagent.rule.init(self)
         B = self.batch
         shape = (B,) if self.output_space.discrete else (B, self.output_space.dim)
         self.output = np.zeros(shape, dtype=np.int64 if self.output_space.discrete else np.float64)
@@ -115,11 +122,29 @@ class CoagentUnit:
         self.last_execution_tick = np.zeros(B, dtype=np.int64)
         self.episode_tick = np.zeros(B, dtype=np.int64)
         self.env_tick = np.zeros(B, dtype=np.int64)  # this unit's atomic clock per environment
+        self.last_executed = np.zeros(B, dtype=bool)
         self.counters = {"ticks": 0, "executions": 0, "updates": 0, "episodes": 0}
+        # for metrics: closed intervals between executions and their total length in atomic ticks
+        self.intervals = {"count": 0, "ticks": 0}
+        self._last_update = None  # (per-environment update sizes, mask) of the rule's last update
 
     # ------------------------------------------------------------------ helpers for rules
-    def count_updates(self, mask: np.ndarray) -> None:
+    def count_updates(self, mask: np.ndarray, sizes: np.ndarray | None = None) -> None:
+        """Count the rule's updates; ``sizes`` (TD errors or update norms per environment) feed metrics."""
         self.counters["updates"] += int(mask.sum())
+        if sizes is not None:
+            self._last_update = (sizes, mask)
+
+    def last_update(self) -> float | None:
+        """Mean |TD error| (or update norm) over the environments of the rule's last update."""
+        if self._last_update is None:
+            return None
+        sizes, mask = self._last_update
+        return float(np.abs(sizes[mask]).mean()) if mask.any() else None
+
+    def parameter_norm(self) -> float:
+        """Euclidean norm of the policy parameters over all trials."""
+        return float(np.sqrt(sum(np.vdot(self.params[k], self.params[k]) for k in self.policy_param_names)))
 
     def check_finite(self, values: np.ndarray, what: str, rows: np.ndarray | None = None) -> None:
         """Stop with an error naming this coagent and the tick if ``values`` (for ``rows``) are not finite."""
@@ -146,7 +171,7 @@ class CoagentUnit:
             self.output[rows] = categorical(np.broadcast_to(probs, (rows.size, n)), u)
         else:
             self.output[mask] = 0.0
-        self.rule.reset(self, mask)
+        self.rule.reset(self, self.rule_state, mask)
         self.stream_reward[mask] = 0.0
         self.stream_discount[mask] = 1.0
         self.executed_this_episode[mask] = False
@@ -166,7 +191,10 @@ class CoagentUnit:
         executes = (self.stream.uniform(self.env_ids, self.env_tick, EXECUTION_SLOT) < beta) & active
         closing = executes & self.executed_this_episode
         if closing.any():
-            self.rule.close(self, closing, self.rule.value_next(self, x, shared_value))
+            self.rule.close(self, self.rule_state, closing, self.rule.value_next(self, self.rule_state, x,
+                                                                                 shared_value))
+            self.intervals["count"] += int(np.count_nonzero(closing))
+            self.intervals["ticks"] += int(np.sum(self.episode_tick[closing] - self.last_execution_tick[closing]))
         rows = np.flatnonzero(executes)  # only executing environments compute (draws are keyed: same numbers)
         stats = self.policy.forward(self.params, x, rows)
         self.check_finite(stats[0] if isinstance(stats, tuple) else stats, "policy output", rows)
@@ -176,7 +204,7 @@ class CoagentUnit:
             for k, g in self.policy.score(stats, sampled).items():
                 score[k] = np.zeros((self.batch,) + g.shape[1:])
                 score[k][rows] = g
-            self.rule.open(self, x, executes, score, shared_value)
+            self.rule.open(self, self.rule_state, x, executes, score, shared_value)
         self.output[rows] = sampled
         self.stream_reward[executes] = 0.0
         self.stream_discount[executes] = 1.0
@@ -194,36 +222,28 @@ class CoagentUnit:
         self.stream_discount *= self.gamma_atomic
         ending = ended & active & self.executed_this_episode
         if ending.any():
-            self.rule.close(self, ending, np.zeros(self.batch))
-            self.rule.finish(self, ending)
+            self.rule.close(self, self.rule_state, ending, np.zeros(self.batch))
+            self.rule.finish(self, self.rule_state, ending)
         self.counters["episodes"] += int(np.count_nonzero(ended & active))
         self.env_tick += 1
         self.episode_tick += 1
 
     # ------------------------------------------------------------------ state
+    def learned(self) -> dict[str, np.ndarray]:
+        """Per-trial parameters: the policy's and what the rule learns besides (results, checkpoints)."""
+        return {**self.params, **self.rule.learned(self.rule_state)}
+
     def state_dict(self) -> dict:
         """Everything that evolves, as plain arrays and numbers (msgpack-able via serialize)."""
-        return {
-            "params": {k: v.copy() for k, v in self.params.items()},
-            "rule_state": {k: v.copy() for k, v in self.rule_state.items()},
-            "output": self.output.copy(),
-            "stream_reward": self.stream_reward.copy(),
-            "stream_discount": self.stream_discount.copy(),
-            "executed_this_episode": self.executed_this_episode.copy(),
-            "last_execution_tick": self.last_execution_tick.copy(),
-            "episode_tick": self.episode_tick.copy(),
-            "env_tick": self.env_tick.copy(),
-            "counters": dict(self.counters),
-        }
+        return {**batched.save(self), "counters": dict(self.counters), "intervals": dict(self.intervals)}
 
     def load_state_dict(self, state: dict) -> None:
+        """Restore ``state_dict()``; every field is checked against this unit's shapes and dtypes."""
         for k, v in state["params"].items():
             if k not in self.params or self.params[k].shape != np.shape(v):
                 raise ValueError(f"coagent {self.name!r}: parameter {k!r} has shape {np.shape(v)}, "
                                  f"expected {self.params[k].shape if k in self.params else 'no such parameter'}")
-            self.params[k] = np.array(v, dtype=np.float64)
-        self.rule_state = {k: np.array(v) for k, v in state["rule_state"].items()}
-        for k in ("output", "stream_reward", "stream_discount", "executed_this_episode",
-                  "last_execution_tick", "episode_tick", "env_tick"):
-            setattr(self, k, np.array(state[k], dtype=getattr(self, k).dtype))
-        self.counters = dict(state["counters"])
+        batched.load(self, state, f"coagent {self.name!r}")
+        self.counters = {k: int(state["counters"][k]) for k in self.counters}
+        self.intervals = {k: int(state["intervals"][k]) for k in self.intervals}
+        self._last_update = None

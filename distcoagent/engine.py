@@ -8,25 +8,28 @@ environment and tick (see ``rng``) and trials never share parameters, the split
 changes nothing in the results, only the memory and cache footprint (the Ray
 engine pipelines the same micro-batches across its actors).  For the same reason,
 once at most half of a micro-batch's trials still run, the finished ones are cut
-out of the computation (``compact``, built-in gridworld only; see ``compaction``).
+out of the computation (``compact``, for native environment batches; see
+``batched``).
 
-Tick order (SPEC §3a): every coagent, in topological order, maybe executes; then,
-if ``(t + 1) % ticks_per_step == 0``, the environment steps with the action and the
-shared critic learns from the transition; every coagent then receives the tick's
-reward (0 between environment steps).
+Each tick of each micro-batch is the exchange of ``tick``: the environment side's
+message goes to the coagent side, whose outputs go back; this engine makes those
+calls directly.  See ``contract`` for what every engine offers.
 """
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 
+from . import batched
+from .contract import (STATE_FORMAT, Engine, MetricsClock, Observer, RunMetrics, TickEvent, TrainResult,
+                       combine_metrics)
 from .coagent import NonFiniteError
-from .compaction import env_rows, expand, shrink
-from .envs import make_batch
-from .network import Network, NetworkBatch, SpecError
+from .network import Network, SpecError
+from .tick import EnvironmentSide, EpisodeBook, EpisodeKeys, Feedback, Flush, NetworkBatch, check_reward
+
+__all__ = ["EpisodeBook", "InProcessEngine", "TrainResult", "check_reward", "trial_slices"]
 
 
 def trial_slices(trials: int, micro_batches: int) -> list[tuple[int, int]]:
@@ -37,201 +40,230 @@ def trial_slices(trials: int, micro_batches: int) -> list[tuple[int, int]]:
     return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:])]
 
 
-def check_reward(reward: np.ndarray, active: np.ndarray, tick: int, network: Network) -> None:
-    """Stop the run on a NaN or infinite reward, naming the tick and the coagents it would reach."""
-    bad = active & ~np.isfinite(reward)
-    if bad.any():
-        b = int(np.flatnonzero(bad)[0])
-        raise NonFiniteError(f"environment returned reward {reward[b]} at atomic tick {tick} "
-                             f"(environment {b}); it would reach coagent(s) {', '.join(network.order)}")
+def check_counts(trials, envs_per_trial) -> None:
+    for field_name, value in (("trials", trials), ("envs_per_trial", envs_per_trial)):
+        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+            raise SpecError(f"{field_name}: expected a positive integer, got {value!r}")
 
 
-class EpisodeBook:
-    """Per-environment episode bookkeeping: returns, counts, which environments are still active."""
-
-    ROWS = ("returns", "lengths", "count", "running", "steps", "active")
-
-    def __init__(self, trials: int, envs_per_trial: int, episodes: int):
-        self.trials, self.envs_per_trial, self.episodes = trials, envs_per_trial, episodes
-        B = trials * envs_per_trial
-        self.returns = np.full((B, episodes), np.nan)
-        self.lengths = np.zeros((B, episodes), dtype=np.int64)
-        self.count = np.zeros(B, dtype=np.int64)
-        self.running = np.zeros(B)
-        self.steps = np.zeros(B, dtype=np.int64)
-        self.active = np.ones(B, dtype=bool)
-
-    def record(self, reward: np.ndarray, stepped: bool, ended: np.ndarray) -> np.ndarray:
-        """Add a tick's reward; returns the environments whose recorded episode just ended."""
-        self.running += np.where(self.active, reward, 0.0)
-        if stepped:
-            self.steps += self.active
-        done = ended & self.active
-        if done.any():
-            rows = np.flatnonzero(done)
-            self.returns[rows, self.count[rows]] = self.running[rows]
-            self.lengths[rows, self.count[rows]] = self.steps[rows]
-            self.count[rows] += 1
-            self.running[rows] = 0.0
-            self.steps[rows] = 0
-            self.active &= self.count < self.episodes
-        return done
-
-    @property
-    def finished(self) -> bool:
-        return not self.active.any()
+def check_episodes(episodes) -> None:
+    if not isinstance(episodes, (int, np.integer)) or isinstance(episodes, bool) or episodes < 1:
+        raise SpecError(f"episodes: expected a positive integer, got {episodes!r}")
 
 
-@dataclass
-class TrainResult:
-    """What a run produced.  ``returns[trial, env, episode]`` are undiscounted episode returns."""
-
-    returns: np.ndarray
-    lengths: np.ndarray
-    counters: dict[str, dict[str, int]]
-    params: dict[str, dict[str, np.ndarray]]
-    ticks: int
-    seconds: float
-    engine: str = "inprocess"
-    extra: dict = field(default_factory=dict)
-
-    @property
-    def curve(self) -> np.ndarray:
-        """Mean return per episode over trials and environments."""
-        return self.returns.reshape(-1, self.returns.shape[-1]).mean(axis=0)
+def check_state(state: dict, engine) -> None:
+    """A run state fits this engine: same format, trials, environments and micro-batch layout."""
+    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+        raise ValueError(f"run state: expected format {STATE_FORMAT!r}, got "
+                         f"{state.get('format') if isinstance(state, dict) else type(state).__name__!r}")
+    for key in ("trials", "envs_per_trial", "seed"):
+        if state.get(key) != getattr(engine, key):
+            raise ValueError(f"run state: {key} is {state.get(key)!r}, this engine's is {getattr(engine, key)!r}")
+    if [tuple(s) for s in state["slices"]] != [tuple(s) for s in engine.slices]:
+        raise ValueError(f"run state: saved with micro-batches {state['slices']}, this engine has {engine.slices}")
 
 
-class InProcessEngine:
+class InProcessEngine(Engine):
     """Runs micro-batches of a network against batched environments in this process.
 
     ``first_trial`` makes this engine run trials ``first_trial ..`` of a larger run
     (its slice in another process): the numbers are those of the whole run.
+    ``episode_keys``: key every episode's draws by (base id, episode number) instead of by
+    environment and tick (``tick.EpisodeKeys``; one base id per environment of the batch).
     """
 
     name = "inprocess"
 
     def __init__(self, network: Network, env_id: str, env_kwargs: dict | None = None, *, trials: int = 1,
                  envs_per_trial: int = 1, seed: int = 0, micro_batches: int = 1, compact: bool = True,
-                 first_trial: int = 0):
-        for field_name, value in (("trials", trials), ("envs_per_trial", envs_per_trial)):
-            if not isinstance(value, (int, np.integer)) or value < 1:
-                raise SpecError(f"{field_name}: expected a positive integer, got {value!r}")
+                 first_trial: int = 0, episode_keys: EpisodeKeys | None = None):
+        check_counts(trials, envs_per_trial)
         self.network, self.env_id, self.env_kwargs = network, env_id, dict(env_kwargs or {})
         self.trials, self.envs_per_trial, self.seed = int(trials), int(envs_per_trial), seed
         # trials first_trial .. first_trial + trials - 1 of the run: a slice run in another process
         # (say) draws exactly what those trials draw in one big batch
         self.slices = [(a + first_trial, b + first_trial) for a, b in trial_slices(self.trials, micro_batches)]
-        self.envs, self.batches = [], []
+        E = self.envs_per_trial
+        self.env_sides, self.coagent_sides = [], []
         for a, b in self.slices:
-            env = make_batch(env_id, (b - a) * self.envs_per_trial, seed, a * self.envs_per_trial,
-                             **self.env_kwargs)
-            self.envs.append(env)
-            self.batches.append(NetworkBatch(network, env.observation_space, b - a, self.envs_per_trial,
-                                             seed, a, env.action_space))
+            env = EnvironmentSide(network, env_id, self.env_kwargs, seed, a, b, E)
+            keys = None
+            if episode_keys is not None:
+                lo, hi = (a - first_trial) * E, (b - first_trial) * E
+                keys = EpisodeKeys(np.asarray(episode_keys.base_ids)[lo:hi], episode_keys.per_env)
+            self.env_sides.append(env)
+            self.coagent_sides.append(NetworkBatch(network, env.env.observation_space, b - a, E, seed, a,
+                                                   env.env.action_space, keys))
         self.tick_count = 0
         self.compact = compact  # drop finished trials from the computation (no number changes)
+        self.episodes: int | None = None  # the run in progress (None: none)
+        self.seconds = 0.0  # wall time of the run in progress, before the current train() call
+        self._started: float | None = None  # when the current train() call started
+        self._cuts: list = [[] for _ in self.slices]  # per micro-batch: the compactions to undo
+        self.partial: TrainResult | None = None  # what a failed run had produced
 
-    def train(self, episodes: int, progress: Callable[[int], None] | None = None) -> TrainResult:
-        """Run until every environment has finished ``episodes`` episodes."""
-        if not isinstance(episodes, (int, np.integer)) or episodes < 1:
-            raise SpecError(f"episodes: expected a positive integer, got {episodes!r}")
-        start = time.perf_counter()
-        m = self.network.ticks_per_step
-        books, obs = [], []
-        for (a, b), env, nb in zip(self.slices, self.envs, self.batches):
-            books.append(EpisodeBook(b - a, self.envs_per_trial, episodes))
-            obs.append(env.reset())
-            for unit in nb.units.values():
-                unit.set_clock(self.tick_count)
-            nb.begin_episode(np.ones(nb.batch, dtype=bool))
-        done_before = 0
-        cuts = [[] for _ in self.batches]  # per micro-batch: the compactions to undo at the end
+    @property
+    def batches(self) -> list[NetworkBatch]:
+        """The coagent side of every micro-batch."""
+        return self.coagent_sides
+
+    # ------------------------------------------------------------------ running
+    def train(self, episodes: int, progress: Callable[[int], None] | None = None,
+              observers: Sequence[Observer] = (), stop: Callable[[], bool] | None = None) -> TrainResult:
+        """Run until every environment has finished ``episodes`` episodes (or ``stop()`` is true)."""
+        check_episodes(episodes)
+        if self.episodes is None:
+            self._begin(int(episodes))
+        elif self.episodes != episodes:
+            raise SpecError(f"episodes: this engine holds an unfinished run of {self.episodes} episodes "
+                            f"(stopped or restored); call train({self.episodes}) to finish it")
+        self._started = time.perf_counter()
+        clock = MetricsClock(observers, time.perf_counter)
+        tickers = [o for o in observers if o.wants_ticks]
+        for o in observers:
+            o.on_start(self, int(episodes))
+        cuts = self._cuts
+        done_before = self._episodes_done()
         try:
-            while not all(book.finished for book in books):
-                stepped = (self.tick_count + 1) % m == 0
-                for k, (env, nb, book) in enumerate(zip(self.envs, self.batches, books)):
-                    if book.finished:
+            while not all(env.phase == "done" for env in self.env_sides):
+                for k, (env, side) in enumerate(zip(self.env_sides, self.coagent_sides)):
+                    message = env.start()
+                    if message is None:
                         continue
-                    obs[k] = self._tick(env, nb, book, obs[k], stepped)
-                    if stepped and self.compact:
-                        obs[k] = self._drop_finished(k, book, obs[k], cuts[k])
-                self.tick_count += 1
+                    side.receive(message)
+                    if isinstance(message, Flush):
+                        continue
+                    if self.compact and message.obs is not None:  # after an environment step
+                        self._drop_finished(k, cuts[k])
+                    env.finish(side.act())
+                    if tickers:
+                        event = TickEvent(k, env.tick - 1, _feedback_of(env), cuts[k][-1][0] if cuts[k] else None)
+                        for o in tickers:
+                            o.on_tick(event)
+                self.tick_count = max(env.tick for env in self.env_sides)
                 if progress is not None:
-                    done = min(int(book.count.min()) for book in books)
+                    done = self._episodes_done()
                     if done > done_before:
                         progress(done - done_before)
                         done_before = done
-        except NonFiniteError as error:
-            self._restore(books, cuts)
-            self.partial = self._result(books, start)
-            raise error
-        self._restore(books, cuts)
-        return self._result(books, start)
+                due = clock.due()
+                if due:
+                    metrics = self.metrics()
+                    for o in due:
+                        o.on_metrics(metrics)
+                if stop is not None and stop():
+                    break
+        except NonFiniteError:
+            self._finish_call()
+            self.partial = self._result()
+            self.episodes = None
+            raise
+        self._finish_call()
+        result = self._result()
+        if result.finished:
+            self.episodes = None
+        for o in observers:
+            o.on_end(result)
+        return result
 
-    def _holders(self, k: int, book: EpisodeBook) -> list:
+    def _begin(self, episodes: int) -> None:
+        """A new run: every clock aligned to this engine's tick (a micro-batch that finished early and
+        stopped ticking then draws the same numbers as in one batch), every episode begun."""
+        self.episodes, self.seconds = episodes, 0.0
+        for env, side in zip(self.env_sides, self.coagent_sides):
+            side.receive(env.begin(episodes, self.tick_count))
+
+    def _finish_call(self) -> None:
+        self._expand(self._cuts)
+        self.seconds += time.perf_counter() - self._started
+        self._started = None
+
+    def _episodes_done(self) -> int:
+        return min(int(env.book.count.min()) if env.book is not None else 0 for env in self.env_sides)
+
+    # ------------------------------------------------------------------ dropping finished trials
+    def _holders(self, k: int) -> list:
         """Everything of micro-batch k that holds a row per trial or per environment."""
-        nb = self.batches[k]
-        return [*nb.units.values(), *([nb.critic] if nb.critic is not None else []), nb, book, self.envs[k]]
+        return [*self.env_sides[k].holders(), *self.coagent_sides[k].holders()]
 
-    def _resize(self, k: int, book: EpisodeBook, trials: int) -> None:
+    def _resize(self, k: int, trials: int) -> None:
         E = self.envs_per_trial
-        for unit in self.batches[k].units.values():
-            unit.trials, unit.batch = trials, trials * E
-        self.batches[k].batch = self.envs[k].num_envs = trials * E
+        for holder in self._holders(k):
+            for attr, value in (("trials", trials), ("batch", trials * E), ("num_envs", trials * E)):
+                if attr in vars(holder):
+                    setattr(holder, attr, value)
 
-    def _drop_finished(self, k: int, book: EpisodeBook, obs, cuts: list):
+    def _drop_finished(self, k: int, cuts: list) -> None:
         """Cut micro-batch k down to its running trials once at most half of them still run
-        (only for environment batches that support it; see ``compaction``)."""
-        env, E = self.envs[k], self.envs_per_trial
-        P = book.active.shape[0] // E
-        running = np.flatnonzero(book.active.reshape(P, E).any(axis=1))
-        if not hasattr(env, "ROWS") or P < 16 or running.size * 2 > P or running.size == 0:
-            return obs
-        cuts.append((running, P, [shrink(h, h.ROWS, running, P, E) for h in self._holders(k, book)]))
-        self._resize(k, book, running.size)
-        return obs[env_rows(running, E)]
+        (only for environment batches that declare their state, ``restorable``)."""
+        env, E = self.env_sides[k], self.envs_per_trial
+        P = env.book.active.shape[0] // E
+        running = np.flatnonzero(env.book.active.reshape(P, E).any(axis=1))
+        if not getattr(env.env, "restorable", False) or P < 16 or running.size * 2 > P or running.size == 0:
+            return
+        # rows relative to the full micro-batch, for observers
+        rows = batched.env_rows(running, E) if not cuts else cuts[-1][0][batched.env_rows(running, E)]
+        cuts.append((rows, running, P, [batched.shrink(h, running, E) for h in self._holders(k)]))
+        self._resize(k, running.size)
+        self.coagent_sides[k].capture_previous()  # this tick's previous outputs, now cut too
 
-    def _restore(self, books: list, cuts: list) -> None:
-        """Undo every compaction, innermost first: full-size arrays for results and later runs."""
+    def _expand(self, cuts: list) -> None:
+        """Undo every compaction, innermost first: full-size arrays for results, state and later runs."""
         for k, stack in enumerate(cuts):
             while stack:
-                running, P, saved = stack.pop()
-                for holder, originals in zip(self._holders(k, books[k]), saved):
-                    expand(holder, originals, running, P, self.envs_per_trial)
-                self._resize(k, books[k], P)
+                _, running, P, saved = stack.pop()
+                for holder, originals in zip(self._holders(k), saved):
+                    batched.expand(holder, originals, running, self.envs_per_trial)
+                self._resize(k, P)
 
-    def _tick(self, env, nb: NetworkBatch, book: EpisodeBook, obs, stepped: bool):
-        active = book.active
-        current = nb.tick(obs, active)
-        if stepped:
-            next_obs, reward, terminated, truncated = env.step(nb.action(current))
-            check_reward(reward, active, self.tick_count, self.network)
-            reward = np.where(active, reward, 0.0)
-            ended = terminated | truncated
-            if nb.critic is not None:
-                nb.critic.update(obs, reward, next_obs, ended, active)
-        else:
-            next_obs, reward, ended = obs, np.zeros(nb.batch), np.zeros(nb.batch, dtype=bool)
-        nb.observe(reward, ended, active)
-        book.record(reward, stepped, ended)
-        if ended.any():
-            nb.begin_episode(ended)
-        return next_obs
-
-    def _result(self, books, start) -> TrainResult:
+    # ------------------------------------------------------------------ results, state, metrics
+    def _result(self) -> TrainResult:
         E = self.envs_per_trial
+        books = [env.book for env in self.env_sides]
         returns = np.concatenate([bk.returns for bk in books]).reshape(self.trials, E, -1)
         lengths = np.concatenate([bk.lengths for bk in books]).reshape(self.trials, E, -1)
         counters, params = {}, {}
         for name in self.network.order:
-            units = [nb.units[name] for nb in self.batches]
+            units = [side.units[name] for side in self.coagent_sides]
             counters[name] = {k: sum(u.counters[k] for u in units) for k in units[0].counters}
-            params[name] = {k: np.concatenate([u.params[k] for u in units]) for k in units[0].params}
-        if self.batches[0].critic is not None:
-            params["critic"] = {"w": np.concatenate([nb.critic.params["w"] for nb in self.batches])}
-        return TrainResult(returns, lengths, counters, params, self.tick_count,
-                           time.perf_counter() - start, self.name)
+            learned = [u.learned() for u in units]
+            params[name] = {k: np.concatenate([part[k] for part in learned]) for k in learned[0]}
+        critics = [env.critic for env in self.env_sides]
+        if critics[0] is not None:
+            params["critic"] = {"w": np.concatenate([c.params["w"] for c in critics])}
+        return TrainResult(returns, lengths, counters, params, self.tick_count, self.seconds, self.name,
+                           finished=all(env.phase == "done" for env in self.env_sides))
+
+    def state(self) -> dict:
+        """The whole run (see ``contract``); between ``train`` calls."""
+        return {"format": STATE_FORMAT, "engine": self.name, "tick": self.tick_count, "episodes": self.episodes,
+                "seconds": self.seconds, "trials": self.trials, "envs_per_trial": self.envs_per_trial,
+                "seed": self.seed, "slices": [list(s) for s in self.slices],
+                "batches": [{"env": env.state_dict(), "coagents": side.state_dict()}
+                            for env, side in zip(self.env_sides, self.coagent_sides)]}
+
+    def restore(self, state: dict) -> None:
+        check_state(state, self)
+        for part, env, side in zip(state["batches"], self.env_sides, self.coagent_sides):
+            env.load_state_dict(part["env"])
+            side.load_state_dict(part["coagents"])
+        self.tick_count, self.seconds = int(state["tick"]), float(state["seconds"])
+        self.episodes = None if state["episodes"] is None else int(state["episodes"])
+
+    def metrics(self) -> RunMetrics:
+        """Figures now.  While trials are cut out, the full-size arrays are put back first (the next
+        environment step cuts them again; no number changes)."""
+        self._expand(self._cuts)
+        seconds = self.seconds + (time.perf_counter() - self._started if self._started is not None else 0.0)
+        return combine_metrics([env.metrics() for env in self.env_sides],
+                               [side.metrics() for side in self.coagent_sides], seconds=seconds,
+                               episodes_target=self.episodes, order=self.network.order)
 
     def close(self):
-        for env in self.envs:
+        for env in self.env_sides:
             env.close()
+
+
+def _feedback_of(env: EnvironmentSide) -> Feedback:
+    return Feedback(env.pending_reward, env.pending_ended, env.pending_active)
+

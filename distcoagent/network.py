@@ -14,7 +14,9 @@ from typing import Sequence
 import gymnasium as gym
 import numpy as np
 
-from .coagent import Coagent, CoagentUnit, parse_input
+from . import batched
+from .batched import ENV, FIELDS_OF, TRIAL, ArrayDict
+from .coagent import Coagent, parse_input
 from .features import Encoder, InputSpace, ObservationFeatures
 from .policies import Gaussian
 from .rules import ScaledTraces
@@ -217,7 +219,7 @@ def _stable_topo(graph: dict[str, set], position: dict[str, int]) -> tuple[str, 
 class CriticUnit:
     """The shared critic's running state over a batch: TD(lambda) per environment step."""
 
-    ROWS = ("params", "rule_state")
+    FIELDS = {"params": FIELDS_OF, "rule_state": FIELDS_OF}
 
     def __init__(self, critic: SharedCritic, obs_space: InputSpace, trials: int, envs_per_trial: int,
                  gamma_step: float):
@@ -225,9 +227,13 @@ class CriticUnit:
         self.encoder = Encoder([obs_space], obs_space.discrete, critic.features, [0])
         self.trials, self.envs_per_trial = trials, envs_per_trial
         self.gamma_step = gamma_step
-        self.params = {"w": np.zeros((trials, self.encoder.size, 1))}
-        self.rule_state = {"z.w": np.zeros((trials, envs_per_trial, self.encoder.size, 1))}
+        self.params = ArrayDict()
+        self.params.add("w", np.zeros((trials, self.encoder.size, 1)), TRIAL)
+        self.rule_state = ArrayDict()
+        self.rule_state.add("z.w", np.zeros((trials, envs_per_trial, self.encoder.size, 1)), TRIAL)
         ScaledTraces.init(self.rule_state, trials * envs_per_trial)
+        self.scratch: dict = {}
+        self.last_delta = None  # (TD errors, mask) of the last update, for metrics
 
     def value(self, obs: np.ndarray) -> np.ndarray:
         return self.encoder([obs]).linear(self.params["w"])[:, 0]
@@ -241,70 +247,12 @@ class CriticUnit:
         delta = np.where(active, reward + self.gamma_step * v_next - v, 0.0)
         ScaledTraces.decay(st, np.full(obs.shape[0], self.gamma_step * self.critic.lam), active)
         ScaledTraces.add(st, "z.w", x, np.ones((obs.shape[0], 1)), active, True)
-        ScaledTraces.apply(st, "z.w", self.params["w"], self.critic.step * delta, active)
+        ScaledTraces.apply(st, "z.w", self.params["w"], self.critic.step * delta, active, self.scratch)
         ScaledTraces.reset(st, ended & active)
+        self.last_delta = (delta, active)
 
     def state_dict(self):
-        return {"params": {k: v.copy() for k, v in self.params.items()},
-                "rule_state": {k: v.copy() for k, v in self.rule_state.items()}}
+        return batched.save(self)
 
     def load_state_dict(self, state):
-        self.params = {k: np.array(v) for k, v in state["params"].items()}
-        self.rule_state = {k: np.array(v) for k, v in state["rule_state"].items()}
-
-
-class NetworkBatch:
-    """One batch of the network: coagent units in order, and the shared critic.
-
-    ``tick`` runs step (1) of SPEC §3a's tick; the engine steps the environment and
-    calls ``observe`` with the tick's reward.
-    """
-
-    ROWS = ("previous",)
-
-    def __init__(self, network: Network, observation_space: gym.Space, trials: int, envs_per_trial: int,
-                 seed: int, trial_offset: int = 0, action_space: gym.Space | None = None):
-        self.network = network
-        spaces = network.input_spaces(observation_space, action_space)
-        self.units = {
-            name: CoagentUnit(network.coagent(name), spaces[name], trials, envs_per_trial,
-                              network.gamma_atomic, seed, trial_offset)
-            for name in network.order}
-        self.critic = None if network.critic is None else CriticUnit(
-            network.critic, space_of(observation_space), trials, envs_per_trial, network.gamma)
-        self.batch = trials * envs_per_trial
-        self.previous: dict[str, np.ndarray] = {}
-
-    def begin_episode(self, mask: np.ndarray) -> None:
-        for name, unit in self.units.items():
-            out = unit.begin_episode(mask)
-            self.previous[name] = out
-
-    def inputs_of(self, name: str, obs, current: dict) -> list:
-        values = []
-        for kind, src in map(parse_input, self.units[name].coagent.inputs):
-            values.append(obs if kind == "obs" else current[src] if kind == "cur" else self.previous[src])
-        return values
-
-    def tick(self, obs: np.ndarray, active: np.ndarray) -> dict[str, np.ndarray]:
-        value = self.critic.value(obs) if self.critic is not None else None
-        current = {}
-        for name, unit in self.units.items():
-            drivers = {d: current[d] for d in unit.coagent.execution.drivers}
-            current[name] = unit.act(self.inputs_of(name, obs, current), active, drivers, value)
-        self.previous = current
-        return current
-
-    def action(self, current: dict) -> np.ndarray:
-        return self.network.action_of(current)
-
-    def observe(self, reward: np.ndarray, ended: np.ndarray, active: np.ndarray) -> None:
-        for unit in self.units.values():
-            unit.observe(reward, ended, active)
-
-    def state_dict(self) -> dict:
-        state = {"coagents": {n: u.state_dict() for n, u in self.units.items()},
-                 "previous": {k: v.copy() for k, v in self.previous.items()}}
-        if self.critic is not None:
-            state["critic"] = self.critic.state_dict()
-        return state
+        batched.load(self, state, "critic")

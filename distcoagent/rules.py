@@ -10,16 +10,22 @@ hooks, both batched and masked:
 - ``open(unit, x, mask, score)``: the coagent executed; ``score`` is the factor of
   d/dtheta ln pi(u_j | x_j).
 
-Rule state lives in ``unit.rule_state`` (a dict of arrays: it serialises like the
-parameters).  Traces carry an environment axis: ``(P, E, ...)`` for parameters
-``(P, ...)``; updates sum over a trial's environments in index order, so runs are
-deterministic.
+As in optax, a rule keeps no state of its own: ``init(unit)`` creates its state (an
+``ArrayDict`` whose arrays declare their batch axis, so it serialises, compacts and
+checkpoints like everything else) and every hook gets it passed in explicitly.  The
+unit keeps it (``unit.rule_state``) but never looks inside.  What a rule learns besides
+the policy's parameters (an own critic's weights, a baseline) lives in that state too,
+and ``learned(state)`` reports it for results.  Traces carry an environment axis:
+``(P, E, ...)`` for parameters ``(P, ...)``; updates sum over a trial's environments in
+index order, so runs are deterministic.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import numpy as np
+
+from .batched import ENV, TRIAL, ArrayDict
 
 
 def _group_sum(weights: np.ndarray, traces: np.ndarray) -> np.ndarray:
@@ -42,16 +48,14 @@ def add_score(trace: np.ndarray, x, g: np.ndarray, mask: np.ndarray, linear: boo
         trace += (mask[:, None] * g).reshape(trace.shape)
 
 
-_SCRATCH: dict = {}
-
-
-def apply_traces(param: np.ndarray, weights: np.ndarray, trace: np.ndarray, mask: np.ndarray) -> None:
+def apply_traces(param: np.ndarray, weights: np.ndarray, trace: np.ndarray, mask: np.ndarray,
+                 scratch: dict | None = None) -> None:
     """param[p] += sum_e weights[p, e] * trace[p, e] over masked environments, in index order.
 
     With one environment per trial this is an elementwise update (the common case, and
     most of an engine's time): a gather of the masked rows when they are few, else one
-    dense pass through a reused scratch buffer.  Otherwise a fixed-order sum over each
-    trial's environments.
+    dense pass through a buffer reused from the caller's ``scratch`` (a unit's workspace;
+    nothing module-global).  Otherwise a fixed-order sum over each trial's environments.
     """
     P, E = trace.shape[:2]
     if E > 1:
@@ -61,9 +65,11 @@ def apply_traces(param: np.ndarray, weights: np.ndarray, trace: np.ndarray, mask
     if rows.size * 8 < P:
         param[rows] += weights[rows].reshape((-1,) + (1,) * (trace.ndim - 2)) * trace[rows, 0]
         return
-    buffer = _SCRATCH.get(param.shape)
+    buffer = None if scratch is None else scratch.get(param.shape)
     if buffer is None:
-        buffer = _SCRATCH[param.shape] = np.empty(param.shape)
+        buffer = np.empty(param.shape)
+        if scratch is not None:
+            scratch[param.shape] = buffer
     np.multiply(np.where(mask, weights, 0.0).reshape((-1,) + (1,) * (trace.ndim - 2)), trace[:, 0], out=buffer)
     param += buffer
 
@@ -78,8 +84,8 @@ class ScaledTraces:
     floor = 1e-150
 
     @staticmethod
-    def init(state: dict, batch: int) -> None:
-        state["z_scale"] = np.ones(batch)
+    def init(state: ArrayDict, batch: int) -> None:
+        state.add("z_scale", np.ones(batch), ENV)
 
     @staticmethod
     def decay(state: dict, factor: np.ndarray, mask: np.ndarray) -> None:
@@ -100,8 +106,9 @@ class ScaledTraces:
         add_score(state[name], x, g / state["z_scale"][:, None], mask, linear)
 
     @staticmethod
-    def apply(state: dict, name: str, param: np.ndarray, weights: np.ndarray, mask: np.ndarray) -> None:
-        apply_traces(param, weights * state["z_scale"], state[name], mask)
+    def apply(state: dict, name: str, param: np.ndarray, weights: np.ndarray, mask: np.ndarray,
+              scratch: dict | None = None) -> None:
+        apply_traces(param, weights * state["z_scale"], state[name], mask, scratch)
 
     @staticmethod
     def reset(state: dict, mask: np.ndarray) -> None:
@@ -114,28 +121,36 @@ class ScaledTraces:
 
 
 class LearningRule:
-    """Base class: a rule that does not learn (frozen parameters)."""
+    """Base class: a rule that does not learn (frozen parameters).
+
+    ``unit`` gives a hook the coagent's view (its stream, clocks, parameters, encoder);
+    ``state`` is the rule's own, from ``init``.
+    """
 
     kind = "frozen"
     uses_shared_critic = False
 
-    def init_state(self, unit) -> dict:
-        return {}
+    def init(self, unit) -> ArrayDict:
+        return ArrayDict()
 
-    def close(self, unit, mask, v_next):
+    def close(self, unit, state, mask, v_next):
         pass
 
-    def open(self, unit, x, mask, score, shared_value):
+    def open(self, unit, state, x, mask, score, shared_value):
         pass
 
-    def value_next(self, unit, x, shared_value):
+    def value_next(self, unit, state, x, shared_value):
         return np.zeros(unit.batch)
 
-    def finish(self, unit, mask):
+    def finish(self, unit, state, mask):
         pass
 
-    def reset(self, unit, mask):
+    def reset(self, unit, state, mask):
         pass
+
+    def learned(self, state) -> dict[str, np.ndarray]:
+        """Per-trial arrays this rule learns besides the policy (reported with the parameters)."""
+        return {}
 
     def to_config(self) -> dict:
         return {"kind": self.kind}
@@ -174,32 +189,37 @@ class ActorCritic(LearningRule):
     def uses_shared_critic(self):
         return self.critic == "shared"
 
-    def init_state(self, unit):
+    def init(self, unit):
         P, E, B = unit.trials, unit.envs_per_trial, unit.batch
-        state = {f"z.{k}": np.zeros((P, E) + v.shape[1:]) for k, v in unit.params.items()}
+        state = ArrayDict()
+        for k, v in unit.params.items():
+            state.add(f"z.{k}", np.zeros((P, E) + v.shape[1:]), TRIAL)
         if self.critic == "own":
-            unit.params.setdefault("critic", np.zeros((P, unit.encoder.size, 1)))
-            state["z.critic_w"] = np.zeros((P, E, unit.encoder.size, 1))
-        state["v_last"] = np.zeros(B)
+            state.add("critic", np.zeros((P, unit.encoder.size, 1)), TRIAL)  # V(x) = x . critic
+            state.add("z.critic_w", np.zeros((P, E, unit.encoder.size, 1)), TRIAL)
+        state.add("v_last", np.zeros(B), ENV)
         ScaledTraces.init(state, B)
         return state
 
-    def _value(self, unit, x):
-        return x.linear(unit.params["critic"])[:, 0]
+    def learned(self, state):
+        return {"critic": state["critic"]} if self.critic == "own" else {}
 
-    def close(self, unit, mask, v_next):
-        st = unit.rule_state
+    def _value(self, state, x):
+        return x.linear(state["critic"])[:, 0]
+
+    def close(self, unit, state, mask, v_next):
+        st = state
         delta = np.where(mask, unit.stream_reward + unit.stream_discount * v_next - st["v_last"], 0.0)
         unit.check_finite(delta, "TD error")
         with np.errstate(over="ignore", invalid="ignore"):  # divergence is reported by check_finite
             for k in unit.policy_param_names:
-                ScaledTraces.apply(st, f"z.{k}", unit.params[k], self.actor_step * delta, mask)
+                ScaledTraces.apply(st, f"z.{k}", unit.params[k], self.actor_step * delta, mask, unit.scratch)
             if self.critic == "own":
-                ScaledTraces.apply(st, "z.critic_w", unit.params["critic"], self.critic_step * delta, mask)
-        unit.count_updates(mask)
+                ScaledTraces.apply(st, "z.critic_w", st["critic"], self.critic_step * delta, mask, unit.scratch)
+        unit.count_updates(mask, delta)
 
-    def open(self, unit, x, mask, score, shared_value):
-        st = unit.rule_state
+    def open(self, unit, state, x, mask, score, shared_value):
+        st = state
         elapsed = unit.episode_tick - unit.last_execution_tick
         # (gamma_atomic * lambda) ** Delta_{j-1}; a first execution finds its traces reset to 0
         decay = (unit.gamma_atomic * self.lam) ** elapsed
@@ -208,17 +228,17 @@ class ActorCritic(LearningRule):
             ScaledTraces.add(st, f"z.{k}", x, score[k], mask, k in unit.policy.linear_params)
         if self.critic == "own":
             ScaledTraces.add(st, "z.critic_w", x, np.ones((mask.shape[0], 1)), mask, True)
-            v_now = self._value(unit, x)
+            v_now = self._value(st, x)
         else:
             v_now = shared_value
         st["v_last"] = np.where(mask, v_now, st["v_last"])
 
-    def value_next(self, unit, x, shared_value):
+    def value_next(self, unit, state, x, shared_value):
         """V(x_{j+1}) used to close execution j when the coagent executes again."""
-        return self._value(unit, x) if self.critic == "own" else shared_value
+        return self._value(state, x) if self.critic == "own" else shared_value
 
-    def reset(self, unit, mask):
-        ScaledTraces.reset(unit.rule_state, mask)
+    def reset(self, unit, state, mask):
+        ScaledTraces.reset(state, mask)
 
     def to_config(self):
         return {"kind": self.kind, "actor_step": self.actor_step, "critic_step": self.critic_step,
@@ -245,22 +265,24 @@ class Reinforce(LearningRule):
         _check_step(self.step, "rule.step")
         _check_step(self.baseline_step, "rule.baseline_step")
 
-    def init_state(self, unit):
+    def init(self, unit):
         P, E, B = unit.trials, unit.envs_per_trial, unit.batch
-        state = {}
+        state = ArrayDict()
         for k, v in unit.params.items():
-            if k in unit.policy_param_names:
-                state[f"e.{k}"] = np.zeros((P, E) + v.shape[1:])  # sum of scores so far
-                state[f"f.{k}"] = np.zeros((P, E) + v.shape[1:])  # sum of g**t_j scores
-                state[f"acc.{k}"] = np.zeros((P, E) + v.shape[1:])  # sum of g**t_j Rbar_j e_j
-        state["start_discount"] = np.zeros(B)  # g**t_j of the open execution
-        state["return_from_first"] = np.zeros(B)
-        state["first_discount"] = np.zeros(B)
-        unit.params.setdefault("baseline", np.zeros((P,)))
+            state.add(f"e.{k}", np.zeros((P, E) + v.shape[1:]), TRIAL)  # sum of scores so far
+            state.add(f"f.{k}", np.zeros((P, E) + v.shape[1:]), TRIAL)  # sum of g**t_j scores
+            state.add(f"acc.{k}", np.zeros((P, E) + v.shape[1:]), TRIAL)  # sum of g**t_j Rbar_j e_j
+        state.add("start_discount", np.zeros(B), ENV)  # g**t_j of the open execution
+        state.add("return_from_first", np.zeros(B), ENV)
+        state.add("first_discount", np.zeros(B), ENV)
+        state.add("baseline", np.zeros((P,)), TRIAL)
         return state
 
-    def close(self, unit, mask, v_next):
-        st = unit.rule_state
+    def learned(self, state):
+        return {"baseline": state["baseline"]}
+
+    def close(self, unit, state, mask, v_next):
+        st = state
         weight = np.where(mask, st["start_discount"] * unit.stream_reward, 0.0)
         unit.check_finite(weight, "discounted reward")
         st["return_from_first"] += np.where(mask, weight / np.where(st["first_discount"] > 0,
@@ -269,8 +291,8 @@ class Reinforce(LearningRule):
             st[f"acc.{k}"] += (weight.reshape(st[f"acc.{k}"].shape[:2] + (1,) * (st[f"acc.{k}"].ndim - 2))
                                * st[f"e.{k}"])
 
-    def open(self, unit, x, mask, score, shared_value):
-        st = unit.rule_state
+    def open(self, unit, state, x, mask, score, shared_value):
+        st = state
         discount_now = unit.gamma_atomic ** unit.episode_tick
         st["start_discount"] = np.where(mask, discount_now, st["start_discount"])
         st["first_discount"] = np.where(mask & ~unit.executed_this_episode, discount_now, st["first_discount"])
@@ -279,30 +301,33 @@ class Reinforce(LearningRule):
             add_score(st[f"e.{k}"], x, score[k], mask, linear)
             add_score(st[f"f.{k}"], x, score[k] * discount_now[:, None], mask, linear)
 
-    def episode_gradient(self, unit, k: str) -> np.ndarray:
+    def episode_gradient(self, unit, state, k: str) -> np.ndarray:
         """Per-environment estimate sum_j g**t_j (G_{t_j} - b) grad_j of the finished episode."""
-        st = unit.rule_state
-        b = np.repeat(unit.params["baseline"], unit.envs_per_trial) if self.baseline else np.zeros(unit.batch)
+        st = state
+        b = np.repeat(st["baseline"], unit.envs_per_trial) if self.baseline else np.zeros(unit.batch)
         f = st[f"f.{k}"]
         return st[f"acc.{k}"] - b.reshape(f.shape[:2] + (1,) * (f.ndim - 2)) * f
 
-    def finish(self, unit, mask):
+    def finish(self, unit, state, mask):
         """At an episode's end: apply the update and move the baseline."""
+        st = state
         if self.step > 0:
+            norm = np.zeros(unit.batch)
             for k in unit.policy_param_names:
-                apply_traces(unit.params[k], np.full(unit.batch, self.step), self.episode_gradient(unit, k), mask)
-            unit.count_updates(mask)
+                gradient = self.episode_gradient(unit, st, k)
+                apply_traces(unit.params[k], np.full(unit.batch, self.step), gradient, mask, unit.scratch)
+                norm += np.square(gradient.reshape(unit.batch, -1)).sum(axis=1)
+            unit.count_updates(mask, self.step * np.sqrt(norm))
         if self.baseline:
-            st = unit.rule_state
             P, E = unit.trials, unit.envs_per_trial
             seen = (mask & (st["first_discount"] > 0)).reshape(P, E)
             for e in range(E):  # environments in index order: deterministic
-                unit.params["baseline"] += np.where(
+                st["baseline"] += np.where(
                     seen[:, e], self.baseline_step * (st["return_from_first"].reshape(P, E)[:, e]
-                                                      - unit.params["baseline"]), 0.0)
+                                                      - st["baseline"]), 0.0)
 
-    def reset(self, unit, mask):
-        st = unit.rule_state
+    def reset(self, unit, state, mask):
+        st = state
         for k, v in st.items():
             if k.startswith(("e.", "f.", "acc.")):
                 _scale(v, ~mask)

@@ -53,16 +53,16 @@ class RecordingRule(LearningRule):
     log: list = field(default_factory=list, compare=False, hash=False)
     kind = "recording"
 
-    def close(self, unit, mask, v_next):
+    def close(self, unit, state, mask, v_next):
         for b in np.flatnonzero(mask):
             self.log.append((int(b), "close", int(unit.episode_tick[b]), float(unit.stream_reward[b]),
                              float(unit.stream_discount[b])))
 
-    def finish(self, unit, mask):
+    def finish(self, unit, state, mask):
         for b in np.flatnonzero(mask):
             self.log.append((int(b), "finish", int(unit.episode_tick[b]), 0.0, 0.0))
 
-    def open(self, unit, x, mask, score, shared_value):
+    def open(self, unit, state, x, mask, score, shared_value):
         for b in np.flatnonzero(mask):
             self.log.append((int(b), "open", int(unit.episode_tick[b]), 0.0, 1.0))
 

@@ -92,9 +92,9 @@ def count_every_tick(engine) -> None:
                     x = unit.encoder(values)
                     closing = held & unit.executed_this_episode
                     if closing.any():
-                        unit.rule.close(unit, closing, np.zeros(unit.batch))
+                        unit.rule.close(unit, unit.rule_state, closing, np.zeros(unit.batch))
                     score = unit.policy.score(unit.policy.forward(unit.params, x), unit.output)
-                    unit.rule.open(unit, x, held, score, shared_value)
+                    unit.rule.open(unit, unit.rule_state, x, held, score, shared_value)
                     unit.stream_reward[held] = 0.0
                     unit.stream_discount[held] = 1.0
                     unit.executed_this_episode |= held

@@ -3,10 +3,24 @@ import numpy as np
 import pytest
 
 from distcoagent import InProcessEngine, serialize
+from distcoagent.contract import Observer
 from distcoagent.examples import paper_network
-from distcoagent.network import NetworkBatch
+from distcoagent.tick import NetworkBatch
 
 GRID = "distcoagent/GridWorld-v0"
+
+
+class TrialsSeen(Observer):
+    """Records how many trials each tick ran once finished trials were dropped."""
+
+    wants_ticks = True
+
+    def __init__(self, sizes: list, envs_per_trial: int):
+        self.sizes, self.envs_per_trial = sizes, envs_per_trial
+
+    def on_tick(self, event):
+        if event.rows is not None:
+            self.sizes.append(event.rows.size // self.envs_per_trial)
 
 
 def _run(trials, micro_batches=1, envs_per_trial=1, seed=5, episodes=6, env_id=GRID, kwargs=None, net=None):
@@ -57,7 +71,7 @@ def test_state_round_trips_through_msgpack_without_pickle():
     nb = engine.batches[0]
     blob = serialize.dumps(nb.state_dict())
     assert b"numpy" not in blob  # plain bytes, no pickled objects
-    fresh = NetworkBatch(paper_network(), engine.envs[0].observation_space, 2, 1, 0)
+    fresh = NetworkBatch(paper_network(), engine.env_sides[0].env.observation_space, 2, 1, 0)
     for name, unit in fresh.units.items():
         unit.load_state_dict(serialize.loads(blob)["coagents"][name])
         original = nb.units[name].state_dict()
@@ -95,13 +109,11 @@ def test_dropping_finished_trials_changes_no_number():
         engine = InProcessEngine(paper_network(), GRID, {"size": 4}, trials=40, envs_per_trial=2, seed=3)
         engine.compact = compact
         sizes_seen = []
-        original = engine._resize
-        engine._resize = lambda k, book, trials: (sizes_seen.append(trials), original(k, book, trials))
-        engine.train(5)
+        engine.train(5, observers=[TrialsSeen(sizes_seen, 2)])
         assert (min(sizes_seen) < 20) if compact else not sizes_seen  # it did drop trials, or never
         results.append(engine.train(4))  # a second run starts from the restored full-size state
         sizes = {u.batch for u in engine.batches[0].units.values()}
-        assert sizes == {80} and engine.envs[0].num_envs == 80
+        assert sizes == {80} and engine.env_sides[0].env.num_envs == 80
     assert np.array_equal(results[0].returns, results[1].returns)
     assert np.array_equal(results[0].lengths, results[1].lengths)
     for name in results[0].params:
@@ -127,8 +139,9 @@ def test_a_tuple_of_coagents_drives_a_multidiscrete_action():
                   action=("first", "second"))
     engine = InProcessEngine(net, TWO_PART_ID, {}, trials=3, seed=0)
     actions = []
-    original = engine.envs[0].step
-    engine.envs[0].step = lambda a: (actions.append(np.array(a)), original(a))[1]
+    env = engine.env_sides[0].env
+    original = env.step
+    env.step = lambda a: (actions.append(np.array(a)), original(a))[1]  # a test spy on the env batch
     result = engine.train(2)
     stacked = np.stack(actions)  # (steps, B, 2): first part in column 0, second in column 1
     assert stacked.shape == (8, 3, 2) and set(np.unique(stacked[..., 0])) <= {0, 1}

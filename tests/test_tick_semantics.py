@@ -5,7 +5,7 @@ from core_fakes import SCRIPTED_ID, RecordingRule, ScriptedEnv
 
 from distcoagent import Coagent, InProcessEngine, Network
 from distcoagent.execution import Constant, Driven, Periodic
-from distcoagent.network import NetworkBatch
+from distcoagent.tick import NetworkBatch
 from distcoagent.policies import Softmax
 from distcoagent.rng import Stream
 

@@ -1,11 +1,15 @@
-"""Environments: the paper's gridworld, and batches of any gymnasium environment."""
-import gymnasium as gym
+"""Environments: the paper's gridworld, and batches of any gymnasium environment.
 
-from .batch import make_batch
+Built-in environments register a native batched twin in ``registry``; every other
+gymnasium id runs in gymnasium's vector env (``batch.GymBatch``).
+"""
+from .batch import GymBatch, make_batch
 from .gridworld import GridWorldBatch, GridWorldEnv
+from .registry import NATIVE, NativeEnv, native, register_native
 
 GRIDWORLD_ID = "distcoagent/GridWorld-v0"
-if GRIDWORLD_ID not in gym.registry:
-    gym.register(id=GRIDWORLD_ID, entry_point="distcoagent.envs.gridworld:GridWorldEnv")
+register_native(GRIDWORLD_ID, GridWorldBatch, ("size", "start", "goal", "max_steps"),
+                "distcoagent.envs.gridworld:GridWorldEnv")
 
-__all__ = ["GRIDWORLD_ID", "GridWorldBatch", "GridWorldEnv", "make_batch"]
+__all__ = ["GRIDWORLD_ID", "GridWorldBatch", "GridWorldEnv", "GymBatch", "NATIVE", "NativeEnv", "make_batch",
+           "native", "register_native"]

@@ -2,9 +2,14 @@
 
 ``reset() -> obs``; ``step(actions) -> (obs, reward, terminated, truncated)``, where
 an ended environment's ``obs`` is already the first observation of its next episode.
-The built-in gridworld is stepped natively with numpy; any other gymnasium id runs
-in gymnasium's ``SyncVectorEnv``.  Environment ``b`` is seeded from the run's seed
-and its global index ``b`` alone, so it does not matter how the batch is split.
+Built-in environments are stepped natively with numpy (``registry``); any other
+gymnasium id runs in gymnasium's ``SyncVectorEnv``.  Environment ``b`` is seeded from
+the run's seed and its global index ``b`` alone, so it does not matter how the batch
+is split.
+
+A gymnasium env's internal state (its simulator, its random generator, its wrappers)
+cannot be saved in general, so a ``GymBatch`` is not ``restorable``: a run restored
+from a checkpoint restarts the episodes that were in progress (see ``tick``).
 """
 from __future__ import annotations
 
@@ -20,6 +25,9 @@ def env_seed(seed: int, env_index: int) -> int:
 class GymBatch:
     """``num_envs`` copies of a gymnasium env in a SyncVectorEnv with same-step autoreset."""
 
+    FIELDS: dict = {}  # nothing that can be saved: see the module docstring
+    restorable = False
+
     def __init__(self, env_id: str, num_envs: int, seed: int, env_offset: int = 0, **kwargs):
         probe = gym.make(env_id, **kwargs)  # unknown ids raise gymnasium's error, with its suggestion
         self.observation_space = probe.observation_space
@@ -29,10 +37,14 @@ class GymBatch:
         self.vector = gym.vector.SyncVectorEnv(
             [lambda: gym.make(env_id, **kwargs) for _ in range(num_envs)],
             autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+        self._seed, self._offset = seed, env_offset
         self._seeds = [env_seed(seed, env_offset + b) for b in range(num_envs)]
 
-    def reset(self):
-        obs, _ = self.vector.reset(seed=self._seeds)
+    def reset(self, restart: int = 0):
+        """Reset every env; ``restart`` > 0 (the n-th restart after a restore) reseeds them afresh."""
+        seeds = self._seeds if not restart else [
+            env_seed(self._seed * 1_000_003 + restart, self._offset + b) for b in range(self.num_envs)]
+        obs, _ = self.vector.reset(seed=seeds)
         return obs
 
     def step(self, actions):
@@ -52,14 +64,14 @@ class GymBatch:
 
 
 def make_batch(env_id: str, num_envs: int, seed: int, env_offset: int = 0, **kwargs):
-    """The batch for ``env_id``: native for the built-in gridworld, gymnasium's otherwise."""
-    from . import GRIDWORLD_ID
-    from .gridworld import GridWorldBatch
+    """The batch for ``env_id``: its native batch if registered (``registry``), else gymnasium's."""
+    from .registry import native
 
-    if env_id == GRIDWORLD_ID:
-        unknown = set(kwargs) - {"size", "start", "goal", "max_steps"}
+    entry = native(env_id)
+    if entry is not None:
+        unknown = set(kwargs) - set(entry.options)
         if unknown:
-            raise ValueError(f"env: unknown gridworld option(s) {sorted(unknown)}; "
-                             "expected size, start, goal, max_steps")
-        return GridWorldBatch(num_envs, **kwargs)
+            raise ValueError(f"env: unknown option(s) {sorted(unknown)} for {env_id}; "
+                             f"expected {', '.join(entry.options)}")
+        return entry.make(num_envs, seed, env_offset, **kwargs)
     return GymBatch(env_id, num_envs, seed, env_offset, **kwargs)

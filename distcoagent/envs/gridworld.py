@@ -16,6 +16,8 @@ from __future__ import annotations
 import gymnasium as gym
 import numpy as np
 
+from ..batched import ENV
+
 MOVES = np.array([(-1, 0), (1, 0), (0, -1), (0, 1)])  # (row, col) for up, down, left, right
 
 
@@ -106,12 +108,16 @@ class GridWorldEnv(gym.Env):
 
 
 class GridWorldBatch:
-    """B gridworlds stepped together with numpy; same dynamics as GridWorldEnv, autoreset."""
+    """B gridworlds stepped together with numpy; same dynamics as GridWorldEnv, autoreset.
 
-    ROWS = ("cells", "steps")  # the engine may drop finished environments (see compaction)
+    Deterministic, so ``seed`` and ``env_offset`` (see ``registry``) are not used.
+    """
 
-    def __init__(self, num_envs: int, size: int = 5, start: int = 0, goal: int | None = None,
-                 max_steps: int | None = 100):
+    FIELDS = {"cells": ENV, "steps": ENV}  # all its evolving state (see batched)
+    restorable = True
+
+    def __init__(self, num_envs: int, seed: int = 0, env_offset: int = 0, size: int = 5, start: int = 0,
+                 goal: int | None = None, max_steps: int | None = 100):
         self.single = GridWorldEnv(size, start, goal, max_steps)
         self.num_envs = num_envs
         self.observation_space = self.single.observation_space

@@ -17,7 +17,8 @@ import dataclasses
 
 import numpy as np
 
-from ..network import Network, NetworkBatch
+from ..network import Network
+from ..tick import NetworkBatch
 from ..rules import LearningRule
 
 Gradient = dict  # {coagent name: {parameter name: ndarray}}

@@ -23,9 +23,12 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from ..batched import ENV, TRIAL
+from ..contract import Observer, TickEvent
 from ..engine import InProcessEngine
 from ..network import Network
 from ..rules import Reinforce
+from ..tick import EpisodeKeys
 from .common import Gradient, flatten, freeze, normalize_params, trial_params, unflatten
 
 MAX_BATCH_ENTRIES = 4_000_000  # floats per recorder array per engine run (memory bound)
@@ -35,7 +38,7 @@ MAX_BATCH_ENTRIES = 4_000_000  # floats per recorder array per engine run (memor
 class GradientRecorder(Reinforce):
     """Reinforce with step 0 that keeps every finished episode's estimate, per environment.
 
-    ``rule_state["episodes.<param>"]`` has shape ``(P, E, episodes_per_env, *param_shape)``;
+    Its state's ``"episodes.<param>"`` has shape ``(P, E, episodes_per_env, *param_shape)``;
     an episode in which the coagent never executed keeps its zero estimate.
     """
 
@@ -44,29 +47,29 @@ class GradientRecorder(Reinforce):
     discount: bool = True  # False: drop gamma^t (a deliberately wrong estimator, for tests)
     kind = "gradient_recorder"
 
-    def init_state(self, unit):
-        state = super().init_state(unit)
+    def init(self, unit):
+        state = super().init(unit)
         for k in unit.policy_param_names:
             shape = state[f"e.{k}"].shape
-            state[f"episodes.{k}"] = np.zeros(shape[:2] + (self.episodes_per_env,) + shape[2:])
-        state["episode_index"] = np.full(unit.batch, -1, dtype=np.int64)
+            state.add(f"episodes.{k}", np.zeros(shape[:2] + (self.episodes_per_env,) + shape[2:]), TRIAL)
+        state.add("episode_index", np.full(unit.batch, -1, dtype=np.int64), ENV)
         return state
 
-    def reset(self, unit, mask):
-        super().reset(unit, mask)
-        unit.rule_state["episode_index"][mask] += 1
+    def reset(self, unit, state, mask):
+        super().reset(unit, state, mask)
+        state["episode_index"][mask] += 1
 
-    def open(self, unit, x, mask, score, shared_value):
-        super().open(unit, x, mask, score, shared_value)
+    def open(self, unit, state, x, mask, score, shared_value):
+        super().open(unit, state, x, mask, score, shared_value)
         if not self.discount:
-            unit.rule_state["start_discount"] = np.where(mask, 1.0, unit.rule_state["start_discount"])
+            state["start_discount"] = np.where(mask, 1.0, state["start_discount"])
 
-    def finish(self, unit, mask):
-        st = unit.rule_state
+    def finish(self, unit, state, mask):
+        st = state
         rows = np.flatnonzero(mask & (st["episode_index"] < self.episodes_per_env))
         E = unit.envs_per_trial
         for k in unit.policy_param_names:
-            g = self.episode_gradient(unit, k)
+            g = self.episode_gradient(unit, st, k)
             st[f"episodes.{k}"][rows // E, rows % E, st["episode_index"][rows]] = g[rows // E, rows % E]
 
 
@@ -115,52 +118,38 @@ def episodes_layout(episodes: int) -> tuple[int, int]:
     return -(-episodes // per_env), per_env
 
 
-def _key_episodes(engine: InProcessEngine, base_ids: np.ndarray, per_env: int) -> None:
-    """Key every episode's random draws by (base id, episode number) and the tick within it.
-
-    Row b's j-th episode draws from stream id ``base_ids[b] * (per_env + 1) + j`` at ticks
-    0, 1, ...: episodes are independent, the result does not depend on how the rows
-    are batched, and two rows with the same base id see common random numbers however
-    long their earlier episodes were (finite differences on J need exactly that).
-    """
-    engine.compact = False  # the wrappers below hold full-size arrays
-    for nb in engine.batches:
-        count = np.zeros(nb.batch, dtype=np.int64)
-        original = nb.begin_episode
-
-        def begin_episode(mask, nb=nb, count=count, original=original):
-            ids = base_ids * (per_env + 1) + np.minimum(count, per_env)
-            for unit in nb.units.values():
-                unit.env_ids = np.where(mask, ids, unit.env_ids)
-                unit.env_tick[mask] = 0
-            original(mask)
-            count[mask] += 1
-
-        nb.begin_episode = begin_episode
+def _episode_keys(base_ids: np.ndarray, per_env: int) -> EpisodeKeys:
+    """Every episode keyed by (base id, episode number); see ``tick.EpisodeKeys``."""
+    return EpisodeKeys(np.asarray(base_ids, dtype=np.int64), per_env)
 
 
-def _track_discounted_returns(engine: InProcessEngine, gamma_atomic: float, per_env: int) -> np.ndarray:
-    """(B, per_env) discounted returns sum_t gamma_atomic^t R_t of each row's episodes (SPEC §3a)."""
-    engine.compact = False  # the wrapper below holds full-size arrays
-    nb = engine.batches[0]
-    B = nb.batch
-    out = np.zeros((B, per_env))
-    state = {"discount": np.ones(B), "running": np.zeros(B), "count": np.zeros(B, dtype=np.int64)}
-    original = nb.observe
+class DiscountedReturns(Observer):
+    """Records each environment's discounted returns sum_t gamma_atomic^t R_t of its first
+    ``per_env`` episodes (SPEC §3a): ``returns`` has shape (B, per_env)."""
 
-    def observe(reward, ended, active):
-        live = active & (state["count"] < per_env)
-        state["running"] += np.where(live, state["discount"] * reward, 0.0)
-        state["discount"] *= gamma_atomic
-        rows = np.flatnonzero(ended & live)
-        out[rows, state["count"][rows]] = state["running"][rows]
-        state["count"][rows] += 1
-        state["running"][ended] = 0.0
-        state["discount"][ended] = 1.0
-        original(reward, ended, active)
+    wants_ticks = True
 
-    nb.observe = observe
-    return out
+    def __init__(self, batch: int, gamma_atomic: float, per_env: int):
+        self.gamma_atomic, self.per_env = gamma_atomic, per_env
+        self.returns = np.zeros((batch, per_env))
+        self.discount, self.running = np.ones(batch), np.zeros(batch)
+        self.count = np.zeros(batch, dtype=np.int64)
+
+    def on_tick(self, event: TickEvent) -> None:
+        if event.batch != 0:
+            raise ValueError("DiscountedReturns observes a single micro-batch")
+        rows = slice(None) if event.rows is None else event.rows
+        reward, ended, active = event.feedback.reward, event.feedback.ended, event.feedback.active
+        count, discount = self.count[rows], self.discount[rows]
+        live = active & (count < self.per_env)
+        running = self.running[rows] + np.where(live, discount * reward, 0.0)
+        finished = np.flatnonzero(ended & live)
+        full = np.arange(self.count.size)[rows]
+        self.returns[full[finished], count[finished]] = running[finished]
+        count = count + (ended & live)
+        self.count[rows] = count
+        self.running[rows] = np.where(ended, 0.0, running)
+        self.discount[rows] = np.where(ended, 1.0, discount * self.gamma_atomic)
 
 
 def _write_params(nb, trial: int, group: Gradient) -> None:
@@ -175,17 +164,16 @@ def acpgt_samples(network: Network, env_id: str, env_kwargs: dict | None, params
     """Per-episode ACPGT estimates, shape (len(params), envs * per_env, n_flat).
 
     ``params[p]`` is trial p's frozen parameter set.  Trial p's environment e has base id
-    ``env_offset + p * envs + e`` (independent trials); see ``_key_episodes``.
+    ``env_offset + p * envs + e`` (independent trials); see ``tick.EpisodeKeys``.
     """
     recorder = recorder if recorder is not None else GradientRecorder()
     recorder = dataclasses.replace(recorder, episodes_per_env=per_env)
     P = len(params)
-    engine = InProcessEngine(freeze(network, recorder), env_id, env_kwargs, trials=P,
-                             envs_per_trial=envs, seed=seed)
+    engine = InProcessEngine(freeze(network, recorder), env_id, env_kwargs, trials=P, envs_per_trial=envs,
+                             seed=seed, episode_keys=_episode_keys(env_offset + np.arange(P * envs), per_env))
     nb = engine.batches[0]
     for p, group in enumerate(params):
         _write_params(nb, p, group)
-    _key_episodes(engine, env_offset + np.arange(P * envs), per_env)
     if instrument is not None:
         instrument(engine)
     engine.train(per_env)
@@ -240,17 +228,18 @@ def fd_samples(network: Network, env_id: str, env_kwargs: dict | None, params: G
     per_run = max(1, 100_000 // envs)  # coordinates per engine run (2 trials each)
     for start, size in _chunks(coordinates.size, per_run):
         cols = coordinates[start:start + size]
-        engine = InProcessEngine(frozen, env_id, env_kwargs, trials=2 * size, envs_per_trial=envs, seed=seed)
+        keys = _episode_keys(np.tile(env_offset + np.arange(envs), 2 * size), per_env)
+        engine = InProcessEngine(frozen, env_id, env_kwargs, trials=2 * size, envs_per_trial=envs, seed=seed,
+                                 episode_keys=keys)
         nb = engine.batches[0]
         for j, k in enumerate(cols):
             for t, sign in ((2 * j, 1.0), (2 * j + 1, -1.0)):
                 shifted = theta.copy()
                 shifted[k] += sign * step
                 _write_params(nb, t, unflatten(shifted, params))
-        _key_episodes(engine, np.tile(env_offset + np.arange(envs), 2 * size), per_env)
-        returns = _track_discounted_returns(engine, network.gamma_atomic, per_env)
-        engine.train(per_env)
-        returns = returns.reshape(2 * size, envs * per_env)
+        observer = DiscountedReturns(2 * size * envs, network.gamma_atomic, per_env)
+        engine.train(per_env, observers=[observer])
+        returns = observer.returns.reshape(2 * size, envs * per_env)
         out[:, start:start + size] = ((returns[0::2] - returns[1::2]) / (2 * step)).T
     return out
 
@@ -284,10 +273,10 @@ def j_estimate(network: Network, env_id: str, env_kwargs: dict | None = None, pa
     """Monte Carlo J = E[sum_t gamma_atomic^t R_t] at ``params``: (mean, standard error)."""
     like = initial_params(network, env_id, env_kwargs, seed, params)
     envs, per_env = episodes_layout(episodes)
-    engine = InProcessEngine(freeze(network), env_id, env_kwargs, trials=1, envs_per_trial=envs, seed=seed)
+    engine = InProcessEngine(freeze(network), env_id, env_kwargs, trials=1, envs_per_trial=envs, seed=seed,
+                             episode_keys=_episode_keys(np.arange(envs), per_env))
     _write_params(engine.batches[0], 0, like)
-    _key_episodes(engine, np.arange(envs), per_env)
-    returns = _track_discounted_returns(engine, network.gamma_atomic, per_env)
-    engine.train(per_env)
-    returns = returns.ravel()
+    observer = DiscountedReturns(envs, network.gamma_atomic, per_env)
+    engine.train(per_env, observers=[observer])
+    returns = observer.returns.ravel()
     return float(returns.mean()), float(returns.std(ddof=1) / np.sqrt(returns.size))

@@ -32,7 +32,8 @@ import scipy.sparse.linalg as spla
 from ..envs import make_batch
 from ..execution import Constant, Driven, Function, Periodic, Table
 from ..features import FeatureState, TabularState
-from ..network import Network, NetworkBatch
+from ..network import Network
+from ..tick import NetworkBatch
 from .common import Gradient, freeze, normalize_params
 
 

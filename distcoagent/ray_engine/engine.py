@@ -1,11 +1,16 @@
 """The distributed engine: coagent actors and environment actors on Ray, one graph execution per tick.
 
 Ray stays at the edge: the actors are the plain ``actors.CoagentWorker`` and
-``actors.EnvironmentWorker`` (core ``CoagentUnit``s and the core critic, unchanged),
-made remote here.  One execution of the tick graph runs one atomic tick of every
-micro-batch::
+``actors.EnvironmentWorker``, which hold the core's two sides of a tick (``tick``)
+unchanged, made remote here and named after what they hold (``coagent:NAME``,
+``env:K``; ``ray list actors`` shows them).  One execution of the tick graph runs one
+atomic tick of every micro-batch::
 
     command -> env_k.start -> [coagent.begin] -> coagent.act level 0 -> ... -> level L -> env_k.step
+
+The same graph carries the contract's control requests (``contract``): the whole
+run's state is gathered (``state``) and put back (``restore``) through it, and so are
+``metrics``, so no storage is shared between the driver and the actors.
 
 Every message carries a whole micro-batch (numpy arrays over its environments).
 The default transport is a Ray Compiled Graph (``ray.dag``, ``experimental_compile``):
@@ -46,24 +51,27 @@ from __future__ import annotations
 import logging
 import math
 import time
+import uuid
 from collections import deque
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 
 from ..coagent import NonFiniteError
-from ..engine import TrainResult, trial_slices
+from ..contract import (STATE_FORMAT, Engine, MetricsClock, Observer, RunMetrics, TickEvent, TrainResult,
+                        combine_metrics)
+from ..engine import check_counts, check_episodes, check_state, trial_slices
 from ..envs import make_batch
 from ..network import Network, SpecError
-from .actors import CoagentWorker, EnvironmentWorker
+from .actors import Command, CoagentWorker, EnvironmentWorker
 from .placement import (STRATEGIES, PlacementError, _fmt, check_resources, coagent_groups, connect, levels,
                         resource_requests, used_sources)
 
 TRANSPORTS = ("compiled", "actors")
 
 
-class RayEngine:
-    """Same interface as ``InProcessEngine``: ``train(episodes, progress) -> TrainResult``, ``close()``.
+class RayEngine(Engine):
+    """The engine contract (``contract.Engine``) on Ray, bit-identical to ``InProcessEngine``.
 
     address: None starts Ray in this process (or uses the one already initialised);
         "auto" or "HOST:PORT" joins a running cluster, failing within seconds if none answers.
@@ -90,9 +98,7 @@ class RayEngine:
                  env_resources: dict[str, float] | None = None, cpus_per_actor: float | None = None,
                  placement: str | None = None, transport: str = "compiled", max_inflight: int = 2,
                  connect_timeout: float = 3.0, ready_timeout: float = 60.0, timeout: float = 600.0):
-        for field_name, value in (("trials", trials), ("envs_per_trial", envs_per_trial)):
-            if not isinstance(value, (int, np.integer)) or value < 1:
-                raise SpecError(f"{field_name}: expected a positive integer, got {value!r}")
+        check_counts(trials, envs_per_trial)
         if transport not in TRANSPORTS:
             raise SpecError(f"transport: expected one of {TRANSPORTS}, got {transport!r}")
         if placement is not None and placement not in STRATEGIES:
@@ -113,6 +119,13 @@ class RayEngine:
         self.groups = coagent_groups(network, coagents_per_actor, groups)
         custom = resource_requests(self.groups, resources, network)
         self.tick_count = 0
+        self.episodes: int | None = None  # the run in progress (None: none)
+        self.seconds = 0.0
+        self._started: float | None = None
+        self._done_reported = 0
+        self.run_id = uuid.uuid4().hex[:8]
+        self.namespace = f"distcoagent-{self.run_id}"
+        self.placement: dict[str, dict] = {}  # actor name -> node it runs on
         self.actors, self.env_actors, self.dag, self.placement_group = [], [], None, None
         self._broken = None
         self._started_ray = connect(address, connect_timeout)
@@ -159,9 +172,12 @@ class RayEngine:
             strategies = [PlacementGroupSchedulingStrategy(self.placement_group, placement_group_bundle_index=i)
                           for i in range(n_actors)]
 
+        actor_names = [f"coagent:{'+'.join(g)}" for g in self.groups] + [f"env:{k}" for k in range(len(self.slices))]
+
         def options(i):
             request = dict(requests[i])
-            opts = {"num_cpus": request.pop("CPU", 0.0), "resources": request, "max_restarts": 0}
+            opts = {"num_cpus": request.pop("CPU", 0.0), "resources": request, "max_restarts": 0,
+                    "name": actor_names[i], "namespace": self.namespace}
             if strategies[i] is not None:
                 opts["scheduling_strategy"] = strategies[i]
             return opts
@@ -186,7 +202,7 @@ class RayEngine:
             self.seed, plan["levels"], plan["exports"], plan["prev_exports"])
             for g, (names, plan) in enumerate(zip(self.groups, self.plans))]
         self.env_actors = [env_class.options(**options(len(self.groups) + k)).remote(
-            net, self.env_id, self.env_kwargs, self.seed, a, b, self.envs_per_trial)
+            k, net, self.env_id, self.env_kwargs, self.seed, a, b, self.envs_per_trial)
             for k, (a, b) in enumerate(self.slices)]
         everyone = self.actors + self.env_actors
         refs = [a.ready.remote() for a in everyone]
@@ -197,7 +213,7 @@ class RayEngine:
                                  f"{'; '.join(waiting)}. Each fits on some node, but not all together: the "
                                  "nodes with those resources are full (lower cpus_per_actor or spread the "
                                  "custom resources)")
-        ray.get(refs)  # raises an actor's construction error
+        self.placement = dict(zip(actor_names, ray.get(refs)))  # raises an actor's construction error
         self._graph(level, cur, prev, group_of)
 
     def _graph(self, level, cur, prev, group_of):
@@ -265,47 +281,112 @@ class RayEngine:
                 raise cause from None
             raise
 
-    def train(self, episodes: int, progress: Callable[[int], None] | None = None) -> TrainResult:
-        """Run until every environment has finished ``episodes`` episodes."""
-        if not isinstance(episodes, (int, np.integer)) or episodes < 1:
-            raise SpecError(f"episodes: expected a positive integer, got {episodes!r}")
+    def _tick_done(self, statuses: list, tickers: list) -> list:
+        self.tick_count = max(self.tick_count, max(s.tick for s in statuses))
+        for k, s in enumerate(statuses):
+            if s.feedback is not None:
+                for o in tickers:
+                    o.on_tick(TickEvent(k, s.tick - 1, s.feedback))
+        return statuses
+
+    def _run(self, command: Command) -> list:
+        """One execution outside the tick loop (nothing else in flight): each micro-batch's answer."""
+        return self._get(self._execute(command))
+
+    def train(self, episodes: int, progress: Callable[[int], None] | None = None,
+              observers: Sequence[Observer] = (), stop: Callable[[], bool] | None = None) -> TrainResult:
+        """Run until every environment has finished ``episodes`` episodes (or ``stop()`` is true)."""
+        check_episodes(episodes)
         if self._broken is not None:
             raise RuntimeError(f"this engine failed earlier ({self._broken}); build a new one")
-        start = time.perf_counter()
-        self._get(self._execute(("reset", int(episodes), self.tick_count)))
-        pending, done_before, finished = deque(), 0, False
-        while not finished:
-            while len(pending) < self.max_inflight:
-                pending.append(self._execute(("tick",)))
-            statuses = self._get(pending.popleft())
-            finished = all(s["done"] for s in statuses)
-            if progress is not None:
-                done = min(s["episodes"] for s in statuses)
-                if done > done_before:
+        tickers = [o for o in observers if o.wants_ticks]
+        if self.episodes is None:
+            self.episodes, self.seconds, self._done_reported = int(episodes), 0.0, 0
+            self._run(Command("begin", int(episodes), self.tick_count, bool(tickers)))
+        elif self.episodes != episodes:
+            raise SpecError(f"episodes: this engine holds an unfinished run of {self.episodes} episodes "
+                            f"(stopped or restored); call train({self.episodes}) to finish it")
+        self._started = time.perf_counter()
+        clock = MetricsClock(observers, time.perf_counter)
+        for o in observers:
+            o.on_start(self, int(episodes))
+        pending, finished, done_before = deque(), False, self._done_reported
+        try:
+            while not finished:
+                while len(pending) < self.max_inflight:
+                    pending.append(self._execute(Command("tick", report_feedback=bool(tickers))))
+                statuses = self._tick_done(self._get(pending.popleft()), tickers)
+                finished = all(s.done for s in statuses)
+                done = min(s.episodes_done for s in statuses)
+                if progress is not None and done > done_before:
                     progress(done - done_before)
-                    done_before = done
-        while pending:
-            self._get(pending.popleft())
-        states = self._get(self._execute(("state",)))
-        return self._result(states, start)
+                done_before = self._done_reported = max(done, done_before)
+                due = clock.due()
+                stopping = stop is not None and stop()
+                if due or stopping:
+                    while pending:  # the graph must be idle between the ticks it answers for
+                        self._tick_done(self._get(pending.popleft()), tickers)
+                    if due:
+                        metrics = self.metrics()
+                        for o in due:
+                            o.on_metrics(metrics)
+                    if stopping:
+                        break
+            while pending:
+                self._get(pending.popleft())
+        finally:
+            if self._started is not None:
+                self.seconds += time.perf_counter() - self._started
+                self._started = None
+        result = self._result()
+        if result.finished:
+            self.episodes = None
+        for o in observers:
+            o.on_end(result)
+        return result
 
-    def _result(self, states, start) -> TrainResult:
+    def _result(self) -> TrainResult:
+        parts = self._run(Command("result"))
         E = self.envs_per_trial
-        returns = np.concatenate([s["returns"] for s in states]).reshape(self.trials, E, -1)
-        lengths = np.concatenate([s["lengths"] for s in states]).reshape(self.trials, E, -1)
-        self.tick_count = max(s["tick"] for s in states)
+        returns = np.concatenate([s["returns"] for s in parts]).reshape(self.trials, E, -1)
+        lengths = np.concatenate([s["lengths"] for s in parts]).reshape(self.trials, E, -1)
+        self.tick_count = max(s["tick"] for s in parts)
         counters, params = {}, {}
         for name in self.network.order:
-            units = [s["coagents"][name] for s in states]
+            units = [s["coagents"][name] for s in parts]
             counters[name] = {k: sum(u["counters"][k] for u in units) for k in units[0]["counters"]}
-            params[name] = {k: np.concatenate([u["params"][k] for u in units]) for k in units[0]["params"]}
-        if states[0]["critic"] is not None:
-            params["critic"] = {"w": np.concatenate([s["critic"]["params"]["w"] for s in states])}
+            params[name] = {k: np.concatenate([u["learned"][k] for u in units]) for k in units[0]["learned"]}
+        if parts[0]["critic"] is not None:
+            params["critic"] = {"w": np.concatenate([s["critic"] for s in parts])}
         extra = {"transport": self.transport, "groups": [list(g) for g in self.groups],
                  "micro_batches": len(self.slices), "cpus_per_actor": self.cpus_per_actor,
-                 "depth": self.depth}
-        return TrainResult(returns, lengths, counters, params, self.tick_count,
-                           time.perf_counter() - start, self.name, extra)
+                 "depth": self.depth, "placement": self.placement, "namespace": self.namespace}
+        return TrainResult(returns, lengths, counters, params, self.tick_count, self.seconds, self.name, extra,
+                           finished=all(s["finished"] for s in parts))
+
+    def state(self) -> dict:
+        """The whole run, gathered from the actors through the graph (see ``contract``)."""
+        return {"format": STATE_FORMAT, "engine": self.name, "tick": self.tick_count, "episodes": self.episodes,
+                "seconds": self.seconds, "trials": self.trials, "envs_per_trial": self.envs_per_trial,
+                "seed": self.seed, "slices": [list(s) for s in self.slices],
+                "batches": self._run(Command("state"))}
+
+    def restore(self, state: dict) -> None:
+        """Put a run's state back into the actors, through the graph."""
+        check_state(state, self)
+        self._run(Command("restore", state=state))
+        books = [part["env"]["book"] for part in state["batches"]]
+        self._done_reported = min((int(np.min(b["count"])) for b in books if b is not None), default=0)
+        self.tick_count, self.seconds = int(state["tick"]), float(state["seconds"])
+        self.episodes = None if state["episodes"] is None else int(state["episodes"])
+
+    def metrics(self) -> RunMetrics:
+        """Figures now, gathered through the graph (call it between ticks, as ``train`` does)."""
+        parts = self._run(Command("metrics"))
+        seconds = self.seconds + (time.perf_counter() - self._started if self._started is not None else 0.0)
+        coagent_parts = [p for part in parts for p in part["coagents"]]
+        return combine_metrics([p["env"] for p in parts], coagent_parts, seconds=seconds,
+                               episodes_target=self.episodes, order=self.network.order)
 
     def close(self):
         """Stop the actors (and the placement group, and Ray if this engine started it)."""
