@@ -9,8 +9,9 @@ in a class attribute ``FIELDS = {"attribute": TRIAL | ENV | FIELDS_OF}``:
 - ``FIELDS_OF``: the attribute is an ``ArrayDict`` whose entries declare their own axes.
 
 ``batch_fields(obj)`` lists them; ``shrink``/``expand`` (dropping finished trials) and
-``save``/``load`` (checkpoints) walk exactly that list.  ``undeclared(obj)`` lists array
-attributes that are in no declaration: a test asserts it is empty for every holder.
+``save``/``load`` (checkpoints) walk exactly that list.  Arrays that never change and
+have no batch axis (a transition table) are named in ``CONSTANTS``.  ``undeclared(obj)``
+lists array attributes in neither: a test asserts it is empty for every holder.
 
 >>> d = ArrayDict()
 >>> d.add("w", np.zeros((2, 3)), TRIAL)
@@ -56,7 +57,7 @@ def batch_fields(obj) -> dict[str, str]:
 
 def undeclared(obj) -> list[str]:
     """Array attributes of ``obj`` (or entries of its ArrayDicts) that declare no axis."""
-    declared = batch_fields(obj)
+    declared = {**batch_fields(obj), **{name: None for name in getattr(type(obj), "CONSTANTS", ())}}
     missing = [name for name, value in vars(obj).items()
                if isinstance(value, np.ndarray) and value.ndim and name not in declared]
     for name, kind in declared.items():

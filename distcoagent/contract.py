@@ -101,6 +101,7 @@ class RunMetrics:
     curve_sum_sq: np.ndarray     # and of their squares
     coagents: dict[str, CoagentMetrics]
     critic_last_update: float | None = None
+    raster: dict[int, dict] = field(default_factory=dict)  # tick -> {"envs": [...], coagent: [bits]}
 
     def curve(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(mean, standard error, n) per episode index over the environments that finished it."""
@@ -122,8 +123,13 @@ def combine_metrics(env_parts: Sequence[dict], coagent_parts: Sequence[dict], *,
             for k in sums:
                 sums[k][:len(p["curve"][k])] += p["curve"][k]
     totals: dict[str, dict] = {}
+    raster: dict[int, dict] = {}
     for part in coagent_parts:
+        for tick, row in (part.get(None) or {}).items():
+            raster.setdefault(tick, {}).update(row)
         for name, m in part.items():
+            if name is None:
+                continue
             t = totals.setdefault(name, {"executions": 0, "ticks": 0, "updates": 0, "episodes": 0, "intervals": 0,
                                          "interval_ticks": 0, "param_norm_sq": 0.0, "last_update": []})
             for k in ("executions", "ticks", "updates", "episodes", "intervals", "interval_ticks", "param_norm_sq"):
@@ -138,7 +144,8 @@ def combine_metrics(env_parts: Sequence[dict], coagent_parts: Sequence[dict], *,
     return RunMetrics(tick, seconds, tick / seconds if seconds > 0 else 0.0, sum(p["batch"] for p in env_parts),
                       episodes_target, min((p["episodes_done"] for p in env_parts), default=0),
                       sum(p["episodes_finished"] for p in env_parts), sums["n"].astype(np.int64), sums["sum"],
-                      sums["sum_sq"], coagents, float(np.mean(critic)) if critic else None)
+                      sums["sum_sq"], coagents, float(np.mean(critic)) if critic else None,
+                      dict(sorted(raster.items())))
 
 
 class Observer:

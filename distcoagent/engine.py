@@ -27,7 +27,8 @@ from .contract import (STATE_FORMAT, Engine, MetricsClock, Observer, RunMetrics,
                        combine_metrics)
 from .coagent import NonFiniteError
 from .network import Network, SpecError
-from .tick import EnvironmentSide, EpisodeBook, EpisodeKeys, Feedback, Flush, NetworkBatch, check_reward
+from .tick import (EnvironmentSide, EpisodeBook, EpisodeKeys, Feedback, Flush, NetworkBatch, RasterSpec,
+                   check_reward)
 
 __all__ = ["EpisodeBook", "InProcessEngine", "TrainResult", "check_reward", "trial_slices"]
 
@@ -70,13 +71,14 @@ class InProcessEngine(Engine):
     (its slice in another process): the numbers are those of the whole run.
     ``episode_keys``: key every episode's draws by (base id, episode number) instead of by
     environment and tick (``tick.EpisodeKeys``; one base id per environment of the batch).
+    ``raster``: record which coagents executed when, for a few environments (``tick.RasterSpec``).
     """
 
     name = "inprocess"
 
     def __init__(self, network: Network, env_id: str, env_kwargs: dict | None = None, *, trials: int = 1,
                  envs_per_trial: int = 1, seed: int = 0, micro_batches: int = 1, compact: bool = True,
-                 first_trial: int = 0, episode_keys: EpisodeKeys | None = None):
+                 first_trial: int = 0, episode_keys: EpisodeKeys | None = None, raster: RasterSpec | None = None):
         check_counts(trials, envs_per_trial)
         self.network, self.env_id, self.env_kwargs = network, env_id, dict(env_kwargs or {})
         self.trials, self.envs_per_trial, self.seed = int(trials), int(envs_per_trial), seed
@@ -93,7 +95,7 @@ class InProcessEngine(Engine):
                 keys = EpisodeKeys(np.asarray(episode_keys.base_ids)[lo:hi], episode_keys.per_env)
             self.env_sides.append(env)
             self.coagent_sides.append(NetworkBatch(network, env.env.observation_space, b - a, E, seed, a,
-                                                   env.env.action_space, keys))
+                                                   env.env.action_space, keys, raster))
         self.tick_count = 0
         self.compact = compact  # drop finished trials from the computation (no number changes)
         self.episodes: int | None = None  # the run in progress (None: none)

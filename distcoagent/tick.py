@@ -26,6 +26,7 @@ state saves, restores and compacts without a list to keep up to date.
 """
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import gymnasium as gym
@@ -218,7 +219,7 @@ class EnvironmentSide:
         return self.status(feedback if self.report_feedback else None)
 
     def status(self, feedback: Feedback | None = None) -> Status:
-        done_episodes = 0 if self.book is None else int(self.book.count.min(initial=0))
+        done_episodes = 0 if self.book is None else _least(self.book.count)
         return Status(self.tick, done_episodes, self.phase in ("flush", "done"), self.phase in ("done", "idle"),
                       feedback)
 
@@ -282,7 +283,7 @@ class EnvironmentSide:
     def metrics(self) -> dict:
         book = self.book
         return {"tick": self.tick, "batch": self.batch,
-                "episodes_done": 0 if book is None else int(book.count.min(initial=0)),
+                "episodes_done": 0 if book is None else _least(book.count),
                 "episodes_finished": 0 if book is None else int(book.count.sum()),
                 "curve": None if book is None else book.curve_sums(),
                 "critic_last_update": None if self.critic is None or self.critic.last_delta is None
@@ -307,18 +308,54 @@ class EpisodeKeys:
     per_env: int
 
 
+@dataclass(frozen=True)
+class RasterSpec:
+    """Record which coagents executed at each tick for environments ``env_ids`` (global indices),
+    keeping the last ``window`` ticks: the realised asynchrony the dashboard draws."""
+
+    env_ids: tuple[int, ...]
+    window: int = 256
+
+
+class Raster:
+    """The recorded executions: per tick, the sampled environments present and each coagent's bits."""
+
+    def __init__(self, spec: RasterSpec):
+        self.spec = spec
+        self.ticks: OrderedDict[int, dict] = OrderedDict()
+        self._batch, self._positions, self._present = -1, None, None
+
+    def record(self, tick: int, env_index: np.ndarray, name: str, executed: np.ndarray) -> None:
+        if env_index.size != self._batch:  # the batch was cut (finished trials dropped): find them again
+            self._batch = env_index.size
+            found = np.isin(env_index, self.spec.env_ids)
+            self._positions, self._present = np.flatnonzero(found), env_index[found].tolist()
+        if not self._present:
+            return
+        row = self.ticks.get(tick)
+        if row is None:
+            row = self.ticks[tick] = {"envs": self._present}
+            while len(self.ticks) > self.spec.window:
+                self.ticks.popitem(last=False)
+        row[name] = executed[self._positions].tolist()
+
+    def snapshot(self) -> dict[int, dict]:
+        return {t: dict(row) for t, row in self.ticks.items()}
+
+
 class CoagentSide:
     """The units of the coagents ``names`` (network order) for one micro-batch.
 
     ``episode_keys``: an ``EpisodeKeys`` for these rows (gradient estimators), else draws are keyed
-    by global environment index and the run's atomic tick.
+    by global environment index and the run's atomic tick.  ``raster``: record executions of a few
+    environments (``RasterSpec``) for the dashboard.
     """
 
-    FIELDS = {"obs": ENV, "value": ENV, "active": ENV, "key_base": ENV, "key_count": ENV}
+    FIELDS = {"obs": ENV, "value": ENV, "active": ENV, "key_base": ENV, "key_count": ENV, "env_index": ENV}
 
     def __init__(self, network: Network, names, observation_space: gym.Space, action_space: gym.Space | None,
                  trials: int, envs_per_trial: int, seed: int, trial_offset: int = 0,
-                 episode_keys: EpisodeKeys | None = None):
+                 episode_keys: EpisodeKeys | None = None, raster: RasterSpec | None = None):
         self.network = network
         spaces = network.input_spaces(observation_space, action_space)
         self.units = {name: CoagentUnit(network.coagent(name), spaces[name], trials, envs_per_trial,
@@ -337,6 +374,11 @@ class CoagentSide:
             self.key_count = np.zeros(self.batch, dtype=np.int64)
             self.key_per_env = int(episode_keys.per_env)
         self.lookup: dict[str, np.ndarray] = {}  # this tick's inputs: "prev:NAME" and "NAME"
+        self.env_index = trial_offset * envs_per_trial + np.arange(self.batch)  # global environment index
+        self.tick = 0
+        self.raster = None
+        if raster is not None and np.isin(self.env_index, raster.env_ids).any():
+            self.raster = Raster(raster)
 
     def begin_episode(self, mask: np.ndarray) -> None:
         """Start new episodes where ``mask``: every unit redraws U_{-1} and resets its stream."""
@@ -369,7 +411,7 @@ class CoagentSide:
         if isinstance(message, TickStart):
             if message.obs is not None:
                 self.obs, self.value = message.obs, message.value
-            self.active = message.active
+            self.active, self.tick = message.active, message.tick
             self.capture_previous()
 
     def capture_previous(self) -> None:
@@ -392,6 +434,8 @@ class CoagentSide:
             inputs = [self.obs if i == "obs" else lookup[i] for i in unit.coagent.inputs]
             drivers = {d: lookup[d] for d in unit.coagent.execution.drivers}
             out[name] = lookup[name] = unit.act(inputs, self.active, drivers, self.value)
+            if self.raster is not None:
+                self.raster.record(self.tick, self.env_index, name, unit.last_executed)
         return out
 
     # ------------------------------------------------------------------ state and metrics
@@ -413,9 +457,13 @@ class CoagentSide:
             setattr(self, name, None if value is None else np.array(value))
 
     def metrics(self) -> dict[str, dict]:
-        return {n: {**u.counters, "intervals": u.intervals["count"], "interval_ticks": u.intervals["ticks"],
+        """Per-coagent figures (and, under the key None, the raster if one is recorded)."""
+        out = {n: {**u.counters, "intervals": u.intervals["count"], "interval_ticks": u.intervals["ticks"],
                     "last_update": u.last_update(), "param_norm_sq": u.parameter_norm() ** 2}
                 for n, u in self.units.items()}
+        if self.raster is not None:
+            out[None] = self.raster.snapshot()
+        return out
 
 
 class NetworkBatch(CoagentSide):
@@ -426,9 +474,9 @@ class NetworkBatch(CoagentSide):
 
     def __init__(self, network: Network, observation_space: gym.Space, trials: int, envs_per_trial: int,
                  seed: int, trial_offset: int = 0, action_space: gym.Space | None = None,
-                 episode_keys: EpisodeKeys | None = None):
+                 episode_keys: EpisodeKeys | None = None, raster: RasterSpec | None = None):
         super().__init__(network, network.order, observation_space, action_space, trials, envs_per_trial, seed,
-                         trial_offset, episode_keys)
+                         trial_offset, episode_keys, raster)
 
     def tick(self, obs: np.ndarray, active: np.ndarray, value: np.ndarray | None = None) -> dict[str, np.ndarray]:
         self.receive(TickStart(0, active, obs, value, None))
@@ -438,3 +486,8 @@ class NetworkBatch(CoagentSide):
         feedback = reward_or_feedback if isinstance(reward_or_feedback, Feedback) else \
             Feedback(reward_or_feedback, ended, active)
         super().observe(feedback)
+
+
+def _least(count: np.ndarray) -> int:
+    """Episodes every environment has finished (0 for an empty batch)."""
+    return int(count.min()) if count.size else 0

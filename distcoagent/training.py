@@ -4,7 +4,8 @@ The run directory holds ``config.json`` (written first), then ``returns.csv``
 (trial, env, episode, return, length), ``curve.csv`` (mean and standard error per
 episode), ``counters.json`` (per-coagent ticks, executions, updates, episodes),
 ``params.msgpack`` (final parameters, no pickle), ``summary.json`` and
-``learning_curve.png``.  If the run fails (say a NaN reward), what was learned so far
+``learning_curve.png``; while it runs, ``metrics.jsonl`` (``recording``), which the
+dashboard follows.  If the run fails (say a NaN reward), what was learned so far
 is written all the same, with ``error.txt``; nothing written earlier is removed.
 """
 from __future__ import annotations
@@ -20,13 +21,19 @@ import numpy as np
 from . import serialize
 from .engine import InProcessEngine, TrainResult
 from .network import Network, SpecError
+from .recording import MetricsLog
 from .spec import RunSpec, TrainConfig
+from .tick import RasterSpec
 
 
-def make_engine(network: Network, env_id: str, env_kwargs: dict, config: TrainConfig, ray_options: dict | None = None):
+RASTER_ENVS = 4  # environments whose executions a run directory's metrics.jsonl records
+
+
+def make_engine(network: Network, env_id: str, env_kwargs: dict, config: TrainConfig, ray_options: dict | None = None,
+                raster: RasterSpec | None = None):
     """The engine named by ``config.engine``, built for the run (``ray_options``: RayEngine placement)."""
     common = dict(trials=config.trials, envs_per_trial=config.envs_per_trial, seed=config.seed,
-                  micro_batches=config.micro_batches)
+                  micro_batches=config.micro_batches, raster=raster)
     if config.engine == "ray":
         from .ray_engine import RayEngine
 
@@ -40,9 +47,10 @@ def train(network: Network | RunSpec, env: str | None = None, *, env_kwargs: dic
           episodes: int | None = None, trials: int | None = None, seed: int | None = None,
           envs_per_trial: int | None = None, engine: str | None = None, micro_batches: int | None = None,
           address: str | None = None, out: str | Path | None = None, ray_options: dict | None = None,
-          progress: Callable[[int], None] | None = None) -> TrainResult:
+          progress: Callable[[int], None] | None = None, metrics_every: float = 2.0) -> TrainResult:
     """Train ``network`` on gymnasium env ``env``; keyword arguments override a spec's [train]
-    (``ray_options``, its [ray] table: placement for the Ray engine).
+    (``ray_options``, its [ray] table: placement for the Ray engine).  With ``out``, the run
+    directory also gets ``metrics.jsonl`` every ``metrics_every`` seconds (``recording``).
 
     >>> from distcoagent.examples import paper_network
     >>> result = train(paper_network(), "distcoagent/GridWorld-v0", env_kwargs={"size": 3},
@@ -63,21 +71,30 @@ def train(network: Network | RunSpec, env: str | None = None, *, env_kwargs: dic
             raise SpecError("env: expected a gymnasium environment id")
         config = TrainConfig(**overrides)
     env_kwargs = dict(env_kwargs or {})
-    run_dir = None
+    run_dir, observers, log, raster = None, [], None, None
     if out is not None:
         run_dir = Path(out)
         run_dir.mkdir(parents=True, exist_ok=True)
         _write_json(run_dir / "config.json", {"env": {"id": env, **env_kwargs}, "network": network.to_config(),
                                               "train": config.__dict__, "ray": ray_options or {}})
-    runner = make_engine(network, env, env_kwargs, config, ray_options)
+        raster = RasterSpec(tuple(range(min(RASTER_ENVS, config.trials * config.envs_per_trial))))
+        log = MetricsLog(run_dir / "metrics.jsonl", run=run_dir.name, network=network.to_config(),
+                         trials=config.trials, envs_per_trial=config.envs_per_trial,
+                         raster_envs=list(raster.env_ids), raster_window=raster.window,
+                         every=metrics_every)
+        observers.append(log)
+    runner = make_engine(network, env, env_kwargs, config, ray_options, raster)
     try:
-        result = runner.train(config.episodes, progress=progress)
-    except Exception as error:
+        result = runner.train(config.episodes, progress=progress, observers=observers)
+    except BaseException as error:
         partial = getattr(runner, "partial", None)
         if run_dir is not None:
-            (run_dir / "error.txt").write_text(f"{type(error).__name__}: {error}\n")
+            interrupted = isinstance(error, KeyboardInterrupt)
+            if not interrupted:
+                (run_dir / "error.txt").write_text(f"{type(error).__name__}: {error}\n")
             if partial is not None:
                 write_results(run_dir, partial, env, env_kwargs)
+            log.end("interrupted" if interrupted else "failed", None if interrupted else f"{type(error).__name__}: {error}")
         raise
     finally:
         runner.close()

@@ -114,6 +114,7 @@ class GridWorldBatch:
     """
 
     FIELDS = {"cells": ENV, "steps": ENV}  # all its evolving state (see batched)
+    CONSTANTS = ("_next",)
     restorable = True
 
     def __init__(self, num_envs: int, seed: int = 0, env_offset: int = 0, size: int = 5, start: int = 0,

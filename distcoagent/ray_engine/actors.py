@@ -134,9 +134,9 @@ class CoagentWorker:
 
     def __init__(self, network, names: list[str], observation_space, action_space,
                  slices: list[tuple[int, int]], envs_per_trial: int, seed: int, levels: dict[int, list[str]],
-                 exports: set[str], prev_exports: set[str]):
-        self.sides = [CoagentSide(network, names, observation_space, action_space, b - a, envs_per_trial, seed, a)
-                      for a, b in slices]
+                 exports: set[str], prev_exports: set[str], raster=None):
+        self.sides = [CoagentSide(network, names, observation_space, action_space, b - a, envs_per_trial, seed, a,
+                                  raster=raster) for a, b in slices]
         self.levels, self.exports, self.prev_exports = levels, set(exports), sorted(prev_exports)
         self.first_level = min(levels)
         self.sequence = [0] * len(slices)

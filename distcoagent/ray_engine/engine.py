@@ -70,6 +70,19 @@ from .placement import (STRATEGIES, PlacementError, _fmt, check_resources, coage
 TRANSPORTS = ("compiled", "actors")
 
 
+def owned(value):
+    """``value`` with every array copied (results of a compiled graph are views of its buffers)."""
+    if isinstance(value, np.ndarray):
+        return np.array(value)
+    if isinstance(value, dict):
+        return {k: owned(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(owned(v) for v in value)
+    if hasattr(value, "__dataclass_fields__"):
+        return type(value)(**{k: owned(getattr(value, k)) for k in value.__dataclass_fields__})
+    return value
+
+
 class RayEngine(Engine):
     """The engine contract (``contract.Engine``) on Ray, bit-identical to ``InProcessEngine``.
 
@@ -87,6 +100,7 @@ class RayEngine(Engine):
     connect_timeout: seconds to wait for a cluster at ``address`` to answer.
     ready_timeout: seconds to wait for the actors to start before failing with what is missing.
     timeout: seconds one tick may take before the run fails.
+    raster: record which coagents executed when, for a few environments (``tick.RasterSpec``).
     """
 
     name = "ray"
@@ -97,7 +111,8 @@ class RayEngine(Engine):
                  resources: dict[str, dict[str, float]] | None = None,
                  env_resources: dict[str, float] | None = None, cpus_per_actor: float | None = None,
                  placement: str | None = None, transport: str = "compiled", max_inflight: int = 2,
-                 connect_timeout: float = 3.0, ready_timeout: float = 60.0, timeout: float = 600.0):
+                 connect_timeout: float = 3.0, ready_timeout: float = 60.0, timeout: float = 600.0,
+                 raster=None):
         check_counts(trials, envs_per_trial)
         if transport not in TRANSPORTS:
             raise SpecError(f"transport: expected one of {TRANSPORTS}, got {transport!r}")
@@ -111,7 +126,7 @@ class RayEngine(Engine):
         self.trials, self.envs_per_trial, self.seed = int(trials), int(envs_per_trial), seed
         self.slices = trial_slices(self.trials, micro_batches)
         self.transport, self.max_inflight, self.timeout = transport, max_inflight, timeout
-        self.ready_timeout = ready_timeout
+        self.ready_timeout, self.raster = ready_timeout, raster
         probe = make_batch(env_id, 1, seed, 0, **self.env_kwargs)  # spec errors before any Ray work
         self.observation_space, self.action_space = probe.observation_space, probe.action_space
         probe.close()
@@ -199,7 +214,7 @@ class RayEngine(Engine):
         env_class = ray.remote(EnvironmentWorker)
         self.actors = [coagent_class.options(**options(g)).remote(
             net, list(names), self.observation_space, self.action_space, self.slices, self.envs_per_trial,
-            self.seed, plan["levels"], plan["exports"], plan["prev_exports"])
+            self.seed, plan["levels"], plan["exports"], plan["prev_exports"], self.raster)
             for g, (names, plan) in enumerate(zip(self.groups, self.plans))]
         self.env_actors = [env_class.options(**options(len(self.groups) + k)).remote(
             k, net, self.env_id, self.env_kwargs, self.seed, a, b, self.envs_per_trial)
@@ -285,13 +300,15 @@ class RayEngine(Engine):
         self.tick_count = max(self.tick_count, max(s.tick for s in statuses))
         for k, s in enumerate(statuses):
             if s.feedback is not None:
+                feedback, s.feedback = owned(s.feedback), None
                 for o in tickers:
-                    o.on_tick(TickEvent(k, s.tick - 1, s.feedback))
+                    o.on_tick(TickEvent(k, s.tick - 1, feedback))
         return statuses
 
     def _run(self, command: Command) -> list:
-        """One execution outside the tick loop (nothing else in flight): each micro-batch's answer."""
-        return self._get(self._execute(command))
+        """One execution outside the tick loop (nothing else in flight): each micro-batch's answer,
+        copied out of the channels' buffers (a view kept by the caller would block later ticks)."""
+        return owned(self._get(self._execute(command)))
 
     def train(self, episodes: int, progress: Callable[[int], None] | None = None,
               observers: Sequence[Observer] = (), stop: Callable[[], bool] | None = None) -> TrainResult:
