@@ -90,18 +90,29 @@ def shrink(obj, trials: np.ndarray, envs_per_trial: int) -> dict:
     return saved
 
 
-def expand(obj, saved: dict, trials: np.ndarray, envs_per_trial: int) -> None:
-    """Write ``obj``'s cut fields back into the full-size ``saved`` originals and put those back."""
+def expand(obj, saved: dict, trials: np.ndarray, envs_per_trial: int, full_trials: int) -> None:
+    """Write ``obj``'s cut fields back into the full-size ``saved`` originals and put those back.
+
+    A field that was None when cut and holds an array now (say, feedback not yet delivered) gets
+    a full-size array of zeros for the trials cut out: they had finished and take no part.
+    """
     rows = env_rows(trials, envs_per_trial)
     for name, kind in batch_fields(obj).items():
         full, part = saved[name], getattr(obj, name)
+        if full is None and part is not None and kind != FIELDS_OF:
+            size = full_trials if kind == TRIAL else full_trials * envs_per_trial
+            full = np.zeros((size,) + part.shape[1:], dtype=part.dtype)
+        # copies: two holders may have shared one array when it was cut (an observation held by
+        # both sides), and each must get back its own rows
         if kind == FIELDS_OF:
-            for k, v in part.items():
-                if k in full:
-                    full[k][_index(full.axes[k], trials, rows)] = v
-                else:  # an entry created while cut: cannot happen for declared state
+            for k in part:
+                if k not in full:  # an entry created while cut: cannot happen for declared state
                     raise KeyError(f"{type(obj).__name__}.{name}.{k}: created while trials were cut")
+            full = full.like({k: v.copy() for k, v in full.items()})
+            for k, v in part.items():
+                full[k][_index(full.axes[k], trials, rows)] = v
         elif full is not None:
+            full = full.copy()
             full[_index(kind, trials, rows)] = part
         setattr(obj, name, full)
 

@@ -125,8 +125,8 @@ def combine_metrics(env_parts: Sequence[dict], coagent_parts: Sequence[dict], *,
     totals: dict[str, dict] = {}
     raster: dict[int, dict] = {}
     for part in coagent_parts:
-        for tick, row in (part.get(None) or {}).items():
-            raster.setdefault(tick, {}).update(row)
+        for raster_tick, row in (part.get(None) or {}).items():
+            raster.setdefault(raster_tick, {}).update(row)
         for name, m in part.items():
             if name is None:
                 continue

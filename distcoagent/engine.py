@@ -215,7 +215,7 @@ class InProcessEngine(Engine):
             while stack:
                 _, running, P, saved = stack.pop()
                 for holder, originals in zip(self._holders(k), saved):
-                    batched.expand(holder, originals, running, self.envs_per_trial)
+                    batched.expand(holder, originals, running, self.envs_per_trial, P)
                 self._resize(k, P)
 
     # ------------------------------------------------------------------ results, state, metrics

@@ -181,3 +181,27 @@ def test_ray_actors_are_named_after_what_they_hold():
         placement = engine.train(1).extra["placement"]
     assert named == {"coagent:bit_a+bit_b", "coagent:act", "env:0", "env:1"}
     assert set(placement) == named and all(p["node_id"] for p in placement.values())
+
+
+def test_metrics_and_stops_while_finished_trials_are_dropped_change_no_number():
+    """The in-process engine cuts finished trials out (40 trials, 2 envs each); asking for metrics every
+    tick, or stopping, saving and restoring at several ticks, must give the uninterrupted run."""
+    options = dict(trials=40, envs_per_trial=2, seed=3)
+    with build("inprocess", paper(), **options) as reference:
+        whole = reference.train(8)
+    with build("inprocess", paper(), **options) as watched:
+        observer = Recorder()
+        assert_identical(whole, watched.train(8, observers=[observer]))
+        assert len(observer.metrics) > 100
+    engine = build("inprocess", paper(), **options)
+    stops = iter([150, 200, 260, 330, 10**9])
+    target = next(stops)
+    while True:
+        result = engine.train(8, stop=lambda: engine.tick_count >= target)
+        if result.finished:
+            break
+        state = serialize.loads(serialize.dumps(engine.state()))
+        engine = build("inprocess", paper(), **options)
+        engine.restore(state)
+        target = next(stops)
+    assert_identical(whole, result)
