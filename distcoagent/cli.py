@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 import argparse
+import datetime
 import importlib
 import json
+import signal
 import sys
+import threading
 from pathlib import Path
 
 import gymnasium as gym
@@ -13,24 +16,88 @@ from .network import SpecError
 from .spec import ENGINES, check_env, load_spec
 
 
+STOP_SIGNALS = {signal.SIGINT: 130, signal.SIGTERM: 143}  # exit codes: 128 + the signal's number
+
+
+def _default_out(spec_path: str) -> Path:
+    """runs/<spec name>/<UTC time>: a fresh run directory each time."""
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d-%H%M%S")
+    base = Path("runs") / Path(spec_path).stem / stamp
+    out, n = base, 1
+    while out.exists():
+        n += 1
+        out = base.with_name(f"{stamp}-{n}")
+    return out
+
+
 def _train(args) -> int:
     from tqdm import tqdm
 
+    from .spec import parse
     from .training import summarize, train
 
     overrides = {"episodes": args.episodes, "trials": args.trials, "seed": args.seed, "engine": args.engine,
                  "envs_per_trial": args.envs_per_trial, "micro_batches": args.micro_batches,
                  "address": args.address}
-    spec = load_spec(args.spec, overrides, {"coagents_per_actor": args.coagents_per_actor,
-                                            "placement": args.placement, "transport": args.transport})
+    ray_overrides = {"coagents_per_actor": args.coagents_per_actor, "placement": args.placement,
+                     "transport": args.transport}
+    if args.resume:
+        if args.spec or args.out:
+            raise SpecError("--resume: give the run directory only (its spec is in its config.json), not SPEC or --out")
+        fixed = [k for k in ("episodes", "trials", "seed", "envs_per_trial", "micro_batches") if overrides[k] is not None]
+        if fixed:
+            raise SpecError(f"--{fixed[0].replace('_', '-')}: a resumed run keeps its own; only --engine, --address "
+                            "and the Ray placement flags may change")
+        out = Path(args.resume)
+        config_file = out / "config.json"
+        if not config_file.is_file():
+            raise SpecError(f"--resume: {out} is not a run directory (it has no config.json)")
+        raw = json.loads(config_file.read_text()).get("spec")
+        if raw is None:
+            raise SpecError(f"--resume: {out} was started from Python, not from a spec file; resume it with "
+                            "distcoagent.train(..., out=RUN_DIR, resume=True)")
+        raw.setdefault("train", {}).update({k: v for k, v in overrides.items() if v is not None})
+        if any(v is not None for v in ray_overrides.values()):
+            raw.setdefault("ray", {}).update({k: v for k, v in ray_overrides.items() if v is not None})
+        spec = parse(raw, str(config_file))
+    else:
+        if not args.spec:
+            raise SpecError("spec: expected a spec file (or --resume RUN_DIR)")
+        spec = load_spec(args.spec, overrides, ray_overrides)
+        out = Path(args.out) if args.out else _default_out(args.spec)
     check_env(spec).close()
-    out = Path(args.out) if args.out else Path("runs") / Path(args.spec).stem
+    dashboard = None
+    if args.dashboard:
+        from .dashboard import DashboardError, start_background
+
+        try:
+            dashboard = start_background(out, args.host, args.port, allow_remote=args.allow_remote, wait_for_run=True)
+        except DashboardError as error:
+            raise SpecError(str(error)) from None
+        print(f"dashboard: {dashboard.url}", flush=True)
+    received = []
+
+    def on_signal(number, frame):
+        if received:  # a second Ctrl-C: stop now, whatever is lost
+            raise KeyboardInterrupt
+        received.append(number)
+        print(f"\n{signal.Signals(number).name}: finishing the tick and writing a checkpoint "
+              "(again to stop at once)", file=sys.stderr, flush=True)
+
+    previous = {number: signal.signal(number, on_signal) for number in STOP_SIGNALS}
     bar = tqdm(total=spec.train.episodes, unit="episode", disable=args.quiet or None,
                desc=f"{spec.train.trials} trial(s), {spec.train.engine}")
     try:
-        result = train(spec, out=out, progress=bar.update)
+        result = train(spec, out=out, progress=bar.update, resume=bool(args.resume), overwrite=args.overwrite,
+                       checkpoint_every=args.checkpoint_every, stop=lambda: bool(received))
     finally:
         bar.close()
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+    if not result.finished:
+        print(f"run directory: {out}\nstopped at atomic tick {result.ticks}; checkpoint written. Resume with:\n"
+              f"  distcoagent train --resume {out}", file=sys.stderr)
+        return STOP_SIGNALS.get(received[0], 130) if received else 130
     summary = summarize(result, spec.env_id, spec.env_kwargs)
     width = max(len(k) for k in summary)
     print(f"run directory: {out}")
@@ -38,6 +105,14 @@ def _train(args) -> int:
         print(f"  {key:<{width}}  {value}")
     for name, counters in result.counters.items():
         print(f"  coagent {name}: " + ", ".join(f"{k} {v}" for k, v in counters.items()))
+    if dashboard is not None:
+        print(f"dashboard still at {dashboard.url} (Ctrl-C to stop)", flush=True)
+        try:
+            threading.Event().wait()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            dashboard.stop()
     return 0
 
 
@@ -62,15 +137,27 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a network from a spec file; writes a run directory",
                        description="Train the network of SPEC on its environment. Flags override the "
-                                   "spec's [train] table. Writes returns.csv, curve.csv, counters.json, "
-                                   "config.json, params.msgpack, summary.json and learning_curve.png.")
-    p.add_argument("spec", help="path to a TOML spec file (see examples/)")
+                                   "spec's [train] table. Writes a run directory: config.json, metrics.jsonl "
+                                   "(live), checkpoint.msgpack, returns.csv, curve.csv, counters.json, "
+                                   "params.msgpack, summary.json and learning_curve.png. Ctrl-C (or SIGTERM) "
+                                   "finishes the tick, writes a checkpoint and exits 130 (143); "
+                                   "--resume RUN_DIR continues the run with the same numbers.")
+    p.add_argument("spec", nargs="?", help="path to a TOML spec file (see examples/)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="replace the run in --out if there is one")
+    p.add_argument("--checkpoint-every", default="300s", metavar="N|SECONDSs",
+                   help="write a checkpoint every N episodes or every SECONDS (e.g. 60s), and at the end "
+                        "(default 300s; 'never': only at the end and on Ctrl-C)")
+    p.add_argument("--dashboard", action="store_true", help="serve the live dashboard while training")
+    p.add_argument("--port", type=int, default=8765, help="with --dashboard: TCP port (default 8765)")
+    p.add_argument("--host", default="127.0.0.1", help="with --dashboard: address to bind (default 127.0.0.1)")
+    p.add_argument("--allow-remote", action="store_true", help="with --dashboard: allow a non-loopback --host")
     p.add_argument("--episodes", type=int, help="episodes per environment (spec: train.episodes)")
     p.add_argument("--trials", type=int, help="independent learners run side by side, each with its own "
                                               "parameters (spec: train.trials)")
     p.add_argument("--envs-per-trial", type=int, help="environments sharing one trial's parameters")
     p.add_argument("--seed", type=int, help="the run's seed; it determines everything (spec: train.seed)")
-    p.add_argument("--out", help="run directory (default: runs/<spec name>)")
+    p.add_argument("--out", help="run directory (default: a new runs/<spec name>/<UTC time>)")
     p.add_argument("--engine", choices=ENGINES, help="inprocess (default): numpy in this process; "
                                                      "ray: one Ray actor per coagent")
     p.add_argument("--address", help="with --engine ray: join a running cluster ('auto' or HOST:PORT) "

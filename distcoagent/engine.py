@@ -237,7 +237,8 @@ class InProcessEngine(Engine):
                            finished=all(env.phase == "done" for env in self.env_sides))
 
     def state(self) -> dict:
-        """The whole run (see ``contract``); between ``train`` calls."""
+        """The whole run (see ``contract``): between ticks (between ``train`` calls, or from an observer)."""
+        self._expand(self._cuts)  # full-size arrays; the next environment step cuts them again
         return {"format": STATE_FORMAT, "engine": self.name, "tick": self.tick_count, "episodes": self.episodes,
                 "seconds": self.seconds, "trials": self.trials, "envs_per_trial": self.envs_per_trial,
                 "seed": self.seed, "slices": [list(s) for s in self.slices],

@@ -131,4 +131,25 @@ class Function(Execution):
         return {"kind": "function", "fn": getattr(self.fn, "__qualname__", repr(self.fn))}
 
 
-EXECUTIONS = {"constant": Constant, "periodic": Periodic, "table": Table, "driven": Driven}
+@dataclass(frozen=True)
+class AfterStart(Constant):
+    """Execute with probability ``probability`` at every tick but an episode's first.
+
+    For a coagent whose first output nobody reads: option-critic's termination, which
+    Bacon et al. evaluate on entering each state after the first (the option coagent
+    executes at every episode start regardless).  Executing at tick 0 would change
+    nothing in J; not executing there keeps a term out of the coagent's updates whose
+    true value is zero but which a critic over (state, previous option) cannot tell apart.
+    A ``Constant`` for every tick after the first (the exact evaluator folds it with the
+    start phase of a ``Driven`` coagent, which such a network has).
+    """
+
+    def beta(self, x, episode_tick, outputs):
+        return np.where(np.asarray(episode_tick) > 0, self.probability, 0.0)
+
+    def to_config(self):
+        return {"kind": "after_start", "probability": self.probability}
+
+
+EXECUTIONS = {"constant": Constant, "periodic": Periodic, "table": Table, "driven": Driven,
+              "after_start": AfterStart}

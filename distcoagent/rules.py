@@ -340,3 +340,140 @@ class Reinforce(LearningRule):
 
 
 RULES = {"actor_critic": ActorCritic, "reinforce": Reinforce, "frozen": LearningRule}
+
+
+def _sampled_outputs(policy, stats, score: dict, n: int) -> tuple[np.ndarray, list[dict]]:
+    """The output each row sampled, recovered from its score, and the score of every output.
+
+    A hook sees grad ln pi(u | x) of the sampled u only; a discrete policy's scores of its
+    ``n`` outputs differ, so u is the output whose score is nearest (equal, up to rounding)."""
+    rows = next(iter(score.values())).shape[0]
+    every = [policy.score(stats, np.full(rows, k, dtype=np.int64)) for k in range(n)]
+    gap = np.stack([sum(np.abs(s[key] - score[key]).reshape(rows, -1).sum(axis=1) for key in score)
+                    for s in every], axis=1)
+    return gap.argmin(axis=1), every
+
+
+def _add_rows(param: np.ndarray, x, g: np.ndarray, rows: np.ndarray, envs_per_trial: int) -> None:
+    """param[trial of b] += outer(x_b, g_b) for b in ``rows``, summed in environment order."""
+    from .features import TabularState
+
+    trial = rows // envs_per_trial
+    if isinstance(x, TabularState):
+        np.add.at(param, (trial, x.index[rows]), g)
+    else:
+        np.add.at(param, trial, x.phi[rows, :, None] * g[:, None, :])
+
+
+@dataclass(frozen=True)
+class ExpectedActorCritic(LearningRule):
+    """Expected (all-outputs) actor-critic with the coagent's own action-value critic Q(x, u).
+
+    The critic is linear in the local state, one column per output, and learns by SMDP
+    expected SARSA(lambda) on the reward stream (SPEC §3a):
+        delta_j = Rbar_j + gamma_atomic**Delta_j V(x_{j+1}) - Q(x_j, u_j),  V(x) = sum_u pi(u|x) Q(x, u);
+    with critic traces z_j = (gamma_atomic*lambda)**Delta_{j-1} z_{j-1} + grad_q Q(x_j, u_j).
+    At every execution the actor follows the expected policy gradient over all outputs,
+        theta += actor_step * sum_u pi(u|x_j) (Q(x_j, u) - cost_u - V~(x_j)) grad ln pi(u|x_j),
+    V~ the same mean of Q - cost (a baseline: it changes nothing in expectation).  ``costs``
+    (one per output, default none) is paid in the actor only: Bacon et al.'s termination
+    regulariser xi is ``costs = (0, xi)`` on a termination coagent (output 1: stop).
+    Discrete policies (softmax, bernoulli) only.  With its critic exact, the expected update
+    of a coagent is its block of the ACPGT gradient (docs/option-critic.md).
+    """
+
+    actor_step: float = 1.0
+    critic_step: float = 0.5
+    lam: float = 0.0
+    costs: tuple[float, ...] = ()
+    initial_value: float = 0.0
+    kind = "expected_actor_critic"
+
+    def __post_init__(self):
+        _check_step(self.actor_step, "rule.actor_step")
+        _check_step(self.critic_step, "rule.critic_step")
+        if not 0 <= self.lam <= 1:
+            raise ValueError(f"rule.lam: expected lambda in [0, 1], got {self.lam!r}")
+        costs = tuple(float(c) for c in np.ravel(self.costs))
+        if not all(np.isfinite(costs)):
+            raise ValueError(f"rule.costs: expected finite numbers, got {self.costs!r}")
+        object.__setattr__(self, "costs", costs)
+        if not np.isfinite(self.initial_value):
+            raise ValueError(f"rule.initial_value: expected a finite number, got {self.initial_value!r}")
+
+    def init(self, unit):
+        space = unit.output_space
+        if not space.discrete or any(k not in unit.policy.linear_params for k in unit.policy_param_names):
+            raise ValueError(f"coagent {unit.name!r}: rule {self.kind!r} needs a discrete policy "
+                             f"(softmax, bernoulli), got {unit.policy.name!r}")
+        if self.costs and len(self.costs) != space.n:
+            raise ValueError(f"coagent {unit.name!r}: rule.costs has {len(self.costs)} entries, "
+                             f"expected one per output ({space.n})")
+        P, E, B, n = unit.trials, unit.envs_per_trial, unit.batch, unit.encoder.size
+        state = ArrayDict()
+        q = np.zeros((P, n, space.n))
+        if self.initial_value:  # Q(x, u) = initial_value for every local state (the bias, if features)
+            q[:, -1 if not unit.encoder.tabular else slice(None)] = self.initial_value
+        state.add("q", q, TRIAL)
+        state.add("z.q", np.zeros((P, E, n, space.n)), TRIAL)
+        state.add("q_last", np.zeros(B), ENV)
+        ScaledTraces.init(state, B)
+        return state
+
+    def learned(self, state):
+        return {"q": state["q"]}
+
+    def values(self, unit, state, x, rows=None) -> tuple[np.ndarray, np.ndarray]:
+        """(pi(.|x), Q(x, .)) for environments ``rows`` (default all): shapes (R, n)."""
+        probs = unit.policy.probabilities(unit.policy.forward(unit.params, x, rows))
+        return probs, x.linear(state["q"], rows)
+
+    def value_next(self, unit, state, x, shared_value):
+        """V(x_{j+1}) = sum_u pi(u | x_{j+1}) Q(x_{j+1}, u): the expected-SARSA bootstrap."""
+        probs, q = self.values(unit, state, x)
+        return (probs * q).sum(axis=1)
+
+    def close(self, unit, state, mask, v_next):
+        st = state
+        delta = np.where(mask, unit.stream_reward + unit.stream_discount * v_next - st["q_last"], 0.0)
+        unit.check_finite(delta, "TD error")
+        with np.errstate(over="ignore", invalid="ignore"):
+            ScaledTraces.apply(st, "z.q", st["q"], self.critic_step * delta, mask, unit.scratch)
+        unit.count_updates(mask, delta)
+
+    def open(self, unit, state, x, mask, score, shared_value):
+        st = state
+        rows = np.flatnonzero(mask)
+        if rows.size == 0:
+            return
+        stats = unit.policy.forward(unit.params, x, rows)
+        probs = unit.policy.probabilities(stats)
+        q = x.linear(st["q"], rows)
+        n = probs.shape[1]
+        u, every = _sampled_outputs(unit.policy, stats, {k: g[rows] for k, g in score.items()}, n)
+        # critic: decay, then add grad_q Q(x_j, u_j) = outer(x_j, onehot(u_j))
+        elapsed = unit.episode_tick - unit.last_execution_tick
+        ScaledTraces.decay(st, (unit.gamma_atomic * self.lam) ** elapsed, mask & unit.executed_this_episode)
+        onehot = np.zeros((unit.batch, n))
+        onehot[rows, u] = 1.0
+        ScaledTraces.add(st, "z.q", x, onehot, mask, True)
+        q_last = st["q_last"]
+        q_last[rows] = q[np.arange(rows.size), u]
+        # actor: the expected policy gradient over all outputs
+        shaped = q - np.asarray(self.costs) if self.costs else q
+        advantage = shaped - (probs * shaped).sum(axis=1, keepdims=True)
+        weight = self.actor_step * probs * advantage
+        for k in unit.policy_param_names:
+            g = sum(weight[:, [j]] * every[j][k] for j in range(n))
+            unit.check_finite(g, "actor update", rows)
+            _add_rows(unit.params[k], x, g, rows, unit.envs_per_trial)
+
+    def reset(self, unit, state, mask):
+        ScaledTraces.reset(state, mask)
+
+    def to_config(self):
+        return {"kind": self.kind, "actor_step": self.actor_step, "critic_step": self.critic_step,
+                "lam": self.lam, "costs": list(self.costs), "initial_value": self.initial_value}
+
+
+RULES["expected_actor_critic"] = ExpectedActorCritic

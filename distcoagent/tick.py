@@ -375,7 +375,7 @@ class CoagentSide:
             self.key_per_env = int(episode_keys.per_env)
         self.lookup: dict[str, np.ndarray] = {}  # this tick's inputs: "prev:NAME" and "NAME"
         self.env_index = trial_offset * envs_per_trial + np.arange(self.batch)  # global environment index
-        self.tick = 0
+        self.current_tick = 0  # the atomic tick of the last TickStart
         self.raster = None
         if raster is not None and np.isin(self.env_index, raster.env_ids).any():
             self.raster = Raster(raster)
@@ -411,7 +411,7 @@ class CoagentSide:
         if isinstance(message, TickStart):
             if message.obs is not None:
                 self.obs, self.value = message.obs, message.value
-            self.active, self.tick = message.active, message.tick
+            self.active, self.current_tick = message.active, message.tick
             self.capture_previous()
 
     def capture_previous(self) -> None:
@@ -435,7 +435,7 @@ class CoagentSide:
             drivers = {d: lookup[d] for d in unit.coagent.execution.drivers}
             out[name] = lookup[name] = unit.act(inputs, self.active, drivers, self.value)
             if self.raster is not None:
-                self.raster.record(self.tick, self.env_index, name, unit.last_executed)
+                self.raster.record(self.current_tick, self.env_index, name, unit.last_executed)
         return out
 
     # ------------------------------------------------------------------ state and metrics

@@ -13,12 +13,14 @@ from __future__ import annotations
 import csv
 import json
 import math
+import time
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
-from . import serialize
+from . import checkpoint, serialize
+from .contract import Observer
 from .engine import InProcessEngine, TrainResult
 from .network import Network, SpecError
 from .recording import MetricsLog
@@ -43,14 +45,84 @@ def make_engine(network: Network, env_id: str, env_kwargs: dict, config: TrainCo
     return InProcessEngine(network, env_id, env_kwargs, **common)
 
 
+RUN_FILES = ("config.json", "returns.csv", "curve.csv", "counters.json", "params.msgpack", "summary.json",
+             "learning_curve.png", "metrics.jsonl", "error.txt", "placement.json", checkpoint.FILE)
+
+
+class Checkpointer(Observer):
+    """Writes the run's checkpoint every ``every_episodes`` episodes or ``every_seconds`` seconds
+    (whichever comes first; None: never), and at the end of ``train``."""
+
+    def __init__(self, run_dir: Path, config_hash: str, every_episodes: int | None = None,
+                 every_seconds: float | None = 300.0):
+        self.run_dir, self.config_hash = run_dir, config_hash
+        self.every_episodes, self.every_seconds = every_episodes, every_seconds
+        self.metrics_every = 1.0 if (every_episodes or every_seconds) else None
+        self.engine, self.last_time, self.last_episodes, self.written = None, 0.0, 0, 0
+
+    def on_start(self, engine, episodes):
+        self.engine, self.last_time = engine, time.monotonic()
+
+    def on_metrics(self, metrics):
+        due_time = self.every_seconds is not None and time.monotonic() - self.last_time >= self.every_seconds
+        due_episodes = self.every_episodes is not None and \
+            metrics.episodes_done - self.last_episodes >= self.every_episodes
+        if due_time or due_episodes:
+            self.save(metrics.episodes_done)
+
+    def save(self, episodes_done: int | None = None) -> Path:
+        path = checkpoint.write(self.run_dir, self.engine.state(), self.config_hash)
+        self.last_time, self.written = time.monotonic(), self.written + 1
+        if episodes_done is not None:
+            self.last_episodes = episodes_done
+        return path
+
+    def on_end(self, result):
+        self.save()
+
+
+def _run_config(network: Network, env: str, env_kwargs: dict, config: TrainConfig) -> dict:
+    """What determines a run's numbers: its checkpoints carry this config's hash."""
+    return {"env": {"id": env, **env_kwargs}, "network": network.to_config(),
+            "run": {k: getattr(config, k) for k in ("episodes", "trials", "envs_per_trial", "seed", "micro_batches")}}
+
+
+def prepare_run_dir(out: str | Path, *, resume: bool, overwrite: bool) -> Path:
+    """The run directory ``out``: refused if it holds a run (unless resuming or overwriting) or is a file."""
+    run_dir = Path(out)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise SpecError(f"--out: {run_dir} is a file, expected a run directory (a new or empty folder)")
+    holds_run = (run_dir / "config.json").is_file()
+    if resume:
+        if not holds_run:
+            raise SpecError(f"--resume: {run_dir} is not a run directory (it has no config.json)")
+        return run_dir
+    if holds_run and not overwrite:
+        raise SpecError(f"--out: {run_dir} already holds a run; pass --resume {run_dir} to continue it, "
+                        "or --overwrite to replace it")
+    if holds_run:
+        for name in RUN_FILES:
+            (run_dir / name).unlink(missing_ok=True)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir
+
+
 def train(network: Network | RunSpec, env: str | None = None, *, env_kwargs: dict | None = None,
           episodes: int | None = None, trials: int | None = None, seed: int | None = None,
           envs_per_trial: int | None = None, engine: str | None = None, micro_batches: int | None = None,
           address: str | None = None, out: str | Path | None = None, ray_options: dict | None = None,
-          progress: Callable[[int], None] | None = None, metrics_every: float = 2.0) -> TrainResult:
+          progress: Callable[[int], None] | None = None, metrics_every: float = 2.0, resume: bool = False,
+          overwrite: bool = False, checkpoint_every: int | float | str | None = "300s",
+          stop: Callable[[], bool] | None = None) -> TrainResult:
     """Train ``network`` on gymnasium env ``env``; keyword arguments override a spec's [train]
-    (``ray_options``, its [ray] table: placement for the Ray engine).  With ``out``, the run
-    directory also gets ``metrics.jsonl`` every ``metrics_every`` seconds (``recording``).
+    (``ray_options``, its [ray] table: placement for the Ray engine).
+
+    With ``out``, a run directory (refused if it already holds a run, unless ``resume``, which
+    continues it from its checkpoint, or ``overwrite``) gets ``metrics.jsonl`` every
+    ``metrics_every`` seconds (``recording``) and a checkpoint every ``checkpoint_every``
+    (episodes, or "SECONDSs"), at the end, and when ``stop()`` ends the run early; the result
+    then has ``finished=False`` and ``resume`` finishes it, with the same numbers as one
+    uninterrupted run.
 
     >>> from distcoagent.examples import paper_network
     >>> result = train(paper_network(), "distcoagent/GridWorld-v0", env_kwargs={"size": 3},
@@ -61,31 +133,52 @@ def train(network: Network | RunSpec, env: str | None = None, *, env_kwargs: dic
     overrides = dict(episodes=episodes, trials=trials, seed=seed, envs_per_trial=envs_per_trial,
                      engine=engine, micro_batches=micro_batches, address=address)
     overrides = {k: v for k, v in overrides.items() if v is not None}
+    raw = None
     if isinstance(network, RunSpec):
         spec = network
         config = TrainConfig(**{**spec.train.__dict__, **overrides})
         network, env, env_kwargs = spec.network, env or spec.env_id, env_kwargs or spec.env_kwargs
         ray_options = {**spec.ray, **(ray_options or {})}
+        raw = spec.raw
     else:
         if env is None:
             raise SpecError("env: expected a gymnasium environment id")
         config = TrainConfig(**overrides)
     env_kwargs = dict(env_kwargs or {})
-    run_dir, observers, log, raster = None, [], None, None
+    every_episodes, every_seconds = parse_checkpoint_every(checkpoint_every)
+    run_dir, observers, log, raster, saver = None, [], None, None, None
+    state = None
     if out is not None:
-        run_dir = Path(out)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        _write_json(run_dir / "config.json", {"env": {"id": env, **env_kwargs}, "network": network.to_config(),
-                                              "train": config.__dict__, "ray": ray_options or {}})
+        run_dir = prepare_run_dir(out, resume=resume, overwrite=overwrite)
+        config_hash = checkpoint.spec_hash(_run_config(network, env, env_kwargs, config))
+        if resume:
+            saved = json.loads((run_dir / "config.json").read_text())
+            if saved.get("spec_hash") not in (None, config_hash):
+                raise SpecError(f"--resume: {run_dir} was started with another spec (network, environment, "
+                                "trials, envs_per_trial, seed, micro_batches or episodes differ)")
+            if (run_dir / checkpoint.FILE).is_file():
+                try:
+                    state = checkpoint.read(run_dir / checkpoint.FILE, config_hash)
+                except checkpoint.CheckpointError as error:
+                    raise SpecError(str(error)) from None
+            (run_dir / "error.txt").unlink(missing_ok=True)
+        else:
+            _write_json(run_dir / "config.json", {"env": {"id": env, **env_kwargs}, "network": network.to_config(),
+                                                  "train": config.__dict__, "ray": ray_options or {},
+                                                  "spec": raw, "spec_hash": config_hash})
         raster = RasterSpec(tuple(range(min(RASTER_ENVS, config.trials * config.envs_per_trial))))
         log = MetricsLog(run_dir / "metrics.jsonl", run=run_dir.name, network=network.to_config(),
                          trials=config.trials, envs_per_trial=config.envs_per_trial,
-                         raster_envs=list(raster.env_ids), raster_window=raster.window,
-                         every=metrics_every)
-        observers.append(log)
+                         raster_envs=list(raster.env_ids), raster_window=raster.window, every=metrics_every)
+        saver = Checkpointer(run_dir, config_hash, every_episodes, every_seconds)
+        observers += [log, saver]
     runner = make_engine(network, env, env_kwargs, config, ray_options, raster)
     try:
-        result = runner.train(config.episodes, progress=progress, observers=observers)
+        if state is not None:
+            runner.restore(state)
+        if run_dir is not None and getattr(runner, "placement", None):
+            _write_json(run_dir / "placement.json", {"actors": runner.placement})
+        result = runner.train(config.episodes, progress=progress, observers=observers, stop=stop)
     except BaseException as error:
         partial = getattr(runner, "partial", None)
         if run_dir is not None:
@@ -94,13 +187,37 @@ def train(network: Network | RunSpec, env: str | None = None, *, env_kwargs: dic
                 (run_dir / "error.txt").write_text(f"{type(error).__name__}: {error}\n")
             if partial is not None:
                 write_results(run_dir, partial, env, env_kwargs)
-            log.end("interrupted" if interrupted else "failed", None if interrupted else f"{type(error).__name__}: {error}")
+            log.end("interrupted" if interrupted else "failed",
+                    None if interrupted else f"{type(error).__name__}: {error}")
         raise
     finally:
         runner.close()
     if run_dir is not None:
         write_results(run_dir, result, env, env_kwargs)
+        if not result.finished:
+            log.end("interrupted", None)
     return result
+
+
+def parse_checkpoint_every(value) -> tuple[int | None, float | None]:
+    """``--checkpoint-every``: N (episodes), "Ns" (seconds), or None/"never"."""
+    if value is None or value == "never":
+        return None, None
+    if isinstance(value, str) and value.endswith("s"):
+        try:
+            seconds = float(value[:-1])
+        except ValueError:
+            seconds = -1.0
+        if not seconds > 0 or seconds != seconds or seconds == float("inf"):
+            raise SpecError(f"--checkpoint-every: expected a number of episodes, SECONDSs or 'never', got {value!r}")
+        return None, seconds
+    try:
+        episodes = int(value)
+    except (TypeError, ValueError):
+        episodes = 0
+    if isinstance(value, bool) or episodes < 1 or str(episodes) != str(value).strip():
+        raise SpecError(f"--checkpoint-every: expected a number of episodes, SECONDSs or 'never', got {value!r}")
+    return episodes, None
 
 
 def _write_json(path: Path, data) -> None:
@@ -125,7 +242,7 @@ def summarize(result: TrainResult, env_id: str, env_kwargs: dict) -> dict:
         "envs_per_trial": int(result.returns.shape[1]), "episodes": int(episodes),
         "first_episode_mean_return": _finite_mean(result.returns[..., 0]),
         f"mean_return_last_{tail}_episodes": _finite_mean(final),
-        "atomic_ticks": int(result.ticks), "seconds": round(result.seconds, 3),
+        "finished": bool(result.finished), "atomic_ticks": int(result.ticks), "seconds": round(result.seconds, 3),
         "env_ticks_per_second": round(result.ticks * result.returns.shape[0] * result.returns.shape[1]
                                       / max(result.seconds, 1e-9)),
     }

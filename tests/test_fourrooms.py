@@ -208,5 +208,5 @@ def test_saved_state_continues_identically_and_finished_envs_can_be_dropped():
     saved = batched.shrink(part, np.array([1]), 2)
     for x, y in zip(run(full, actions[50:150]), run(part, actions[50:150, 2:4])):
         assert all(np.array_equal(u[2:4], v) for u, v in zip(x, y))
-    batched.expand(part, saved, np.array([1]), 2)
+    batched.expand(part, saved, np.array([1]), 2, 3)
     assert np.array_equal(part.cells[2:4], full.cells[2:4]) and part.cells.shape == (6,)

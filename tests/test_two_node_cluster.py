@@ -277,7 +277,6 @@ def test_compiled_graph_channels_crossed_nodes_through_the_raylets(cluster, ray_
     assert all(counts.values()), f"PushMutableObject RPCs per node: {counts}"
 
 
-@pytest.mark.xfail(strict=True, reason="pending: the Ray engine does not write placement.json yet")
 def test_the_run_directory_records_where_each_coagent_ran(cluster, ray_run):
     out, _ = ray_run
     placement = json.loads((out / "placement.json").read_text())

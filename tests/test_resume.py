@@ -1,0 +1,188 @@
+"""Nothing lost: fresh run directories, checkpoints, Ctrl-C / SIGTERM / SIGKILL and --resume, as a user
+runs them (the CLI in a subprocess), on both engines; damaged checkpoints get one clear error."""
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from distcoagent import checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+SPEC = """
+[env]
+id = "distcoagent/GridWorld-v0"
+size = 5
+
+[network]
+gamma = 0.95
+action = "act"
+
+[critic]
+step = 0.1
+
+[defaults]
+execution = { kind = "constant", probability = 0.5 }
+rule = { kind = "actor_critic", actor_step = 0.2, critic_step = 0.1, lam = 0.7, critic = "shared" }
+
+[[coagent]]
+name = "bit_a"
+inputs = ["obs"]
+policy = { kind = "softmax", n = 2 }
+
+[[coagent]]
+name = "bit_b"
+inputs = ["obs"]
+policy = { kind = "softmax", n = 2 }
+
+[[coagent]]
+name = "act"
+inputs = ["bit_a", "bit_b"]
+policy = { kind = "softmax", n = 4 }
+
+[train]
+episodes = 60
+trials = 1500
+seed = 4
+micro_batches = 2
+"""
+
+
+def cli(*args, cwd=None, timeout=300):
+    return subprocess.run([sys.executable, "-m", "distcoagent.cli", *map(str, args)], capture_output=True,
+                          text=True, cwd=cwd or ROOT, timeout=timeout)
+
+
+def start(*args, cwd=None):
+    return subprocess.Popen([sys.executable, "-m", "distcoagent.cli", *map(str, args)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=cwd or ROOT)
+
+
+@pytest.fixture(scope="module")
+def spec(tmp_path_factory):
+    path = tmp_path_factory.mktemp("spec") / "study.toml"
+    path.write_text(SPEC)
+    return path
+
+
+@pytest.fixture(scope="module")
+def reference(spec, tmp_path_factory):
+    """The uninterrupted run every interrupted one must end up equal to."""
+    out = tmp_path_factory.mktemp("reference") / "run"
+    proc = cli("train", spec, "--out", out, "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    return out
+
+
+def same_run(a: Path, b: Path) -> None:
+    for name in ("returns.csv", "params.msgpack", "counters.json", "curve.csv"):
+        assert (a / name).read_bytes() == (b / name).read_bytes(), f"{name} differs"
+
+
+def wait_for_file(proc, path: Path, timeout=60.0):
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, f"{path} did not appear within {timeout} s"
+        time.sleep(0.05)
+
+
+def test_without_out_each_run_gets_a_fresh_directory(spec, tmp_path):
+    for _ in range(2):
+        assert cli("train", spec, "--episodes", "2", "--trials", "2", "--quiet", cwd=tmp_path).returncode == 0
+    runs = sorted((tmp_path / "runs" / "study").iterdir())
+    assert len(runs) == 2 and all((r / "summary.json").is_file() for r in runs)
+
+
+def test_an_existing_run_is_never_overwritten_silently(spec, tmp_path):
+    out = tmp_path / "run"
+    assert cli("train", spec, "--episodes", "2", "--trials", "2", "--out", out, "--quiet").returncode == 0
+    before = (out / "returns.csv").read_bytes()
+    again = cli("train", spec, "--episodes", "2", "--trials", "3", "--out", out, "--quiet")
+    assert again.returncode == 2 and "--resume" in again.stderr and "--overwrite" in again.stderr
+    assert len(again.stderr.strip().splitlines()) == 1 and (out / "returns.csv").read_bytes() == before
+    replaced = cli("train", spec, "--episodes", "2", "--trials", "3", "--out", out, "--quiet", "--overwrite")
+    assert replaced.returncode == 0 and (out / "returns.csv").read_bytes() != before
+    a_file = tmp_path / "file.txt"
+    a_file.write_text("not a run")
+    refused = cli("train", spec, "--episodes", "2", "--out", a_file, "--quiet")
+    assert refused.returncode == 2 and "is a file" in refused.stderr and a_file.read_text() == "not a run"
+
+
+@pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_writes_a_checkpoint_and_resume_finishes_the_same_run(spec, reference, tmp_path, sig, code):
+    out = tmp_path / "run"
+    proc = start("train", spec, "--out", out, "--quiet")
+    wait_for_file(proc, out / "metrics.jsonl")
+    time.sleep(0.5)
+    proc.send_signal(sig)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == code, stderr
+    assert f"distcoagent train --resume {out}" in stderr and (out / checkpoint.FILE).is_file()
+    assert '"status": "interrupted"' in (out / "metrics.jsonl").read_text()
+    resumed = cli("train", "--resume", out, "--quiet")
+    assert resumed.returncode == 0, resumed.stderr
+    same_run(reference, out)
+
+
+def test_sigkill_at_several_points_loses_only_time(spec, reference, tmp_path):
+    out = tmp_path / "run"
+    proc = start("train", spec, "--out", out, "--quiet", "--checkpoint-every", "5")
+    kills = 0
+    for _ in range(3):
+        wait_for_file(proc, out / checkpoint.FILE)
+        time.sleep(0.3)
+        if proc.poll() is not None:
+            break
+        proc.kill()
+        proc.wait(timeout=30)
+        kills += 1
+        proc = start("train", "--resume", out, "--quiet", "--checkpoint-every", "5")
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0, stderr
+    assert kills >= 1
+    same_run(reference, out)
+
+
+def test_damaged_or_foreign_checkpoints_get_one_clear_error_and_the_run_directory_stays(spec, tmp_path):
+    out = tmp_path / "run"
+    proc = start("train", spec, "--out", out, "--quiet")
+    wait_for_file(proc, out / "metrics.jsonl")
+    proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=120)
+    good = (out / checkpoint.FILE).read_bytes()
+    flipped = bytearray(good)
+    flipped[len(good) // 2] ^= 0x10
+    cases = {"truncated": good[: len(good) // 3], "bit-flipped": bytes(flipped), "not msgpack": b"\x00" * 100}
+    for what, data in cases.items():
+        (out / checkpoint.FILE).write_bytes(data)
+        before = {p.name: p.read_bytes() for p in out.iterdir()}
+        proc = cli("train", "--resume", out, "--quiet")
+        assert proc.returncode == 2 and "damaged" in proc.stderr, (what, proc.stderr)
+        assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+        assert {p.name: p.read_bytes() for p in out.iterdir()} == before, what
+    (out / checkpoint.FILE).write_bytes(good)
+    with pytest.raises(checkpoint.CheckpointError, match="another run"):
+        checkpoint.read(out / checkpoint.FILE, "0" * 64)
+    resumed = cli("train", "--resume", out, "--episodes", "3", "--quiet")
+    assert resumed.returncode == 2 and "--episodes" in resumed.stderr
+
+
+def test_ray_engine_stops_on_sigint_without_crashing_and_resumes_in_process(spec, reference, tmp_path):
+    out = tmp_path / "run"
+    env = {**os.environ, "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "")}
+    proc = subprocess.Popen([sys.executable, "-m", "distcoagent.cli", "train", str(spec), "--out", str(out), "--quiet",
+                             "--engine", "ray", "--trials", "1500"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, cwd=ROOT, env=env)
+    wait_for_file(proc, out / "placement.json", timeout=120)
+    time.sleep(2.0)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=180)
+    assert proc.returncode == 130, stderr[-2000:]
+    assert "Segmentation fault" not in stderr and (out / checkpoint.FILE).is_file()
+    resumed = cli("train", "--resume", out, "--engine", "inprocess", "--quiet")  # same state, other engine
+    assert resumed.returncode == 0, resumed.stderr
+    same_run(reference, out)
