@@ -206,6 +206,23 @@ def main(argv: list[str] | None = None) -> int:
         return 3
     except KeyboardInterrupt:
         return 130
+    except MemoryError as error:  # what limits.check_memory did not foresee
+        print(f"distcoagent {args.command}: error: out of memory ({error or 'MemoryError'}); lower train.trials, "
+              "train.envs_per_trial, train.episodes or the network's local states", file=sys.stderr)
+        return 2
+    except OSError as error:  # a file or directory that cannot be read or written
+        where = f"{error.filename}: " if error.filename else ""
+        print(f"distcoagent {args.command}: error: {where}{error.strerror or error}", file=sys.stderr)
+        return 2
+    except Exception as error:  # a bug: one line, the traceback on request
+        import os
+
+        if os.environ.get("DISTCOAGENT_TRACEBACK"):
+            raise
+        message = " ".join(str(error).split())[:300]
+        print(f"distcoagent {args.command}: internal error: {type(error).__name__}: {message} (a bug; rerun with "
+              "DISTCOAGENT_TRACEBACK=1 for the traceback and report it)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

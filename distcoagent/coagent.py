@@ -86,7 +86,8 @@ class CoagentUnit:
               "episode_tick": ENV, "env_tick": ENV, "env_ids": ENV, "last_executed": ENV}
 
     def __init__(self, coagent: Coagent, input_spaces: Sequence[InputSpace], trials: int,
-                 envs_per_trial: int, gamma_atomic: float, seed: int, trial_offset: int = 0):
+                 envs_per_trial: int, gamma_atomic: float, seed: int, trial_offset: int = 0,
+                 scratch: dict | None = None):
         self.coagent = coagent
         self.name = coagent.name
         self.policy = coagent.policy
@@ -111,7 +112,9 @@ class CoagentUnit:
                 rng = np.random.default_rng([seed, trial_offset + t, len(coagent.name), 7])
                 for k in self.policy.linear_params:
                     self.params[k][t] = rng.normal(0.0, coagent.init_scale, self.params[k][t].shape)
-        self.scratch: dict = {}  # reusable buffers for the rule's dense updates (not state)
+        # reusable buffers for the rule's dense updates (not state); a side shares one among its
+        # units, so units of the same shape reuse one cache-warm buffer
+        self.scratch: dict = {} if scratch is None else scratch
         self.rule_state = coagent.rule.init(self)
         B = self.batch
         shape = (B,) if self.output_space.discrete else (B, self.output_space.dim)
@@ -193,8 +196,9 @@ class CoagentUnit:
         if closing.any():
             self.rule.close(self, self.rule_state, closing, self.rule.value_next(self, self.rule_state, x,
                                                                                  shared_value))
-            self.intervals["count"] += int(np.count_nonzero(closing))
-            self.intervals["ticks"] += int(np.sum(self.episode_tick[closing] - self.last_execution_tick[closing]))
+            closed = np.flatnonzero(closing)  # metrics: how long the closed intervals were
+            self.intervals["count"] += closed.size
+            self.intervals["ticks"] += int((self.episode_tick[closed] - self.last_execution_tick[closed]).sum())
         rows = np.flatnonzero(executes)  # only executing environments compute (draws are keyed: same numbers)
         stats = self.policy.forward(self.params, x, rows)
         self.check_finite(stats[0] if isinstance(stats, tuple) else stats, "policy output", rows)

@@ -247,9 +247,16 @@ class CriticUnit:
         delta = np.where(active, reward + self.gamma_step * v_next - v, 0.0)
         ScaledTraces.decay(st, np.full(obs.shape[0], self.gamma_step * self.critic.lam), active)
         ScaledTraces.add(st, "z.w", x, np.ones((obs.shape[0], 1)), active, True)
-        ScaledTraces.apply(st, "z.w", self.params["w"], self.critic.step * delta, active, self.scratch)
+        with np.errstate(over="ignore", invalid="ignore"):  # divergence is reported just below
+            ScaledTraces.apply(st, "z.w", self.params["w"], self.critic.step * delta, active, self.scratch)
         ScaledTraces.reset(st, ended & active)
         self.last_delta = (delta, active)
+        if not np.isfinite(np.sum(self.params["w"])):  # one pass; where a diverging critic first shows
+            from .coagent import NonFiniteError
+
+            raise NonFiniteError(f"the shared critic ([critic] step = {self.critic.step:g}, lam = "
+                                 f"{self.critic.lam:g}): its weights became non-finite after a TD update; "
+                                 "lower [critic] step")
 
     def state_dict(self):
         return batched.save(self)

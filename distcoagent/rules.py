@@ -342,16 +342,25 @@ class Reinforce(LearningRule):
 RULES = {"actor_critic": ActorCritic, "reinforce": Reinforce, "frozen": LearningRule}
 
 
-def _sampled_outputs(policy, stats, score: dict, n: int) -> tuple[np.ndarray, list[dict]]:
-    """The output each row sampled, recovered from its score, and the score of every output.
+def _expected_score(policy, stats, probs: np.ndarray, score: dict, weight: np.ndarray) -> tuple[np.ndarray, dict]:
+    """(sampled output per row, sum_u weight[:, u] grad ln pi(u | x)) for a discrete policy.
 
-    A hook sees grad ln pi(u | x) of the sampled u only; a discrete policy's scores of its
-    ``n`` outputs differ, so u is the output whose score is nearest (equal, up to rounding)."""
-    rows = next(iter(score.values())).shape[0]
+    A hook sees grad ln pi(u | x) of the sampled u only; u is recovered from it: for a softmax
+    the score is onehot(u) - pi, for a bernoulli u - p.  Another discrete policy: u is the
+    output whose score is nearest (equal, up to rounding) and the sum is taken output by output."""
+    from .policies import Bernoulli, Softmax
+
+    if isinstance(policy, Softmax):
+        u = np.argmax(score["W"] + probs, axis=1)
+        return u, {"W": weight - probs * weight.sum(axis=1, keepdims=True)}
+    if isinstance(policy, Bernoulli):
+        u = np.rint(score["W"][:, 0] + probs[:, 1]).astype(np.int64)
+        return u, {"W": (weight[:, 1] - probs[:, 1] * weight.sum(axis=1))[:, None]}
+    rows, n = probs.shape
     every = [policy.score(stats, np.full(rows, k, dtype=np.int64)) for k in range(n)]
     gap = np.stack([sum(np.abs(s[key] - score[key]).reshape(rows, -1).sum(axis=1) for key in score)
                     for s in every], axis=1)
-    return gap.argmin(axis=1), every
+    return gap.argmin(axis=1), {key: sum(weight[:, [k]] * every[k][key] for k in range(n)) for key in score}
 
 
 def _add_rows(param: np.ndarray, x, g: np.ndarray, rows: np.ndarray, envs_per_trial: int) -> None:
@@ -449,22 +458,23 @@ class ExpectedActorCritic(LearningRule):
         stats = unit.policy.forward(unit.params, x, rows)
         probs = unit.policy.probabilities(stats)
         q = x.linear(st["q"], rows)
-        n = probs.shape[1]
-        u, every = _sampled_outputs(unit.policy, stats, {k: g[rows] for k, g in score.items()}, n)
-        # critic: decay, then add grad_q Q(x_j, u_j) = outer(x_j, onehot(u_j))
-        elapsed = unit.episode_tick - unit.last_execution_tick
-        ScaledTraces.decay(st, (unit.gamma_atomic * self.lam) ** elapsed, mask & unit.executed_this_episode)
-        onehot = np.zeros((unit.batch, n))
-        onehot[rows, u] = 1.0
-        ScaledTraces.add(st, "z.q", x, onehot, mask, True)
-        q_last = st["q_last"]
-        q_last[rows] = q[np.arange(rows.size), u]
-        # actor: the expected policy gradient over all outputs
         shaped = q - np.asarray(self.costs) if self.costs else q
         advantage = shaped - (probs * shaped).sum(axis=1, keepdims=True)
-        weight = self.actor_step * probs * advantage
-        for k in unit.policy_param_names:
-            g = sum(weight[:, [j]] * every[j][k] for j in range(n))
+        u, gradient = _expected_score(unit.policy, stats, probs, {k: g[rows] for k, g in score.items()},
+                                      self.actor_step * probs * advantage)
+        # critic: decay (a first execution finds its traces reset to 0), add grad_q Q(x_j, u_j)
+        running = mask & unit.executed_this_episode
+        if self.lam > 0:
+            elapsed = np.where(running, unit.episode_tick - unit.last_execution_tick, 0)
+            ScaledTraces.decay(st, (unit.gamma_atomic * self.lam) ** elapsed, running)
+        else:
+            ScaledTraces.reset(st, running)
+        onehot = np.zeros((unit.batch, probs.shape[1]))
+        onehot[rows, u] = 1.0
+        ScaledTraces.add(st, "z.q", x, onehot, mask, True)
+        st["q_last"][rows] = q[np.arange(rows.size), u]
+        # actor: the expected policy gradient over all outputs
+        for k, g in gradient.items():
             unit.check_finite(g, "actor update", rows)
             _add_rows(unit.params[k], x, g, rows, unit.envs_per_trial)
 

@@ -26,17 +26,28 @@
     [ray]                  # optional; placement for --engine ray (see ray_engine.RayEngine)
     coagents_per_actor = 1
 
-Every key is checked: an unknown key, a wrong type or a value out of range raises
-``SpecError`` naming the field (``coagent[2].policy.kind``) and what was expected.
+Every key is checked: an unknown key, a wrong type, a value out of range, NaN or
+infinity raises ``SpecError`` naming the field (``coagent[2].policy.kind``) and what
+was expected.  The arguments of a ``kind`` table are checked against the annotations
+of the class it names (``policies.Softmax.n: int``), so the classes stay the one
+definition.  (pydantic was tried for this: its strict mode refuses TOML's lists where a
+class says ``tuple``, its lax mode turns ``"0.5"`` and ``true`` into numbers, and its
+messages would need rewriting into these field paths; the hand-written checks below
+are shorter than that glue.)
 """
 from __future__ import annotations
 
 import copy
+import math
+import reprlib
 import tomllib
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import gymnasium as gym
+import numpy as np
 
 from .coagent import Coagent
 from .execution import EXECUTIONS
@@ -48,6 +59,90 @@ from .rules import RULES
 ENGINES = ("inprocess", "ray")
 RAY_OPTIONS = {"coagents_per_actor", "groups", "resources", "env_resources", "cpus_per_actor", "placement",
                "transport", "max_inflight", "connect_timeout", "ready_timeout", "timeout"}
+MAX_SEED = 2**63 - 1
+# ranges that the kind classes do not check themselves: (kind, argument) -> lowest value
+LOWEST = {("fourier", "order"): 0, ("tile", "tilings"): 1, ("tile", "tiles"): 1, ("driven", "when"): 0}
+
+_short = reprlib.Repr()
+_short.maxstring = _short.maxother = 40
+_short.maxlist = _short.maxdict = _short.maxtuple = 4
+_short.maxlevel = 2
+
+
+def show(value) -> str:
+    """A value as a short one-line repr, for error messages (hostile input may be huge or nested)."""
+    return _short.repr(value)
+
+
+def _bounds(low, high, low_open: bool = False) -> str:
+    if low is not None and high is not None:
+        return f" in {'(' if low_open else '['}{low:g}, {high:g}]"
+    if low is not None:
+        return f" {'>' if low_open else '>='} {low:g}"
+    return f" <= {high:g}" if high is not None else ""
+
+
+def integer(value, where: str, low: int | None = None, high: int | None = None) -> int:
+    """``value`` as an int (not a bool, not a float) in [low, high], else a SpecError naming ``where``."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or \
+            (low is not None and value < low) or (high is not None and value > high):
+        raise SpecError(f"{where}: expected an integer{_bounds(low, high)}, got {show(value)}")
+    return int(value)
+
+
+def number(value, where: str, low: float | None = None, high: float | None = None, low_open: bool = False) -> float:
+    """``value`` as a finite float in [low, high] (or (low, high] with ``low_open``), else a SpecError."""
+    ok = not isinstance(value, bool) and isinstance(value, (int, float, np.integer, np.floating))
+    if ok:
+        try:
+            value = float(value)
+        except OverflowError:  # an integer beyond any float
+            ok = False
+    if not ok or not math.isfinite(value) or (low is not None and (value <= low if low_open else value < low)) \
+            or (high is not None and value > high):
+        raise SpecError(f"{where}: expected a finite number{_bounds(low, high, low_open)}, got {show(value)}")
+    return value
+
+
+def string(value, where: str, choices: tuple[str, ...] | None = None) -> str:
+    """``value`` as a non-empty string (one of ``choices`` if given), else a SpecError."""
+    if not isinstance(value, str) or not value or (choices is not None and value not in choices):
+        expected = f"one of {', '.join(choices)}" if choices else "a non-empty string"
+        raise SpecError(f"{where}: expected {expected}, got {show(value)}")
+    return value
+
+
+def strings(value, where: str) -> list[str]:
+    """A non-empty list of non-empty strings."""
+    if not isinstance(value, list) or not value:
+        raise SpecError(f"{where}: expected a non-empty list of strings, got {show(value)}")
+    return [string(v, f"{where}[{i}]") for i, v in enumerate(value)]
+
+
+def _typed(value, hint, where: str):
+    """Check ``value`` against a dataclass field's annotation (int, float, str, bool, tuple[X, ...],
+    X | None); other annotations are left to the class."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = [h for h in typing.get_args(hint) if h is not type(None)]
+        if value is None and len(options) < len(typing.get_args(hint)):
+            return None
+        return _typed(value, options[0], where) if len(options) == 1 else value
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise SpecError(f"{where}: expected true or false, got {show(value)}")
+        return value
+    if hint is int:
+        return integer(value, where)
+    if hint is float:
+        return number(value, where)
+    if hint is str:
+        return string(value, where)
+    if origin is tuple and typing.get_args(hint)[1:] == (Ellipsis,):
+        if not isinstance(value, (list, tuple)) or not value:
+            raise SpecError(f"{where}: expected a non-empty list, got {show(value)}")
+        return tuple(_typed(v, typing.get_args(hint)[0], f"{where}[{i}]") for i, v in enumerate(value))
+    return value
 
 
 @dataclass
@@ -74,12 +169,13 @@ class TrainConfig:
     def __post_init__(self):
         for name in ("episodes", "trials", "envs_per_trial", "micro_batches"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise SpecError(f"train.{name}: expected a positive integer, got {value!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise SpecError(f"train.seed: expected a non-negative integer, got {self.seed!r}")
-        if self.engine not in ENGINES:
-            raise SpecError(f"train.engine: expected one of {', '.join(ENGINES)}, got {self.engine!r}")
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise SpecError(f"train.{name}: expected a positive integer, got {show(value)}")
+            setattr(self, name, int(value))
+        self.seed = integer(self.seed, "train.seed", 0, MAX_SEED)
+        string(self.engine, "train.engine", ENGINES)
+        if self.address is not None:
+            string(self.address, "train.address")
         if self.micro_batches > self.trials:
             raise SpecError(f"train.micro_batches: expected at most trials ({self.trials}), "
                             f"got {self.micro_batches}")
@@ -104,29 +200,41 @@ class RunSpec:
 
 def _check_keys(table: dict, allowed: set, where: str) -> None:
     if not isinstance(table, dict):
-        raise SpecError(f"{where}: expected a table, got {table!r}")
-    unknown = set(table) - allowed
+        raise SpecError(f"{where}: expected a table, got {show(table)}")
+    unknown = sorted(map(str, set(table) - allowed))
     if unknown:
-        raise SpecError(f"{where}: unknown key(s) {sorted(unknown)}; expected some of {sorted(allowed)}")
+        raise SpecError(f"{where}.{unknown[0]}: unknown key; expected some of {sorted(allowed)}")
 
 
 def _kind_object(table, registry: dict, where: str, exclude=()):
     if isinstance(table, str):
         table = {"kind": table}
     if not isinstance(table, dict) or "kind" not in table:
-        raise SpecError(f"{where}: expected a table with a 'kind' ({', '.join(sorted(registry))})")
+        raise SpecError(f"{where}: expected a table with a 'kind' ({', '.join(sorted(registry))}), got {show(table)}")
     kind = table["kind"]
-    if kind not in registry:
-        raise SpecError(f"{where}.kind: unknown {where.rsplit('.', 1)[-1]} {kind!r}; "
+    if not isinstance(kind, str) or kind not in registry:
+        raise SpecError(f"{where}.kind: unknown {where.rsplit('.', 1)[-1]} {show(kind)}; "
                         f"expected one of {', '.join(sorted(registry))}")
     cls = registry[kind]
     args = {k: v for k, v in table.items() if k != "kind"}
-    allowed = set(getattr(cls, "__dataclass_fields__", {})) - set(exclude)
+    fields = getattr(cls, "__dataclass_fields__", {})
+    allowed = {name for name, f in fields.items() if f.init} - set(exclude)
     _check_keys(args, allowed, where)
     try:
+        hints = typing.get_type_hints(cls)
+    except Exception:  # an annotation that cannot be resolved: the class checks its own arguments
+        hints = {}
+    args = {k: _typed(v, hints.get(k), f"{where}.{k}") for k, v in args.items()}
+    for k, v in args.items():
+        lowest = LOWEST.get((kind, k))
+        if lowest is not None:
+            integer(v, f"{where}.{k}", lowest)
+    try:
         return cls(**args)
-    except (TypeError, ValueError) as e:
-        raise SpecError(f"{where}: {e}") from None
+    except (TypeError, ValueError) as e:  # the class's own check; "softmax.n: ..." -> "<where>.n: ..."
+        head, sep, rest = str(e).partition(": ")
+        name = head.rpartition(".")[2]
+        raise SpecError(f"{where}.{name}: {rest}" if sep and name in allowed else f"{where}: {e}") from None
 
 
 def _features(value, where):
@@ -143,17 +251,27 @@ def parse(raw: dict, source: str = "spec") -> RunSpec:
     raw = copy.deepcopy(raw)
     _check_keys(raw, {"env", "network", "critic", "defaults", "coagent", "train", "ray"}, source)
     env = raw.get("env")
-    if not isinstance(env, dict) or not isinstance(env.get("id"), str):
+    if not isinstance(env, dict) or not isinstance(env.get("id"), str) or not env["id"]:
         raise SpecError("env.id: expected a gymnasium environment id (a string), e.g. "
                         "\"distcoagent/GridWorld-v0\" or \"CartPole-v1\"")
     env_kwargs = {k: v for k, v in env.items() if k != "id"}
+    _check_env_options(env["id"], env_kwargs)
     net = raw.get("network", {})
     _check_keys(net, {"gamma", "ticks_per_step", "action"}, "network")
     if "action" not in net:
         raise SpecError("network.action: expected the name of the coagent (or a list of names) "
                         "whose output is the action")
+    action = net["action"]
+    action = string(action, "network.action") if not isinstance(action, list) else strings(action, "network.action")
+    gamma = number(net.get("gamma", 0.99), "network.gamma", 0, 1, low_open=True)
+    ticks_per_step = integer(net.get("ticks_per_step", 1), "network.ticks_per_step", 1)
     defaults = raw.get("defaults", {})
     _check_keys(defaults, {"execution", "rule", "features", "initial"}, "defaults")
+    for key, registry in (("execution", EXECUTIONS), ("rule", RULES)):  # named as defaults.*, not as a coagent's
+        if key in defaults:
+            _kind_object(defaults[key], registry, f"defaults.{key}")
+    if "features" in defaults:
+        _features(defaults["features"], "defaults.features")
     coagent_tables = raw.get("coagent")
     if not isinstance(coagent_tables, list) or not coagent_tables:
         raise SpecError("coagent: expected at least one [[coagent]] table")
@@ -162,22 +280,22 @@ def parse(raw: dict, source: str = "spec") -> RunSpec:
         where = f"coagent[{i}]"
         _check_keys(table, COAGENT_KEYS, where)
         merged = {**defaults, **table}
-        name = merged.get("name")
-        if not isinstance(name, str):
-            raise SpecError(f"{where}.name: expected a string")
+        name = string(merged.get("name"), f"{where}.name")
+        if name == "obs" or ":" in name:
+            raise SpecError(f"{where}.name: {name!r} is not allowed ('obs' or containing ':')")
         where = f"coagent[{i}] ({name})"
-        inputs = merged.get("inputs")
-        if not isinstance(inputs, list) or not inputs or not all(isinstance(s, str) for s in inputs):
+        if "inputs" not in merged:
             raise SpecError(f"{where}.inputs: expected a non-empty list of strings "
                             "(\"obs\", a coagent name, or \"prev:NAME\")")
+        inputs = strings(merged["inputs"], f"{where}.inputs")
         if "policy" not in merged:
             raise SpecError(f"{where}.policy: expected a table such as {{ kind = \"softmax\", n = 2 }}")
         initial = merged.get("initial", "uniform")
-        if not (initial in ("uniform", "zeros") or isinstance(initial, list)):
-            raise SpecError(f"{where}.initial: expected \"uniform\" or a list of probabilities, got {initial!r}")
-        init_scale = merged.get("init_scale", 0.0)
-        if not isinstance(init_scale, (int, float)) or init_scale < 0:
-            raise SpecError(f"{where}.init_scale: expected a number >= 0, got {init_scale!r}")
+        if isinstance(initial, list) and initial:
+            initial = [number(p, f"{where}.initial[{k}]", 0, 1) for k, p in enumerate(initial)]
+        elif initial not in ("uniform", "zeros") or not isinstance(initial, str):
+            raise SpecError(f"{where}.initial: expected \"uniform\" or a list of probabilities, got {show(initial)}")
+        init_scale = number(merged.get("init_scale", 0.0), f"{where}.init_scale", 0)
         coagents.append(Coagent(
             name=name, inputs=tuple(inputs),
             policy=_kind_object(merged["policy"], POLICIES, f"{where}.policy"),
@@ -190,15 +308,55 @@ def parse(raw: dict, source: str = "spec") -> RunSpec:
     if "critic" in raw:
         c = raw["critic"]
         _check_keys(c, {"step", "lam", "features"}, "critic")
-        critic = SharedCritic(step=c.get("step", 0.1), lam=c.get("lam", 0.7),
+        critic = SharedCritic(step=number(c.get("step", 0.1), "critic.step", 0),
+                              lam=number(c.get("lam", 0.7), "critic.lam", 0, 1),
                               features=_features(c.get("features"), "critic.features"))
-    network = Network(coagents=coagents, action=net["action"], gamma=net.get("gamma", 0.99),
-                      ticks_per_step=net.get("ticks_per_step", 1), critic=critic)
+    network = Network(coagents=coagents, action=action, gamma=gamma, ticks_per_step=ticks_per_step, critic=critic)
     train = raw.get("train", {})
     _check_keys(train, set(TrainConfig.__dataclass_fields__), "train")
     ray = raw.get("ray", {})
-    _check_keys(ray, RAY_OPTIONS, "ray")
+    _check_ray(ray)
     return RunSpec(network, env["id"], env_kwargs, TrainConfig(**train), raw, ray)
+
+
+def _check_env_options(env_id: str, options: dict) -> None:
+    """Option names of a built-in environment (their values are checked by the environment)."""
+    from .envs import native
+
+    entry = native(env_id)
+    unknown = sorted(map(str, set(options) - set(entry.options))) if entry is not None else []
+    if unknown:
+        raise SpecError(f"env.{unknown[0]}: unknown option for {env_id}; expected some of {', '.join(entry.options)}")
+
+
+def _check_ray(ray: dict) -> None:
+    """The [ray] table (RayEngine's placement options): names and types."""
+    from .ray_engine.placement import STRATEGIES
+
+    _check_keys(ray, RAY_OPTIONS, "ray")
+    checks = {"coagents_per_actor": lambda v, w: integer(v, w, 1), "max_inflight": lambda v, w: integer(v, w, 1),
+              "cpus_per_actor": lambda v, w: number(v, w, 0),
+              "placement": lambda v, w: string(v, w, STRATEGIES),
+              "transport": lambda v, w: string(v, w, ("compiled", "actors")),
+              "groups": lambda v, w: [strings(g, f"{w}[{i}]") for i, g in enumerate(v)] if isinstance(v, list) and v
+              else strings(v, w),
+              "env_resources": lambda v, w: _amounts(v, w)}
+    for key in ("connect_timeout", "ready_timeout", "timeout"):
+        checks[key] = lambda v, w: number(v, w, 0, low_open=True)
+    for key, value in ray.items():
+        if key == "resources":
+            _check_keys(value, set(value) if isinstance(value, dict) else set(), "ray.resources")
+            for name, amounts in value.items():
+                _amounts(amounts, f"ray.resources.{name}")
+        else:
+            checks[key](value, f"ray.{key}")
+
+
+def _amounts(table, where: str) -> None:
+    if not isinstance(table, dict):
+        raise SpecError(f"{where}: expected a table of resource amounts, got {show(table)}")
+    for key, amount in table.items():
+        number(amount, f"{where}.{key}", 0)
 
 
 def load_spec(path: str | Path, overrides: dict | None = None, ray_overrides: dict | None = None) -> RunSpec:
@@ -209,7 +367,7 @@ def load_spec(path: str | Path, overrides: dict | None = None, ray_overrides: di
         raise SpecError(f"spec: no such file {str(path)!r}")
     try:
         raw = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as e:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise SpecError(f"spec {path}: not valid TOML: {e}") from None
     if overrides:
         raw.setdefault("train", {}).update({k: v for k, v in overrides.items() if v is not None})
@@ -219,12 +377,25 @@ def load_spec(path: str | Path, overrides: dict | None = None, ray_overrides: di
 
 
 def check_env(spec: RunSpec) -> gym.Env:
-    """Make one environment and check the network against its spaces; returns the env."""
+    """Make one environment, check the network against its spaces and the run against this
+    machine's memory (``limits.check_memory``); returns the env."""
     from .envs import make_batch
+    from .limits import check_memory
 
     try:
         env = make_batch(spec.env_id, 1, spec.train.seed, **spec.env_kwargs)
-    except TypeError as e:
-        raise SpecError(f"env: {e}") from None
-    spec.network.input_spaces(env.observation_space, env.action_space)
+    except SpecError:
+        raise
+    except ImportError as e:  # "module:EnvId" whose module cannot be imported
+        raise SpecError(f"env.id: {str(e).rstrip('.')}; its directory must be on PYTHONPATH "
+                        "(see docs/custom-environments.md)") from None
+    except (TypeError, ValueError, OverflowError) as e:  # the environment's own check of its options
+        message = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise SpecError(message if message.startswith("env") else f"env: {message}") from None
+    try:
+        spec.network.input_spaces(env.observation_space, env.action_space)
+        check_memory(spec, env=env)
+    except BaseException:
+        env.close()
+        raise
     return env

@@ -358,8 +358,9 @@ class CoagentSide:
                  episode_keys: EpisodeKeys | None = None, raster: RasterSpec | None = None):
         self.network = network
         spaces = network.input_spaces(observation_space, action_space)
+        self.scratch: dict = {}  # one workspace for the units' dense updates (they run one at a time)
         self.units = {name: CoagentUnit(network.coagent(name), spaces[name], trials, envs_per_trial,
-                                        network.gamma_atomic, seed, trial_offset)
+                                        network.gamma_atomic, seed, trial_offset, self.scratch)
                       for name in network.order if name in set(names)}
         self.trials, self.envs_per_trial = trials, envs_per_trial
         self.batch = trials * envs_per_trial

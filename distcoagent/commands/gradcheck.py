@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 
@@ -32,28 +31,42 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     from ..gradients import NotExactError, gradcheck
-    from ..spec import load_spec
+    from ..limits import check_memory
+    from ..network import SpecError
+    from ..spec import MAX_SEED, TrainConfig, integer, load_spec, number
 
-    for flag in ("episodes", "fd_episodes", "train_episodes"):
-        value = getattr(args, flag)
-        if value is not None and value < (0 if flag == "train_episodes" else 1):
-            print(f"distcoagent gradcheck: error: --{flag.replace('_', '-')}: expected a positive integer, "
-                  f"got {value}", file=sys.stderr)
-            return 2
-    if not args.step > 0:
-        print(f"distcoagent gradcheck: error: --step: expected h > 0, got {args.step}", file=sys.stderr)
-        return 2
+    for flag, lowest in (("episodes", 1), ("fd_episodes", 1), ("train_episodes", 0)):
+        if getattr(args, flag) is not None:
+            integer(getattr(args, flag), f"--{flag.replace('_', '-')}", lowest)
+    number(args.step, "--step", 0, low_open=True)
+    if args.seed is not None:
+        integer(args.seed, "--seed", 0, MAX_SEED)
+    out = Path(args.out) if args.out else None
+    if out is not None:  # before minutes of sampling, not after
+        if out.is_dir():
+            raise SpecError(f"--out: {out} is a directory; expected a file for the JSON report, "
+                            f"e.g. {out / 'gradcheck.json'}")
+        parent = next((p for p in out.parents if p.exists()), None)
+        if parent is not None and not parent.is_dir():
+            raise SpecError(f"--out: {parent} is a file, so {out} cannot be created")
     spec = load_spec(args.spec)
+    seed = spec.train.seed if args.seed is None else args.seed
+    check_memory(spec.network, spec.env_id, spec.env_kwargs,
+                 TrainConfig(episodes=max(1, args.train_episodes), trials=1, seed=seed),
+                 names={"train.trials x train.envs_per_trial x train.episodes": "--train-episodes",
+                        "train.trials x train.envs_per_trial x ": ""})
     try:
         report = gradcheck(spec, episodes=args.episodes, fd_episodes=args.fd_episodes, step=args.step,
                            exact=args.exact, fd=not args.no_fd, seed=args.seed,
                            train_episodes=args.train_episodes)
     except NotExactError as error:
-        print(f"distcoagent gradcheck: error: --exact: {error}", file=sys.stderr)
-        return 2
+        raise SpecError(f"--exact: {error}") from None
     print(report.table())
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(report.to_dict(), indent=1))
-        print(f"\nwrote {args.out}")
+    if out is not None:
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps(report.to_dict(), indent=1))
+        except OSError as error:
+            raise SpecError(f"--out: cannot write {out} ({error.strerror or error})") from None
+        print(f"\nwrote {out}")
     return 0

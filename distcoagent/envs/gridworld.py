@@ -19,18 +19,32 @@ import numpy as np
 from ..batched import ENV
 
 MOVES = np.array([(-1, 0), (1, 0), (0, -1), (0, 1)])  # (row, col) for up, down, left, right
+BUILD_BYTES_PER_CELL = 80  # next_cells: the table (4 x int64) and its temporaries, per cell
 
 
-def _check(size, start, goal, max_steps):
-    if not isinstance(size, int) or size < 2:
+def _check(size, start, goal, max_steps) -> int:
+    """Check every option's type and range, and that the transition table fits in memory, before
+    building anything; returns the goal cell (default: the last cell)."""
+    from ..limits import check_array_bytes
+
+    if not _is_int(size) or size < 2:
         raise ValueError(f"env.size: expected an integer >= 2, got {size!r}")
+    check_array_bytes(BUILD_BYTES_PER_CELL * size * size, "env.size",
+                      f"a {size} x {size} gridworld's transition table (size^2 cells x {BUILD_BYTES_PER_CELL} B "
+                      "while it is built)")
+    goal = size * size - 1 if goal is None else goal
     for name, cell in (("start", start), ("goal", goal)):
-        if not isinstance(cell, int) or not 0 <= cell < size * size:
+        if not _is_int(cell) or not 0 <= cell < size * size:
             raise ValueError(f"env.{name}: expected a cell in 0..{size * size - 1}, got {cell!r}")
     if start == goal:
         raise ValueError("env.goal: must differ from env.start")
-    if max_steps is not None and (not isinstance(max_steps, int) or max_steps < 0):
+    if max_steps is not None and (not _is_int(max_steps) or max_steps < 0):
         raise ValueError(f"env.max_steps: expected a number of steps, or 0 for no time limit, got {max_steps!r}")
+    return goal
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
 def next_cells(size: int) -> np.ndarray:
@@ -52,8 +66,7 @@ class GridWorldEnv(gym.Env):
 
     def __init__(self, size: int = 5, start: int = 0, goal: int | None = None, max_steps: int | None = 100,
                  render_mode: str | None = None):
-        goal = size * size - 1 if goal is None else goal
-        _check(size, start, goal, max_steps)
+        goal = _check(size, start, goal, max_steps)
         max_steps = max_steps or None  # 0: no time limit (TOML has no null)
         self.size, self.start, self.goal, self.max_steps = size, start, goal, max_steps
         self.observation_space = gym.spaces.Discrete(size * size)

@@ -55,6 +55,13 @@ def transition_model(env_id: str, env_kwargs: dict | None = None, env=None):
     own = env is None
     env = make_batch(env_id, 1, 0, **dict(env_kwargs or {})) if own else env
     try:
+        states, actions = getattr(env.observation_space, "n", None), getattr(env.action_space, "n", None)
+        if states is not None and actions is not None:  # the model is dense: states x actions x states
+            from ..limits import check_array_bytes
+
+            check_array_bytes(8 * int(states) ** 2 * int(actions), "--exact",
+                              f"the dense transition model of {env_id} ({states} states x {actions} actions x "
+                              f"{states} states x 8 B)")
         P, R, d0, terminal = env.transition_model()
     except (TypeError, AttributeError, NotImplementedError) as error:
         raise NotExactError(f"env {env_id!r}: no transition model, so J cannot be computed exactly "

@@ -75,6 +75,26 @@ class GradcheckReport:
         return "\n".join(lines)
 
 
+def time_limit(env_id: str, env_kwargs: dict | None = None) -> int | None:
+    """The environment's time limit in steps, None if it has none (``max_steps = 0`` or unset in
+    gymnasium's registry): its own ``max_steps``, else gymnasium's ``max_episode_steps``.
+
+    >>> time_limit("distcoagent/GridWorld-v0", {"max_steps": 0}), time_limit("distcoagent/GridWorld-v0")
+    (None, 100)
+    """
+    from ..envs import make_batch
+
+    env = make_batch(env_id, 1, 0, **dict(env_kwargs or {}))
+    try:
+        single = getattr(env, "single", env)
+        limit = getattr(getattr(single, "unwrapped", single), "max_steps", None)
+        if limit is None:
+            limit = getattr(getattr(single, "spec", None), "max_episode_steps", None)
+        return int(limit) if limit else None
+    finally:
+        env.close()
+
+
 def resolve(spec_or_network, env_id=None, env_kwargs=None, seed=None):
     """(network, env_id, env_kwargs, seed) from a RunSpec, a spec path, or a Network and an env."""
     if isinstance(spec_or_network, (str, Path)):
@@ -125,8 +145,8 @@ def gradcheck(spec_or_network, env_id: str | None = None, env_kwargs: dict | Non
     settings = {"env_id": env_id, "env_kwargs": env_kwargs, "seed": seed, "step": step,
                 "train_episodes": train_episodes, "gamma": network.gamma,
                 "ticks_per_step": network.ticks_per_step}
-    limit = env_kwargs.get("max_steps", 100) if env_id == "distcoagent/GridWorld-v0" else None
-    if exact and limit is not None:
+    limit = time_limit(env_id, env_kwargs) if exact else None
+    if limit is not None:
         settings["note"] = (f"the exact evaluation has no time limit, the estimators stop episodes at "
                             f"max_steps={limit}; set max_steps = 0 (no time limit) in [env] for a like-for-like check")
     return GradcheckReport(gradients, stderr, counts, params, J, settings, seconds)
