@@ -44,3 +44,39 @@ def test_a_resource_only_one_node_has_too_little_of_fails(cluster):
 
     with pytest.raises(PlacementError, match="node_b"):
         RayEngine(paper(), GRID, {"size": 3}, resources={"bit_a": {"node_b": 1}, "act": {"node_b": 1}})
+
+
+def test_a_removed_worker_node_loses_only_time(cluster):
+    """The actors on a node that leaves the cluster come back on the surviving node; same result."""
+    from distcoagent.contract import Observer
+
+    worker = cluster.add_node(num_cpus=2)
+    cluster.wait_for_nodes()
+    expected = in_process(paper(), GRID, {"size": 5}, trials=4, seed=9, micro_batches=2, episodes=8)
+
+    class RemoveNode(Observer):
+        metrics_every = 0.0
+        calls, where = 0, None
+
+        def on_start(self, engine, episodes):
+            self.engine = engine
+
+        def on_metrics(self, metrics):
+            self.calls += 1
+            if self.calls == 3:
+                self.where = {name: p["node_id"] for name, p in self.engine.placement.items()}
+                cluster.remove_node(worker)
+
+    observer = RemoveNode()
+    engine = RayEngine(paper(), GRID, {"size": 5}, trials=4, seed=9, micro_batches=2, placement="SPREAD",
+                       cpus_per_actor=0.2, snapshot_every=0.0)
+    try:
+        on_worker = {name for name, p in engine.placement.items() if p["node_id"] == worker.node_id}
+        assert on_worker  # SPREAD put some actors on the node that will go
+        result = engine.train(8, observers=[observer])
+        survivors = {p["node_id"] for p in engine.placement.values()}
+    finally:
+        engine.close()
+    assert len(engine.recoveries) >= 1 and set(engine.recoveries[0]["dead"]) <= on_worker
+    assert worker.node_id not in survivors
+    assert_identical(expected, result)

@@ -2,7 +2,7 @@
 
 >>> from distcoagent.ray_engine import RayEngine, PlacementError
 """
-from .engine import RayEngine
+from .engine import RayEngine, RecoveryError, StallError
 from .placement import PlacementError
 
-__all__ = ["RayEngine", "PlacementError"]
+__all__ = ["PlacementError", "RayEngine", "RecoveryError", "StallError"]

@@ -51,9 +51,12 @@ class Envelope:
 
 def where() -> dict:
     """The node this actor runs on (for the run's placement record)."""
+    import os
+
     import ray
 
-    return {"node_id": ray.get_runtime_context().get_node_id(), "node_ip": ray.util.get_node_ip_address()}
+    return {"node_id": ray.get_runtime_context().get_node_id(), "node_ip": ray.util.get_node_ip_address(),
+            "pid": os.getpid()}
 
 
 def _own(message):

@@ -48,6 +48,7 @@ an actor uses whatever CPU time it needs.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -68,6 +69,25 @@ from .placement import (STRATEGIES, PlacementError, _fmt, check_resources, coage
                         resource_requests, used_sources)
 
 TRANSPORTS = ("compiled", "actors")
+
+
+log = logging.getLogger("distcoagent")
+
+
+class StallError(RuntimeError):
+    """A tick took longer than the engine's timeout; the message names ``[ray] timeout`` and the actors."""
+
+
+class RecoveryError(RuntimeError):
+    """The run kept losing actors; the message says which and how often."""
+
+
+class ActorLost(Exception):
+    """An actor of the tick graph died (internal: ``train`` recovers from it)."""
+
+    def __init__(self, error):
+        super().__init__(str(error))
+        self.error = error
 
 
 def owned(value):
@@ -101,6 +121,16 @@ class RayEngine(Engine):
     ready_timeout: seconds to wait for the actors to start before failing with what is missing.
     timeout: seconds one tick may take before the run fails.
     raster: record which coagents executed when, for a few environments (``tick.RasterSpec``).
+    max_recoveries: how many times a run may lose an actor (or a node) and go on; see below.
+    snapshot_every: seconds between the in-memory snapshots of the run that recovery restores.
+
+    Fault recovery.  When an actor dies (killed, its process or node gone), the engine logs
+    which coagents it held and at which tick, tears the graph down, starts fresh actors
+    (wherever the cluster can place them), restores them from the last snapshot (taken at
+    the start of the run and every ``snapshot_every`` seconds, through the graph) and goes
+    on.  Replay is deterministic, so the finished run is bit-identical to one with no
+    failure; only time is lost (observers' ``on_tick`` sees the replayed ticks again).
+    A tick that takes longer than ``timeout`` fails the run naming ``[ray] timeout``.
     """
 
     name = "ray"
@@ -112,7 +142,7 @@ class RayEngine(Engine):
                  env_resources: dict[str, float] | None = None, cpus_per_actor: float | None = None,
                  placement: str | None = None, transport: str = "compiled", max_inflight: int = 2,
                  connect_timeout: float = 3.0, ready_timeout: float = 60.0, timeout: float = 600.0,
-                 raster=None):
+                 raster=None, max_recoveries: int = 3, snapshot_every: float = 30.0):
         check_counts(trials, envs_per_trial)
         if transport not in TRANSPORTS:
             raise SpecError(f"transport: expected one of {TRANSPORTS}, got {transport!r}")
@@ -143,9 +173,15 @@ class RayEngine(Engine):
         self.placement: dict[str, dict] = {}  # actor name -> node it runs on
         self.actors, self.env_actors, self.dag, self.placement_group = [], [], None, None
         self._broken = None
+        if not isinstance(max_recoveries, int) or max_recoveries < 0:
+            raise SpecError(f"max_recoveries: expected an integer >= 0, got {max_recoveries!r}")
+        self.max_recoveries, self.snapshot_every = max_recoveries, float(snapshot_every)
+        self.recoveries: list[dict] = []  # what happened: dead actors, their coagents, the tick
+        self._snapshot: dict | None = None
+        self._build_args = (custom, dict(env_resources or {}), cpus_per_actor, placement)
         self._started_ray = connect(address, connect_timeout)
         try:
-            self._build(custom, dict(env_resources or {}), cpus_per_actor, placement)
+            self._build(*self._build_args)
         except BaseException:
             self.close()
             raise
@@ -187,12 +223,14 @@ class RayEngine(Engine):
             strategies = [PlacementGroupSchedulingStrategy(self.placement_group, placement_group_bundle_index=i)
                           for i in range(n_actors)]
 
+        # a fresh namespace after each recovery: the names of killed actors may not be free yet
+        namespace = self.namespace if not self.recoveries else f"{self.namespace}-r{len(self.recoveries)}"
         actor_names = [f"coagent:{'+'.join(g)}" for g in self.groups] + [f"env:{k}" for k in range(len(self.slices))]
 
         def options(i):
             request = dict(requests[i])
             opts = {"num_cpus": request.pop("CPU", 0.0), "resources": request, "max_restarts": 0,
-                    "name": actor_names[i], "namespace": self.namespace}
+                    "name": actor_names[i], "namespace": namespace}
             if strategies[i] is not None:
                 opts["scheduling_strategy"] = strategies[i]
             return opts
@@ -228,6 +266,7 @@ class RayEngine(Engine):
                                  f"{'; '.join(waiting)}. Each fits on some node, but not all together: the "
                                  "nodes with those resources are full (lower cpus_per_actor or spread the "
                                  "custom resources)")
+        self.actor_names = actor_names
         self.placement = dict(zip(actor_names, ray.get(refs)))  # raises an actor's construction error
         self._graph(level, cur, prev, group_of)
 
@@ -289,6 +328,11 @@ class RayEngine(Engine):
 
         try:
             return ray.get(pending, timeout=self.timeout)
+        except (ray.exceptions.GetTimeoutError, ray.exceptions.RayChannelTimeoutError):
+            self._broken = "a tick timed out"
+            raise StallError(f"[ray] timeout: a tick took longer than {self.timeout:g} s; "
+                             f"{self._stalled_actors()}. Raise [ray] timeout if ticks are expected to take "
+                             "that long") from None
         except ray.exceptions.RayTaskError as error:
             self._broken = error
             cause = getattr(error, "cause", None)
@@ -327,40 +371,135 @@ class RayEngine(Engine):
         clock = MetricsClock(observers, time.perf_counter)
         for o in observers:
             o.on_start(self, int(episodes))
-        pending, finished, done_before = deque(), False, self._done_reported
+        state = {"pending": deque(), "finished": False, "done_before": self._done_reported}
         try:
-            while not finished:
-                while len(pending) < self.max_inflight:
-                    pending.append(self._execute(Command("tick", report_feedback=bool(tickers))))
-                statuses = self._tick_done(self._get(pending.popleft()), tickers)
-                finished = all(s.done for s in statuses)
-                done = min(s.episodes_done for s in statuses)
-                if progress is not None and done > done_before:
-                    progress(done - done_before)
-                done_before = self._done_reported = max(done, done_before)
-                due = clock.due()
-                stopping = stop is not None and stop()
-                if due or stopping:
-                    while pending:  # the graph must be idle between the ticks it answers for
-                        self._tick_done(self._get(pending.popleft()), tickers)
-                    if due:
-                        metrics = self.metrics()
-                        for o in due:
-                            o.on_metrics(metrics)
+            if self._snapshot is None or self._snapshot["tick"] != self.tick_count:
+                self._snapshot = self.state()
+            last_snapshot = time.monotonic()
+            while not state["finished"]:
+                try:
+                    with self._watch():
+                        stopping = self._advance(state, progress, tickers, clock, stop)
+                        if not state["finished"] and time.monotonic() - last_snapshot >= self.snapshot_every:
+                            self._drain(state, tickers)
+                            self._snapshot, last_snapshot = self.state(), time.monotonic()
                     if stopping:
                         break
-            while pending:
-                self._get(pending.popleft())
+                except ActorLost as lost:
+                    self._recover(lost, state)
+                    last_snapshot = time.monotonic()
+            with self._watch():
+                self._drain(state, tickers)
         finally:
             if self._started is not None:
                 self.seconds += time.perf_counter() - self._started
                 self._started = None
         result = self._result()
         if result.finished:
-            self.episodes = None
+            self.episodes, self._snapshot = None, None
         for o in observers:
             o.on_end(result)
         return result
+
+    def _advance(self, state, progress, tickers, clock, stop) -> bool:
+        """Keep ``max_inflight`` ticks in flight and take the oldest one's statuses; True to stop."""
+        pending = state["pending"]
+        while len(pending) < self.max_inflight:
+            pending.append(self._execute(Command("tick", report_feedback=bool(tickers))))
+        statuses = self._tick_done(self._get(pending.popleft()), tickers)
+        state["finished"] = all(s.done for s in statuses)
+        done = min(s.episodes_done for s in statuses)
+        if progress is not None and done > state["done_before"]:
+            progress(done - state["done_before"])
+        state["done_before"] = self._done_reported = max(done, state["done_before"])
+        due = clock.due()
+        stopping = stop is not None and stop()
+        if due or stopping:
+            self._drain(state, tickers)
+            if due:
+                metrics = self.metrics()
+                for o in due:
+                    o.on_metrics(metrics)
+        return stopping
+
+    def _drain(self, state, tickers) -> None:
+        """Take every tick in flight: the graph is then idle between ticks."""
+        while state["pending"]:
+            self._tick_done(self._get(state["pending"].popleft()), tickers)
+
+    @contextlib.contextmanager
+    def _watch(self):
+        """Turn the loss of an actor, wherever Ray reports it, into ``ActorLost`` (``train`` recovers)."""
+        import ray
+
+        lost = (ray.exceptions.RayActorError, ray.exceptions.RayChannelError)
+        try:
+            yield
+        except lost as error:
+            raise ActorLost(error) from None
+        except ray.exceptions.RayTaskError as error:
+            if isinstance(getattr(error, "cause", None), lost):
+                raise ActorLost(error) from None
+            raise
+
+    def _dead_actors(self) -> list[str]:
+        """Names of this engine's actors that the cluster reports dead (or cannot find)."""
+        import ray
+
+        table = ray._private.state.actors()
+        dead = []
+        for name, actor in zip(self.actor_names, self.actors + self.env_actors):
+            info = table.get(actor._actor_id.hex())
+            if info is None or info.get("State") == "DEAD":
+                dead.append(name)
+        return dead
+
+    def _stalled_actors(self) -> str:
+        """What is known about actors that did not answer (stopped processes on this node)."""
+        stopped = []
+        for name, where_ in self.placement.items():
+            try:
+                with open(f"/proc/{where_['pid']}/stat") as f:
+                    if f.read().split(") ", 1)[1][0] == "T":
+                        stopped.append(name)
+            except (OSError, KeyError, IndexError):
+                continue
+        if stopped:
+            return f"stopped actor(s): {', '.join(self._describe(n) for n in stopped)}"
+        return f"no actor answered in time (actors: {', '.join(self._describe(n) for n in self.placement)})"
+
+    def _describe(self, actor_name: str) -> str:
+        if actor_name.startswith("coagent:"):
+            return f"{actor_name} (coagent(s) {actor_name[8:].replace('+', ', ')})"
+        k = int(actor_name.split(":")[1])
+        a, b = self.slices[k]
+        return f"{actor_name} (the environments, critic and episode book of trials {a}..{b - 1})"
+
+    def _recover(self, lost: "ActorLost", state: dict) -> None:
+        """An actor died: start fresh actors, restore the last snapshot, go on (or give up)."""
+        dead, deadline = self._dead_actors(), time.monotonic() + 5.0
+        while not dead and time.monotonic() < deadline:  # the cluster may take a moment to notice
+            time.sleep(0.2)
+            dead = self._dead_actors()
+        tick = self.tick_count
+        record = {"tick": tick, "dead": dead, "error": str(lost.error).splitlines()[0][:300],
+                  "restored_tick": self._snapshot["tick"]}
+        self.recoveries.append(record)
+        who = ", ".join(self._describe(n) for n in dead) or "an actor (which one, the cluster no longer says)"
+        if len(self.recoveries) > self.max_recoveries:
+            self._broken = lost.error
+            raise RecoveryError(f"the run lost actors {len(self.recoveries)} times, more than max_recoveries = "
+                                f"{self.max_recoveries}; the last time {who} died at atomic tick {tick}") from None
+        log.warning("actor lost at atomic tick %d: %s; starting fresh actors and restoring the state of tick %d "
+                    "(recovery %d of at most %d)", tick, who, self._snapshot["tick"], len(self.recoveries),
+                    self.max_recoveries)
+        state["pending"].clear()
+        self._teardown()
+        self._build(*self._build_args)
+        self._broken = None
+        self.restore(self._snapshot)
+        state["finished"] = False
+        log.warning("recovered: %d actor(s) running again from atomic tick %d", len(self.placement), self.tick_count)
 
     def _result(self) -> TrainResult:
         parts = self._run(Command("result"))
@@ -411,6 +550,15 @@ class RayEngine(Engine):
 
         if not ray.is_initialized():
             return
+        self._teardown()
+        if self._started_ray:
+            ray.shutdown()
+            self._started_ray = False
+
+    def _teardown(self) -> None:
+        """Tear the graph down and kill every actor (the graph cannot outlive one of its actors)."""
+        import ray
+
         if self.dag is not None:
             # a plain teardown can hang on multi-actor graphs (Ray 2.60); killing the actors
             # ends their loops, and the errors Ray logs about it are expected
@@ -434,9 +582,6 @@ class RayEngine(Engine):
 
             remove_placement_group(self.placement_group)
             self.placement_group = None
-        if self._started_ray:
-            ray.shutdown()
-            self._started_ray = False
 
     def __enter__(self):
         return self

@@ -1,0 +1,113 @@
+"""Ray faults are survived: a coagent actor killed by Ray, an environment actor's process SIGKILLed, each
+mid-run: fresh actors, the last snapshot restored, and the finished run is bit for bit the in-process
+engine's. A run that keeps failing stops with a clear error; a stopped (SIGSTOPped) actor is reported
+within the spec's [ray] timeout, naming the coagent and the spec key."""
+import logging
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+ray = pytest.importorskip("ray")
+
+from distcoagent.contract import Observer  # noqa: E402
+from distcoagent.ray_engine import RayEngine, RecoveryError, StallError  # noqa: E402
+from ray_networks import GRID, assert_identical, in_process, paper  # noqa: E402
+
+OPTIONS = dict(trials=6, envs_per_trial=2, seed=21, micro_batches=2)
+EPISODES = 12
+
+
+@pytest.fixture(scope="module", autouse=True)
+def ray_instance():
+    tests = str(Path(__file__).parent)
+    path = os.pathsep.join([tests] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING", log_to_driver=False,
+             runtime_env={"env_vars": {"PYTHONPATH": path}})
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def expected():
+    return in_process(paper(), GRID, {"size": 5}, episodes=EPISODES, **OPTIONS)
+
+
+class Saboteur(Observer):
+    """At its n-th metrics call (between ticks, mid-run), does ``act(engine)``: kills something."""
+
+    metrics_every = 0.0
+
+    def __init__(self, act, at=(3,)):
+        self.act, self.at, self.calls, self.engine, self.ticks = act, set(at), 0, None, []
+
+    def on_start(self, engine, episodes):
+        self.engine = engine
+
+    def on_metrics(self, metrics):
+        self.calls += 1
+        if self.calls in self.at:
+            self.ticks.append(metrics.tick)
+            self.act(self.engine)
+
+
+def kill_actor(name):
+    return lambda engine: ray.kill(engine.actors[engine.actor_names.index(name)])
+
+
+def sigkill(name):
+    return lambda engine: os.kill(engine.placement[name]["pid"], signal.SIGKILL)
+
+
+@pytest.mark.parametrize("name,how", [("coagent:bit_b", kill_actor), ("env:1", sigkill)],
+                         ids=["ray.kill a coagent actor", "SIGKILL the environment actor"])
+def test_a_lost_actor_is_replaced_and_the_run_is_bit_identical(expected, caplog, name, how):
+    saboteur = Saboteur(how(name))
+    engine = RayEngine(paper(), GRID, {"size": 5}, snapshot_every=0.0, **OPTIONS)
+    try:
+        with caplog.at_level(logging.WARNING, logger="distcoagent"):
+            result = engine.train(EPISODES, observers=[saboteur])
+    finally:
+        engine.close()
+    assert saboteur.ticks and len(engine.recoveries) == 1
+    record = engine.recoveries[0]
+    assert record["dead"] == [name] and record["tick"] >= saboteur.ticks[0]
+    logged = caplog.text
+    assert name in logged and f"atomic tick {record['tick']}" in logged and "recovered" in logged
+    if name.startswith("coagent:"):
+        assert "coagent(s) bit_b" in logged
+    assert_identical(expected, result)
+
+
+def test_a_run_that_keeps_losing_actors_stops_with_a_clear_error():
+    saboteur = Saboteur(kill_actor("coagent:act"), at=(2, 4, 6))
+    engine = RayEngine(paper(), GRID, {"size": 5}, max_recoveries=1, snapshot_every=0.0, **OPTIONS)
+    try:
+        with pytest.raises(RecoveryError, match=r"lost actors 2 times, more than max_recoveries = 1.*"
+                                                r"coagent:act \(coagent\(s\) act\) died at atomic tick"):
+            engine.train(EPISODES, observers=[saboteur])
+    finally:
+        engine.close()
+
+
+def test_a_stopped_actor_is_reported_within_the_timeout_naming_it_and_the_spec_key():
+    stopped = {}
+
+    def stop(engine):
+        stopped["pid"] = engine.placement["coagent:bit_a"]["pid"]
+        os.kill(stopped["pid"], signal.SIGSTOP)
+
+    engine = RayEngine(paper(), GRID, {"size": 5}, timeout=4.0, **OPTIONS)
+    began = None
+    try:
+        began = time.monotonic()
+        with pytest.raises(StallError, match=r"\[ray\] timeout: a tick took longer than 4 s; stopped actor\(s\): "
+                                             r"coagent:bit_a \(coagent\(s\) bit_a\)"):
+            engine.train(200, observers=[Saboteur(stop, at=(2,))])
+        assert time.monotonic() - began < 4.0 + 10
+    finally:
+        if "pid" in stopped:
+            os.kill(stopped["pid"], signal.SIGCONT)
+        engine.close()
