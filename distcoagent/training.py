@@ -172,6 +172,8 @@ def train(network: Network | RunSpec, env: str | None = None, *, env_kwargs: dic
                          raster_envs=list(raster.env_ids), raster_window=raster.window, every=metrics_every)
         saver = Checkpointer(run_dir, config_hash, every_episodes, every_seconds)
         observers += [log, saver]
+    if run_dir is not None and config.engine == "ray":
+        ray_options = {"run_name": run_dir.name, **(ray_options or {})}
     runner = make_engine(network, env, env_kwargs, config, ray_options, raster)
     try:
         if state is not None:

@@ -72,10 +72,15 @@ class EnvironmentWorker:
     """One micro-batch's ``EnvironmentSide`` (trials ``trial_start..trial_stop``)."""
 
     def __init__(self, index: int, network, env_id: str, env_kwargs: dict, seed: int, trial_start: int,
-                 trial_stop: int, envs_per_trial: int):
+                 trial_stop: int, envs_per_trial: int, export_run: str | None = None):
         self.index = index
         self.side = EnvironmentSide(network, env_id, env_kwargs, seed, trial_start, trial_stop, envs_per_trial)
         self.sequence = 0
+        self.exporter = None
+        if export_run is not None:  # Ray's metrics (imports Ray, inside the actor only)
+            from .exporter import RunExporter
+
+            self.exporter = RunExporter(export_run)
 
     def ready(self) -> dict:
         return where()
@@ -105,13 +110,18 @@ class EnvironmentWorker:
             merged = {}
             for out in parts:
                 merged.update(out)
-            return self.side.finish(merged)
+            status = self.side.finish(merged)
+            if self.exporter is not None:
+                self.exporter.maybe_export(self.side)
+            return status
         if kind == "state":
             coagents = {"coagents": {}, "side": parts[0]["side"]}
             for out in parts:
                 coagents["coagents"].update(out["coagents"])
             return {"env": self.side.state_dict(), "coagents": coagents}
         if kind == "result":
+            if self.exporter is not None:
+                self.exporter.maybe_export(self.side, force=True)
             book, critic = self.side.book, self.side.critic
             coagents = {}
             for out in parts:
@@ -137,9 +147,14 @@ class CoagentWorker:
 
     def __init__(self, network, names: list[str], observation_space, action_space,
                  slices: list[tuple[int, int]], envs_per_trial: int, seed: int, levels: dict[int, list[str]],
-                 exports: set[str], prev_exports: set[str], raster=None):
+                 exports: set[str], prev_exports: set[str], raster=None, export_run: str | None = None):
         self.sides = [CoagentSide(network, names, observation_space, action_space, b - a, envs_per_trial, seed, a,
                                   raster=raster) for a, b in slices]
+        self.exporter = None
+        if export_run is not None:  # Ray's metrics (imports Ray, inside the actor only)
+            from .exporter import CoagentExporter
+
+            self.exporter = CoagentExporter(export_run)
         self.levels, self.exports, self.prev_exports = levels, set(exports), sorted(prev_exports)
         self.first_level = min(levels)
         self.sequence = [0] * len(slices)
@@ -174,6 +189,8 @@ class CoagentWorker:
             if kind == "state":
                 return side.state_dict()
             if kind == "result":
+                if self.exporter is not None and k == len(self.sides) - 1:
+                    self.exporter.maybe_export(self.sides, force=True)
                 return {n: {"learned": u.learned(), "counters": dict(u.counters)} for n, u in side.units.items()}
             return side.metrics()
         if kind != "tick" or not isinstance(envelope.message, TickStart):
@@ -183,6 +200,8 @@ class CoagentWorker:
             if values:
                 inputs.update({key: np.array(value) for key, value in values.items()})
         outputs = side.act(self.levels[level], inputs)
+        if self.exporter is not None:
+            self.exporter.maybe_export(self.sides)
         return {name: value for name, value in outputs.items() if name in self.exports}
 
 

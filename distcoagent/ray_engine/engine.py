@@ -123,6 +123,9 @@ class RayEngine(Engine):
     raster: record which coagents executed when, for a few environments (``tick.RasterSpec``).
     max_recoveries: how many times a run may lose an actor (or a node) and go on; see below.
     snapshot_every: seconds between the in-memory snapshots of the run that recovery restores.
+    export_metrics: the actors export per-coagent metrics through ``ray.util.metrics`` (tags
+        ``coagent`` and ``run``), for Ray's dashboard, Prometheus and Grafana (``exporter``).
+    run_name: the ``run`` tag of those metrics (default: a random ``run_id``).
 
     Fault recovery.  When an actor dies (killed, its process or node gone), the engine logs
     which coagents it held and at which tick, tears the graph down, starts fresh actors
@@ -142,7 +145,8 @@ class RayEngine(Engine):
                  env_resources: dict[str, float] | None = None, cpus_per_actor: float | None = None,
                  placement: str | None = None, transport: str = "compiled", max_inflight: int = 2,
                  connect_timeout: float = 3.0, ready_timeout: float = 60.0, timeout: float = 600.0,
-                 raster=None, max_recoveries: int = 3, snapshot_every: float = 30.0):
+                 raster=None, max_recoveries: int = 3, snapshot_every: float = 30.0, export_metrics: bool = True,
+                 run_name: str | None = None):
         check_counts(trials, envs_per_trial)
         if transport not in TRANSPORTS:
             raise SpecError(f"transport: expected one of {TRANSPORTS}, got {transport!r}")
@@ -176,6 +180,8 @@ class RayEngine(Engine):
         if not isinstance(max_recoveries, int) or max_recoveries < 0:
             raise SpecError(f"max_recoveries: expected an integer >= 0, got {max_recoveries!r}")
         self.max_recoveries, self.snapshot_every = max_recoveries, float(snapshot_every)
+        self.export_metrics = bool(export_metrics)
+        self.run_name = run_name
         self.recoveries: list[dict] = []  # what happened: dead actors, their coagents, the tick
         self._snapshot: dict | None = None
         self._build_args = (custom, dict(env_resources or {}), cpus_per_actor, placement)
@@ -252,10 +258,12 @@ class RayEngine(Engine):
         env_class = ray.remote(EnvironmentWorker)
         self.actors = [coagent_class.options(**options(g)).remote(
             net, list(names), self.observation_space, self.action_space, self.slices, self.envs_per_trial,
-            self.seed, plan["levels"], plan["exports"], plan["prev_exports"], self.raster)
+            self.seed, plan["levels"], plan["exports"], plan["prev_exports"], self.raster,
+            (self.run_name or self.run_id) if self.export_metrics else None)
             for g, (names, plan) in enumerate(zip(self.groups, self.plans))]
         self.env_actors = [env_class.options(**options(len(self.groups) + k)).remote(
-            k, net, self.env_id, self.env_kwargs, self.seed, a, b, self.envs_per_trial)
+            k, net, self.env_id, self.env_kwargs, self.seed, a, b, self.envs_per_trial,
+            (self.run_name or self.run_id) if self.export_metrics else None)
             for k, (a, b) in enumerate(self.slices)]
         everyone = self.actors + self.env_actors
         refs = [a.ready.remote() for a in everyone]

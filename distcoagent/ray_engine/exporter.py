@@ -1,0 +1,106 @@
+"""Per-coagent metrics out through Ray's own metrics (``ray.util.metrics``), from inside the actors.
+
+Each coagent actor exports the coagents it holds, at most once a second and at the end of a
+run, with no extra message: it reads its own units' counters.  The environment actors
+export the run's episodes and ticks per second.  Ray's metrics agent on each node then
+serves them to Ray's dashboard and to Prometheus (``deploy/prometheus``), where they appear
+with Ray's prefix, counters with ``_total``:
+
+=====================================================  =========  ===========================
+name (as exported here)                                kind       tags
+=====================================================  =========  ===========================
+``distcoagent_coagent_executions``                     Counter    coagent, run
+``distcoagent_coagent_ticks``                          Counter    coagent, run
+``distcoagent_coagent_updates``                        Counter    coagent, run
+``distcoagent_coagent_execution_rate``                 Gauge      coagent, run
+``distcoagent_coagent_param_norm``                     Gauge      coagent, run
+``distcoagent_coagent_last_update``                    Gauge      coagent, run
+``distcoagent_coagent_ticks_between_executions``       Histogram  coagent, run
+``distcoagent_run_episodes``                           Counter    run
+``distcoagent_run_ticks_per_second``                   Gauge      run
+=====================================================  =========  ===========================
+"""
+from __future__ import annotations
+
+import time
+
+INTERVAL_BOUNDARIES = [1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64, 128]
+
+
+class CoagentExporter:
+    """Exports the coagents of one actor (summed over its micro-batches)."""
+
+    def __init__(self, run: str, every: float = 1.0):
+        from ray.util.metrics import Counter, Gauge, Histogram
+
+        tags = ("coagent", "run")
+        self.run, self.every, self.next = run, every, 0.0
+        self.counters = {k: Counter(f"distcoagent_coagent_{k}", f"coagent {k} (environment-ticks for ticks)", tags)
+                         for k in ("executions", "ticks", "updates")}
+        self.rate = Gauge("distcoagent_coagent_execution_rate", "executions per active environment-tick", tags)
+        self.norm = Gauge("distcoagent_coagent_param_norm", "Euclidean norm of the policy parameters", tags)
+        self.update = Gauge("distcoagent_coagent_last_update", "mean |TD error| of the last update", tags)
+        self.between = Histogram("distcoagent_coagent_ticks_between_executions",
+                                 "mean atomic ticks between executions, per export", INTERVAL_BOUNDARIES, tags)
+        self.sent: dict[str, dict] = {}
+
+    def maybe_export(self, sides, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now < self.next:
+            return
+        self.next = now + self.every
+        totals: dict[str, dict] = {}
+        for side in sides:
+            for name, m in side.metrics().items():
+                if name is None:
+                    continue
+                t = totals.setdefault(name, {"executions": 0, "ticks": 0, "updates": 0, "intervals": 0,
+                                             "interval_ticks": 0, "param_norm_sq": 0.0, "last_update": None})
+                for k in ("executions", "ticks", "updates", "intervals", "interval_ticks", "param_norm_sq"):
+                    t[k] += m[k]
+                if m["last_update"] is not None:
+                    t["last_update"] = m["last_update"]
+        for name, t in totals.items():
+            tags = {"coagent": name, "run": self.run}
+            before = self.sent.get(name, {"executions": 0, "ticks": 0, "updates": 0, "intervals": 0,
+                                          "interval_ticks": 0})
+            for k, counter in self.counters.items():
+                if t[k] > before[k]:
+                    counter.inc(t[k] - before[k], tags)
+            if t["ticks"]:
+                self.rate.set(t["executions"] / t["ticks"], tags)
+            self.norm.set(t["param_norm_sq"] ** 0.5, tags)
+            if t["last_update"] is not None:
+                self.update.set(t["last_update"], tags)
+            closed = t["intervals"] - before["intervals"]
+            if closed > 0:
+                self.between.observe((t["interval_ticks"] - before["interval_ticks"]) / closed, tags)
+            self.sent[name] = {k: t[k] for k in ("executions", "ticks", "updates", "intervals", "interval_ticks")}
+
+
+class RunExporter:
+    """Exports a micro-batch's share of the run: episodes finished and ticks per second."""
+
+    def __init__(self, run: str, every: float = 1.0):
+        from ray.util.metrics import Counter, Gauge
+
+        self.run, self.every, self.next = run, every, 0.0
+        self.episodes = Counter("distcoagent_run_episodes", "episodes finished", ("run",))
+        self.ticks_per_second = Gauge("distcoagent_run_ticks_per_second", "atomic ticks per second", ("run",))
+        self.sent_episodes, self.last = 0, None
+
+    def maybe_export(self, side, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now < self.next:
+            return
+        self.next = now + self.every
+        tags = {"run": self.run}
+        finished = 0 if side.book is None else int(side.book.count.sum())
+        if finished < self.sent_episodes:  # a new run began
+            self.sent_episodes = 0
+        if finished > self.sent_episodes:
+            self.episodes.inc(finished - self.sent_episodes, tags)
+            self.sent_episodes = finished
+        if self.last is not None and now > self.last[0]:
+            self.ticks_per_second.set((side.tick - self.last[1]) / (now - self.last[0]), tags)
+        self.last = (now, side.tick)

@@ -1,0 +1,66 @@
+"""The Ray engine's metrics through ray.util.metrics: names, tags and values read back from Ray's
+metrics endpoint on 127.0.0.1 during and after a run, equal to the engine's own counters."""
+import re
+import socket
+import time
+import urllib.request
+
+import pytest
+
+ray = pytest.importorskip("ray")
+
+from distcoagent.ray_engine import RayEngine  # noqa: E402
+from ray_networks import GRID, paper  # noqa: E402
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def metrics_port():
+    port = free_port()
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING", log_to_driver=False,
+             _metrics_export_port=port)
+    yield port
+    ray.shutdown()
+
+
+def scrape(port: int) -> dict[tuple[str, str, str], float]:
+    """{(name, coagent, run): value} of the distcoagent series (summed over Ray's own tags)."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    out = {}
+    for line in text.splitlines():
+        m = re.match(r"^(ray_distcoagent_\w+)\{(.*)\} ([0-9.eE+-]+)$", line)
+        if m:
+            labels = dict(re.findall(r'(\w+)="([^"]*)"', m.group(2)))
+            if "le" in labels:
+                continue
+            key = (m.group(1), labels.get("coagent", ""), labels.get("run", ""))
+            out[key] = out.get(key, 0.0) + float(m.group(3))
+    return out
+
+
+def test_per_coagent_metrics_reach_the_endpoint_with_the_engines_values(metrics_port):
+    engine = RayEngine(paper(), GRID, {"size": 5}, trials=16, seed=2, run_name="metrics-test")
+    try:
+        result = engine.train(20)
+    finally:
+        engine.close()
+    want = {(f"ray_distcoagent_coagent_{k}_total", name, "metrics-test"): float(c[k])
+            for name, c in result.counters.items() for k in ("executions", "ticks", "updates")}
+    deadline, got = time.monotonic() + 40, {}
+    while time.monotonic() < deadline:  # Ray's agent publishes every few seconds
+        got = scrape(metrics_port)
+        if all(got.get(key) == value for key, value in want.items()):
+            break
+        time.sleep(1)
+    assert {k: got.get(k) for k in want} == want
+    assert got[("ray_distcoagent_run_episodes_total", "", "metrics-test")] == 16 * 20
+    for name in result.counters:
+        rate = got[("ray_distcoagent_coagent_execution_rate", name, "metrics-test")]
+        assert rate == pytest.approx(result.counters[name]["executions"] / result.counters[name]["ticks"], rel=1e-9)
+        assert ("ray_distcoagent_coagent_param_norm", name, "metrics-test") in got
+        assert got[("ray_distcoagent_coagent_ticks_between_executions_count", name, "metrics-test")] >= 1
