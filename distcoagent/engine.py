@@ -64,6 +64,28 @@ def check_state(state: dict, engine) -> None:
         raise ValueError(f"run state: saved with micro-batches {state['slices']}, this engine has {engine.slices}")
 
 
+def result_from_state(state: dict, network: Network, engine: str) -> TrainResult:
+    """The result a run's state holds so far (returns, counters, parameters): what a failed run keeps."""
+    E = state["envs_per_trial"]
+    books = [part["env"]["book"] for part in state["batches"]]
+    if any(b is None for b in books):
+        raise ValueError("run state: no run in progress")
+    returns = np.concatenate([np.asarray(b["returns"]) for b in books]).reshape(state["trials"], E, -1)
+    lengths = np.concatenate([np.asarray(b["lengths"]) for b in books]).reshape(state["trials"], E, -1)
+    counters, params = {}, {}
+    for name in network.order:
+        units = [part["coagents"]["coagents"][name] for part in state["batches"]]
+        counters[name] = {k: sum(int(u["counters"][k]) for u in units) for k in units[0]["counters"]}
+        rule = network.coagent(name).rule
+        learned = [{**u["params"], **rule.learned(u["rule_state"])} for u in units]
+        params[name] = {k: np.concatenate([np.asarray(part[k]) for part in learned]) for k in learned[0]}
+    critics = [part["env"]["critic"] for part in state["batches"]]
+    if critics[0] is not None:
+        params["critic"] = {"w": np.concatenate([np.asarray(c["params"]["w"]) for c in critics])}
+    return TrainResult(returns, lengths, counters, params, int(state["tick"]), float(state["seconds"]), engine,
+                       finished=False)
+
+
 class InProcessEngine(Engine):
     """Runs micro-batches of a network against batched environments in this process.
 

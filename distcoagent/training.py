@@ -15,7 +15,7 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -113,7 +113,7 @@ def train(network: Network | RunSpec, env: str | None = None, *, env_kwargs: dic
           address: str | None = None, out: str | Path | None = None, ray_options: dict | None = None,
           progress: Callable[[int], None] | None = None, metrics_every: float = 2.0, resume: bool = False,
           overwrite: bool = False, checkpoint_every: int | float | str | None = "300s",
-          stop: Callable[[], bool] | None = None) -> TrainResult:
+          stop: Callable[[], bool] | None = None, observers: Sequence[Observer] = ()) -> TrainResult:
     """Train ``network`` on gymnasium env ``env``; keyword arguments override a spec's [train]
     (``ray_options``, its [ray] table: placement for the Ray engine).
 
@@ -122,7 +122,7 @@ def train(network: Network | RunSpec, env: str | None = None, *, env_kwargs: dic
     ``metrics_every`` seconds (``recording``) and a checkpoint every ``checkpoint_every``
     (episodes, or "SECONDSs"), at the end, and when ``stop()`` ends the run early; the result
     then has ``finished=False`` and ``resume`` finishes it, with the same numbers as one
-    uninterrupted run.
+    uninterrupted run.  ``observers`` (``contract.Observer``) watch the run besides.
 
     >>> from distcoagent.examples import paper_network
     >>> result = train(paper_network(), "distcoagent/GridWorld-v0", env_kwargs={"size": 3},
@@ -146,7 +146,7 @@ def train(network: Network | RunSpec, env: str | None = None, *, env_kwargs: dic
         config = TrainConfig(**overrides)
     env_kwargs = dict(env_kwargs or {})
     every_episodes, every_seconds = parse_checkpoint_every(checkpoint_every)
-    run_dir, observers, log, raster, saver = None, [], None, None, None
+    run_dir, observers, log, raster, saver = None, list(observers), None, None, None
     state = None
     if out is not None:
         run_dir = prepare_run_dir(out, resume=resume, overwrite=overwrite)
@@ -189,6 +189,9 @@ def train(network: Network | RunSpec, env: str | None = None, *, env_kwargs: dic
                 (run_dir / "error.txt").write_text(f"{type(error).__name__}: {error}\n")
             if partial is not None:
                 write_results(run_dir, partial, env, env_kwargs)
+            snapshot = getattr(runner, "_snapshot", None)  # the Ray engine's last snapshot of the run
+            if snapshot is not None and not interrupted:
+                checkpoint.write(run_dir, snapshot, config_hash)
             log.end("interrupted" if interrupted else "failed",
                     None if interrupted else f"{type(error).__name__}: {error}")
         raise

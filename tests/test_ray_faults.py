@@ -111,3 +111,23 @@ def test_a_stopped_actor_is_reported_within_the_timeout_naming_it_and_the_spec_k
         if "pid" in stopped:
             os.kill(stopped["pid"], signal.SIGCONT)
         engine.close()
+
+
+def test_a_failed_run_keeps_its_episodes_and_checkpoint_and_resumes(tmp_path):
+    """Beyond max_recoveries the run fails, but its directory keeps the config, the episodes finished by
+    the last snapshot, a checkpoint and error.txt; --resume then finishes it as if nothing happened."""
+    from distcoagent import checkpoint
+    from distcoagent.training import train
+
+    expected = in_process(paper(), GRID, {"size": 5}, episodes=EPISODES, **OPTIONS)
+    out = tmp_path / "run"
+    saboteur = Saboteur(kill_actor("coagent:bit_a"), at=(30,))
+    with pytest.raises(RecoveryError):
+        train(paper(), GRID, env_kwargs={"size": 5}, episodes=EPISODES, engine="ray", out=out,
+              ray_options={"max_recoveries": 0, "snapshot_every": 0.0}, metrics_every=0.0,
+              observers=[saboteur], **OPTIONS)
+    assert "RecoveryError" in (out / "error.txt").read_text()
+    assert (out / checkpoint.FILE).is_file() and (out / "returns.csv").read_text().count("\n") > 1
+    result = train(paper(), GRID, env_kwargs={"size": 5}, episodes=EPISODES, out=out, resume=True, **OPTIONS)
+    assert not (out / "error.txt").exists()
+    assert_identical(expected, result)

@@ -61,7 +61,7 @@ import numpy as np
 from ..coagent import NonFiniteError
 from ..contract import (STATE_FORMAT, Engine, MetricsClock, Observer, RunMetrics, TickEvent, TrainResult,
                         combine_metrics)
-from ..engine import check_counts, check_episodes, check_state, trial_slices
+from ..engine import check_counts, check_episodes, check_state, result_from_state, trial_slices
 from ..envs import make_batch
 from ..network import Network, SpecError
 from .actors import Command, CoagentWorker, EnvironmentWorker
@@ -183,7 +183,8 @@ class RayEngine(Engine):
         self.export_metrics = bool(export_metrics)
         self.run_name = run_name
         self.recoveries: list[dict] = []  # what happened: dead actors, their coagents, the tick
-        self._snapshot: dict | None = None
+        self._snapshot: dict | None = None  # the run's state at its last snapshot (recovery restores it)
+        self.partial: TrainResult | None = None  # what a failed run had at its last snapshot
         self._build_args = (custom, dict(env_resources or {}), cpus_per_actor, placement)
         self._started_ray = connect(address, connect_timeout)
         try:
@@ -398,6 +399,10 @@ class RayEngine(Engine):
                     last_snapshot = time.monotonic()
             with self._watch():
                 self._drain(state, tickers)
+        except BaseException:
+            if self._snapshot is not None:  # what the run had when last saved
+                self.partial = result_from_state(self._snapshot, self.network, self.name)
+            raise
         finally:
             if self._started is not None:
                 self.seconds += time.perf_counter() - self._started
