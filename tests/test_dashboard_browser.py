@@ -14,7 +14,6 @@ from dashboard_fakes import FakeRun, large_network
 
 from distcoagent.dashboard import start_background
 
-DOCS_SCREENSHOT = Path(__file__).resolve().parents[1] / "docs" / "dashboard.png"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 READ_PAGE = """() => ({
@@ -112,8 +111,7 @@ def test_live_page_matches_the_file(browser, tmp_path):
                  "the last records")
         page.wait_for_timeout(300)  # let the last frame paint before the picture
         page.screenshot(path=str(tmp_path / "dashboard.png"), full_page=True)
-        DOCS_SCREENSHOT.parent.mkdir(exist_ok=True)
-        shutil.copyfile(tmp_path / "dashboard.png", DOCS_SCREENSHOT)
+        assert (tmp_path / "dashboard.png").stat().st_size > 10_000
         page.close()
     assert not errors, errors
 

@@ -16,6 +16,9 @@ from distcoagent.training import train  # noqa: E402
 from ray_networks import GRID, paper  # noqa: E402
 
 
+DOCS = Path(__file__).resolve().parents[1] / "docs"  # DISTCOAGENT_DOCS_SCREENSHOT=1 renews docs/dashboard.png
+
+
 @pytest.fixture(scope="module", autouse=True)
 def ray_instance():
     tests = str(Path(__file__).parent)
@@ -31,7 +34,7 @@ def records(run_dir: Path, kind: str) -> list[dict]:
     return [r for r in map(json.loads, lines) if r["kind"] == kind]
 
 
-@pytest.mark.parametrize("engine,trials,episodes", [("inprocess", 400, 60), ("ray", 8, 25)])
+@pytest.mark.parametrize("engine,trials,episodes", [("inprocess", 2000, 80), ("ray", 8, 25)])
 def test_the_page_follows_a_real_run(browser, tmp_path, engine, trials, episodes):  # noqa: F811
     run_dir = tmp_path / f"paper_{engine}"
     outcome = {}
@@ -51,6 +54,9 @@ def test_the_page_follows_a_real_run(browser, tmp_path, engine, trials, episodes
             page = open_page(browser, server.url, errors)
             shown = wait_for(page, lambda s: len(s["rows"]) == 3 and s["rows"][0]["tick"] > 0,
                              "the three coagents with counts", timeout=60)
+            if engine == "inprocess" and os.environ.get("DISTCOAGENT_DOCS_SCREENSHOT"):
+                wait_for(page, lambda s: s["curvePoints"] >= 10 and s["raster"], "a curve and a raster", 30)
+                page.screenshot(path=str(DOCS / "dashboard.png"), full_page=True)  # the README's picture
             by_tick = {m["tick"]: m for m in records(run_dir, "metrics")}
             record = by_tick[shown["rows"][0]["tick"]]
             for row in shown["rows"]:
