@@ -40,7 +40,7 @@ def _train(args) -> int:
                  "envs_per_trial": args.envs_per_trial, "micro_batches": args.micro_batches,
                  "address": args.address}
     ray_overrides = {"coagents_per_actor": args.coagents_per_actor, "placement": args.placement,
-                     "transport": args.transport}
+                     "transport": args.transport, "replicas": args.replicas}
     if args.resume:
         if args.spec or args.out:
             raise SpecError("--resume: give the run directory only (its spec is in its config.json), not SPEC or --out")
@@ -168,6 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                           "one actor (default 1; spec: ray.coagents_per_actor)")
     p.add_argument("--placement", choices=["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"],
                    help="with --engine ray: put all actors in a placement group with this strategy")
+    p.add_argument("--replicas", type=int, help="with --engine ray: R copies of the coagent actors, each serving "
+                                                "its own shard of trials (needs --micro-batches >= R; spec: "
+                                                "ray.replicas)")
     p.add_argument("--transport", choices=["compiled", "actors"],
                    help="with --engine ray: Ray Compiled Graph (default) or plain actor calls")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -58,7 +58,8 @@ from .rules import RULES
 
 ENGINES = ("inprocess", "ray")
 RAY_OPTIONS = {"coagents_per_actor", "groups", "resources", "env_resources", "cpus_per_actor", "placement",
-               "transport", "max_inflight", "connect_timeout", "ready_timeout", "timeout"}
+               "transport", "max_inflight", "connect_timeout", "ready_timeout", "timeout", "replicas",
+               "replica_resources", "max_recoveries", "snapshot_every"}
 MAX_SEED = 2**63 - 1
 # ranges that the kind classes do not check themselves: (kind, argument) -> lowest value
 LOWEST = {("fourier", "order"): 0, ("tile", "tilings"): 1, ("tile", "tiles"): 1, ("driven", "when"): 0}
@@ -340,7 +341,11 @@ def _check_ray(ray: dict) -> None:
               "transport": lambda v, w: string(v, w, ("compiled", "actors")),
               "groups": lambda v, w: [strings(g, f"{w}[{i}]") for i, g in enumerate(v)] if isinstance(v, list) and v
               else strings(v, w),
-              "env_resources": lambda v, w: _amounts(v, w)}
+              "env_resources": lambda v, w: _amounts(v, w),
+              "replicas": lambda v, w: integer(v, w, 1), "max_recoveries": lambda v, w: integer(v, w, 0),
+              "snapshot_every": lambda v, w: number(v, w, 0),
+              "replica_resources": lambda v, w: [_amounts(r, f"{w}[{i}]") for i, r in enumerate(v)]
+              if isinstance(v, list) and v else _amounts(v, w)}
     for key in ("connect_timeout", "ready_timeout", "timeout"):
         checks[key] = lambda v, w: number(v, w, 0, low_open=True)
     for key, value in ray.items():

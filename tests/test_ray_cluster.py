@@ -80,3 +80,35 @@ def test_a_removed_worker_node_loses_only_time(cluster):
     assert len(engine.recoveries) >= 1 and set(engine.recoveries[0]["dead"]) <= on_worker
     assert worker.node_id not in survivors
     assert_identical(expected, result)
+
+
+@pytest.mark.parametrize("replicas", [1, 2, 3])
+def test_replicas_on_two_nodes_are_bit_identical_to_in_process(cluster, replicas):
+    """R copies of the coagent actors, each serving its own shard of trials, pinned to nodes by
+    custom resources; any R gives the in-process engine's numbers."""
+    nodes = [{"node_a": 0.05}, {"node_b": 0.05}, {"node_a": 0.05}][:replicas]
+    expected = in_process(paper(), GRID, {"size": 4}, trials=6, envs_per_trial=2, seed=5, micro_batches=3,
+                          episodes=4)
+    engine = RayEngine(paper(), GRID, {"size": 4}, trials=6, envs_per_trial=2, seed=5, micro_batches=3,
+                       replicas=replicas, replica_resources=nodes, cpus_per_actor=0.05)
+    try:
+        result = engine.train(4)
+        where = {name: p["node_id"] for name, p in engine.placement.items()}
+    finally:
+        engine.close()
+    assert_identical(expected, result)
+    coagent_actors = [n for n in where if n.startswith("coagent:")]
+    assert len(coagent_actors) == 3 * replicas and result.extra["replicas"] == replicas
+    if replicas > 1:
+        assert where["coagent:bit_a/0"] != where["coagent:bit_a/1"]  # replica 0 on node_a, 1 on node_b
+
+
+def test_replicas_that_cannot_be_placed_name_the_missing_resource(cluster):
+    from distcoagent.network import SpecError
+    from distcoagent.ray_engine import PlacementError
+
+    with pytest.raises(PlacementError, match="node_c"):
+        RayEngine(paper(), GRID, {"size": 3}, trials=2, micro_batches=2, replicas=2,
+                  replica_resources=[{"node_a": 0.1}, {"node_c": 0.1}])
+    with pytest.raises(SpecError, match="replicas: 3 replicas need at least 3 micro-batches"):
+        RayEngine(paper(), GRID, {"size": 3}, trials=4, micro_batches=2, replicas=3)

@@ -126,6 +126,14 @@ class RayEngine(Engine):
     export_metrics: the actors export per-coagent metrics through ``ray.util.metrics`` (tags
         ``coagent`` and ``run``), for Ray's dashboard, Prometheus and Grafana (``exporter``).
     run_name: the ``run`` tag of those metrics (default: a random ``run_id``).
+    replicas: R copies of the coagent actors, each serving its own contiguous shard of the
+        micro-batches (so of the trials): an independent-trials study grows with the cluster
+        instead of being capped at one core per coagent.  Needs micro_batches >= R; results
+        stay bit-identical for any R (shards share nothing).  Actors are named
+        ``coagent:NAME/r`` and ``env:K`` then.
+    replica_resources: custom resources per replica (a list of R dicts), asked by all of that
+        replica's actors (coagents and environments): e.g. ``[{"node_a": 0.1}, {"node_b": 0.1}]``
+        puts each replica on its own node.
 
     Fault recovery.  When an actor dies (killed, its process or node gone), the engine logs
     which coagents it held and at which tick, tears the graph down, starts fresh actors
@@ -146,7 +154,8 @@ class RayEngine(Engine):
                  placement: str | None = None, transport: str = "compiled", max_inflight: int = 2,
                  connect_timeout: float = 3.0, ready_timeout: float = 60.0, timeout: float = 600.0,
                  raster=None, max_recoveries: int = 3, snapshot_every: float = 30.0, export_metrics: bool = True,
-                 run_name: str | None = None):
+                 run_name: str | None = None, replicas: int = 1,
+                 replica_resources: list[dict[str, float]] | None = None):
         check_counts(trials, envs_per_trial)
         if transport not in TRANSPORTS:
             raise SpecError(f"transport: expected one of {TRANSPORTS}, got {transport!r}")
@@ -159,6 +168,20 @@ class RayEngine(Engine):
         self.network, self.env_id, self.env_kwargs = network, env_id, dict(env_kwargs or {})
         self.trials, self.envs_per_trial, self.seed = int(trials), int(envs_per_trial), seed
         self.slices = trial_slices(self.trials, micro_batches)
+        if isinstance(replicas, bool) or not isinstance(replicas, int) or replicas < 1:
+            raise SpecError(f"replicas: expected a positive integer, got {replicas!r}")
+        if replicas > len(self.slices):
+            raise SpecError(f"replicas: {replicas} replicas need at least {replicas} micro-batches (micro_batches is "
+                            f"{len(self.slices)}); set micro_batches >= replicas (at most trials = {self.trials})")
+        if replica_resources is not None and (not isinstance(replica_resources, (list, tuple))
+                                              or len(replica_resources) != replicas
+                                              or not all(isinstance(r, dict) for r in replica_resources)):
+            raise PlacementError(f"replica_resources: expected a list of {replicas} dicts (one per replica), "
+                                 f"got {replica_resources!r}")
+        self.replicas = replicas
+        self.replica_resources = [dict(r) for r in replica_resources] if replica_resources else [{}] * replicas
+        K = len(self.slices)
+        self.replica_of = [k * replicas // K for k in range(K)]  # contiguous shards of micro-batches
         self.transport, self.max_inflight, self.timeout = transport, max_inflight, timeout
         self.ready_timeout, self.raster = ready_timeout, raster
         probe = make_batch(env_id, 1, seed, 0, **self.env_kwargs)  # spec errors before any Ray work
@@ -199,17 +222,21 @@ class RayEngine(Engine):
         from ray.util.placement_group import placement_group, remove_placement_group
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-        n_actors = len(self.groups) + len(self.slices)
+        R, G, K = self.replicas, len(self.groups), len(self.slices)
+        n_actors = R * G + K
         totals = ray.cluster_resources()
         nodes = [node["Resources"] for node in ray.nodes() if node["Alive"]]
         if cpus_per_actor is None:  # so that all the actors would fit even on the smallest node
             smallest = min((n.get("CPU", 0.0) for n in nodes if n.get("CPU", 0.0) > 0), default=0.0)
             cpus_per_actor = min(1.0, math.floor(100 * smallest / n_actors) / 100)
         self.cpus_per_actor = float(cpus_per_actor)
-        labels = [f"coagent actor {'+'.join(g)!r}" for g in self.groups] + \
-                 [f"environment actor {k}" for k in range(len(self.slices))]
+        suffix = [f"/{r}" if R > 1 else "" for r in range(R)]
+        labels = [f"coagent actor {'+'.join(g)!r}{suffix[r]}" for r in range(R) for g in self.groups] + \
+                 [f"environment actor {k}" for k in range(K)]
+        extras = [{**custom[g], **self.replica_resources[r]} for r in range(R) for g in range(G)] + \
+                 [{**env_resources, **self.replica_resources[self.replica_of[k]]} for k in range(K)]
         requests = [{**({"CPU": self.cpus_per_actor} if self.cpus_per_actor > 0 else {}), **extra}
-                    for extra in custom + [env_resources] * len(self.slices)]
+                    for extra in extras]
         check_resources(list(zip(labels, requests)), totals, nodes)
         strategies = [None] * n_actors
         if placement is not None:
@@ -232,7 +259,8 @@ class RayEngine(Engine):
 
         # a fresh namespace after each recovery: the names of killed actors may not be free yet
         namespace = self.namespace if not self.recoveries else f"{self.namespace}-r{len(self.recoveries)}"
-        actor_names = [f"coagent:{'+'.join(g)}" for g in self.groups] + [f"env:{k}" for k in range(len(self.slices))]
+        actor_names = [f"coagent:{'+'.join(g)}{suffix[r]}" for r in range(R) for g in self.groups] + \
+                      [f"env:{k}" for k in range(K)]
 
         def options(i):
             request = dict(requests[i])
@@ -257,12 +285,14 @@ class RayEngine(Engine):
             self.plans.append({"levels": by_level, "exports": exports, "prev_exports": prev_exports})
         coagent_class = ray.remote(CoagentWorker)
         env_class = ray.remote(EnvironmentWorker)
-        self.actors = [coagent_class.options(**options(g)).remote(
-            net, list(names), self.observation_space, self.action_space, self.slices, self.envs_per_trial,
+        shards = [[self.slices[k] for k in range(K) if self.replica_of[k] == r] for r in range(R)]
+        self.local_index = [self.replica_of[:k].count(self.replica_of[k]) for k in range(K)]
+        self.actors = [coagent_class.options(**options(r * G + g)).remote(
+            net, list(names), self.observation_space, self.action_space, shards[r], self.envs_per_trial,
             self.seed, plan["levels"], plan["exports"], plan["prev_exports"], self.raster,
             (self.run_name or self.run_id) if self.export_metrics else None)
-            for g, (names, plan) in enumerate(zip(self.groups, self.plans))]
-        self.env_actors = [env_class.options(**options(len(self.groups) + k)).remote(
+            for r in range(R) for g, (names, plan) in enumerate(zip(self.groups, self.plans))]
+        self.env_actors = [env_class.options(**options(R * G + k)).remote(
             k, net, self.env_id, self.env_kwargs, self.seed, a, b, self.envs_per_trial,
             (self.run_name or self.run_id) if self.export_metrics else None)
             for k, (a, b) in enumerate(self.slices)]
@@ -283,12 +313,18 @@ class RayEngine(Engine):
         """The tick graph as a list of (key, actor, method, args); args name other keys or the input."""
         net, nodes = self.network, []
         K = range(len(self.slices))
+        G = len(self.groups)
+
+        def actor(g, k):  # group g's actor of micro-batch k's replica, and k's index there
+            return self.actors[self.replica_of[k] * G + g], self.local_index[k]
+
         for k in K:
             nodes.append((("start", k), self.env_actors[k], "start", [("input",)]))
         for g, plan in enumerate(self.plans):
             if plan["prev_exports"]:
                 for k in K:
-                    nodes.append((("begin", g, k), self.actors[g], "begin", [k, ("node", ("start", k))]))
+                    worker, local = actor(g, k)
+                    nodes.append((("begin", g, k), worker, "begin", [local, ("node", ("start", k))]))
         acts = {k: [] for k in K}
         for lv in sorted({level[n] for n in net.order}):
             for k in K:
@@ -300,8 +336,9 @@ class RayEngine(Engine):
                         deps += [("act", group_of[s], level[s], k) for s in sorted(cur[n]) if group_of[s] != g]
                         deps += [("begin", group_of[s], k) for s in sorted(prev[n]) if group_of[s] != g]
                     deps = list(dict.fromkeys(deps))
-                    nodes.append((("act", g, lv, k), self.actors[g], "act",
-                                  [k, lv, ("node", ("start", k))] + [("node", d) for d in deps]))
+                    worker, local = actor(g, k)
+                    nodes.append((("act", g, lv, k), worker, "act",
+                                  [local, lv, ("node", ("start", k))] + [("node", d) for d in deps]))
                     acts[k].append(("node", ("act", g, lv, k)))
         for k in K:
             nodes.append((("step", k), self.env_actors[k], "step", [("node", ("start", k))] + acts[k]))
@@ -483,7 +520,9 @@ class RayEngine(Engine):
 
     def _describe(self, actor_name: str) -> str:
         if actor_name.startswith("coagent:"):
-            return f"{actor_name} (coagent(s) {actor_name[8:].replace('+', ', ')})"
+            names, _, replica = actor_name[8:].partition("/")
+            where_ = f" of replica {replica}" if replica else ""
+            return f"{actor_name} (coagent(s) {names.replace('+', ', ')}{where_})"
         k = int(actor_name.split(":")[1])
         a, b = self.slices[k]
         return f"{actor_name} (the environments, critic and episode book of trials {a}..{b - 1})"
@@ -527,7 +566,7 @@ class RayEngine(Engine):
             params[name] = {k: np.concatenate([u["learned"][k] for u in units]) for k in units[0]["learned"]}
         if parts[0]["critic"] is not None:
             params["critic"] = {"w": np.concatenate([s["critic"] for s in parts])}
-        extra = {"transport": self.transport, "groups": [list(g) for g in self.groups],
+        extra = {"transport": self.transport, "groups": [list(g) for g in self.groups], "replicas": self.replicas,
                  "micro_batches": len(self.slices), "cpus_per_actor": self.cpus_per_actor,
                  "depth": self.depth, "placement": self.placement, "namespace": self.namespace}
         return TrainResult(returns, lengths, counters, params, self.tick_count, self.seconds, self.name, extra,
