@@ -1,8 +1,6 @@
 """The engine contract (``contract.Engine``), one suite run against both engines, as gymnasium tests
 its sync and async vector envs with the same cases: results, stop and continue, state and restore
 (bit for bit, through msgpack, into a fresh engine), metrics, observers, bad state."""
-import os
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,14 +17,7 @@ from ray_networks import GRID, assert_identical, cartpole, option_critic, paper,
 ENGINES = ["inprocess", "ray"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def ray_instance():
-    tests = str(Path(__file__).parent)
-    path = os.pathsep.join([tests] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING", log_to_driver=False,
-             runtime_env={"env_vars": {"PYTHONPATH": path}})
-    yield
-    ray.shutdown()
+pytestmark = pytest.mark.usefixtures("local_ray")
 
 
 def build(kind, network, env_id=GRID, env_kwargs=None, **options) -> Engine:

@@ -19,14 +19,7 @@ from ray_networks import GRID, paper  # noqa: E402
 DOCS = Path(__file__).resolve().parents[1] / "docs"  # DISTCOAGENT_DOCS_SCREENSHOT=1 renews docs/dashboard.png
 
 
-@pytest.fixture(scope="module", autouse=True)
-def ray_instance():
-    tests = str(Path(__file__).parent)
-    path = os.pathsep.join([tests] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING", log_to_driver=False,
-             runtime_env={"env_vars": {"PYTHONPATH": path}})
-    yield
-    ray.shutdown()
+pytestmark = pytest.mark.usefixtures("local_ray")
 
 
 def records(run_dir: Path, kind: str) -> list[dict]:

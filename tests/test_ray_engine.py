@@ -1,8 +1,6 @@
 """The Ray engine agrees bit for bit with the in-process engine (as gymnasium's sync and async vector
 envs agree), whatever the packing, micro-batching and transport; bad placements and addresses fail fast."""
-import os
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,14 +12,7 @@ from ray_networks import (GRID, assert_identical, cartpole, in_process, option_c
                           recurrent)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def ray_instance():
-    tests = str(Path(__file__).parent)  # actors import the shared fakes (core_fakes) by module name
-    path = os.pathsep.join([tests] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING", log_to_driver=False,
-             runtime_env={"env_vars": {"PYTHONPATH": path}})
-    yield
-    ray.shutdown()
+pytestmark = pytest.mark.usefixtures("local_ray")
 
 
 def _ray(network, env_id, env_kwargs, *, trials, envs_per_trial=1, seed=0, episodes=3, **options):

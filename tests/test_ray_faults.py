@@ -6,7 +6,6 @@ import logging
 import os
 import signal
 import time
-from pathlib import Path
 
 import pytest
 
@@ -20,14 +19,7 @@ OPTIONS = dict(trials=6, envs_per_trial=2, seed=21, micro_batches=2)
 EPISODES = 12
 
 
-@pytest.fixture(scope="module", autouse=True)
-def ray_instance():
-    tests = str(Path(__file__).parent)
-    path = os.pathsep.join([tests] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING", log_to_driver=False,
-             runtime_env={"env_vars": {"PYTHONPATH": path}})
-    yield
-    ray.shutdown()
+pytestmark = pytest.mark.usefixtures("local_ray")
 
 
 @pytest.fixture(scope="module")
