@@ -14,12 +14,13 @@ make it large and the estimate, with a ``SpecError``.
 >>> estimate = estimate_memory(paper_network(), "distcoagent/GridWorld-v0", {"size": 5},
 ...                            TrainConfig(episodes=200, trials=100))
 >>> format_bytes(estimate.total), estimate.largest.label
-('1.04 MiB', 'episode returns and lengths')
+('975 KiB', 'episode returns and lengths')
 >>> check_memory(paper_network(), "distcoagent/GridWorld-v0", {"size": 5},
 ...              TrainConfig(episodes=10**13, trials=16384), memory=24 * 2**30)
 Traceback (most recent call last):
 ...
-distcoagent.network.SpecError: train.trials x train.envs_per_trial x train.episodes: the run needs about 4.55 EiB (episode returns and lengths: 16384 x 1 x 10000000000000 x 32 B = 4.55 EiB), this machine has 24 GiB
+distcoagent.network.SpecError: train.trials x train.envs_per_trial x train.episodes: the run needs about 4.55 EiB \
+(episode returns and lengths: 16384 x 1 x 10000000000000 x 32 B = 4.55 EiB), this machine has 24 GiB
 """
 from __future__ import annotations
 
@@ -124,6 +125,13 @@ def _row_bytes(holder) -> tuple[int, int, int]:
     return per_trial, per_env, constants
 
 
+def _holder_bytes(make, trials: int, envs_per_trial: int) -> tuple[int, int]:
+    """(bytes per trial, bytes per environment) of the holder ``make(envs_per_trial)`` builds with zero
+    trials: built with 1 and 2 environments per trial, since a trace's row grows with them (P, E, ...)."""
+    (one, env_one, _), (two, _, _) = _row_bytes(make(1)), _row_bytes(make(2))
+    return one + (two - one) * (envs_per_trial - 1), env_one
+
+
 def _coagent_part(network: Network, index: int, spaces, trials: int, envs_per_trial: int) -> Part:
     from .coagent import CoagentUnit
     from .features import Encoder
@@ -134,8 +142,11 @@ def _coagent_part(network: Network, index: int, spaces, trials: int, envs_per_tr
     outputs = output.n or output.dim
     where = f"coagent[{index}] ({coagent.name})"
     try:  # zero trials: every TRIAL and ENV array is empty, its row size is exact
-        unit = CoagentUnit(coagent, spaces, 0, envs_per_trial, network.gamma_atomic, 0)
-        per_trial, per_env, _ = _row_bytes(unit)
+        def make(E):
+            return CoagentUnit(coagent, spaces, 0, E, network.gamma_atomic, 0)
+
+        per_trial, per_env = _holder_bytes(make, trials, envs_per_trial)
+        unit = make(1)
         size, tabular = unit.encoder.size, unit.encoder.tabular
         if coagent.rule.kind != "frozen":  # the rule's update buffer, as large as the parameters
             per_trial += sum(math.prod(v.shape[1:]) * v.itemsize for v in unit.params.values())
@@ -146,7 +157,7 @@ def _coagent_part(network: Network, index: int, spaces, trials: int, envs_per_tr
         per_trial, per_env = size * outputs * 8, 0
     per_env += 8 * ((1 if tabular else size) + outputs)  # this tick's local state and policy output
     nbytes = trials * per_trial + B * per_env
-    grows = f"{where}.inputs" if tabular else f"{where}.features"  # what sets the local state's size
+    grows = f"{where}.policy" if outputs > size else f"{where}.inputs" if tabular else f"{where}.features"
     return Part(f"coagent {coagent.name!r}", f"train.trials x train.envs_per_trial x {grows}",
                 f"{trials} trials x {format_bytes(per_trial)} (local state {size} x {outputs} outputs) + "
                 f"{B} envs x {format_bytes(per_env)}", nbytes)
@@ -168,8 +179,9 @@ def estimate_memory(network: Network, env_id: str, env_kwargs: dict | None, conf
                       f"{P} x {E} x {episodes} x {16 * RESULT_COPIES} B", B * episodes * 16 * RESULT_COPIES)]
         parts += [_coagent_part(network, i, spaces[c.name], P, E) for i, c in enumerate(network.coagents)]
         if network.critic is not None:
-            critic = CriticUnit(network.critic, space_of(env.observation_space), 0, E, network.gamma)
-            per_trial, per_env, _ = _row_bytes(critic)
+            obs_space = space_of(env.observation_space)
+            per_trial, per_env = _holder_bytes(lambda e: CriticUnit(network.critic, obs_space, 0, e, network.gamma),
+                                               P, E)
             parts.append(Part("shared critic", "train.trials x train.envs_per_trial x critic.features",
                               f"{P} trials x {format_bytes(per_trial)} + {B} envs x {format_bytes(per_env)}",
                               P * per_trial + B * per_env))
@@ -219,10 +231,10 @@ def check_memory(network, env_id: str | None = None, env_kwargs: dict | None = N
 def check_array_bytes(nbytes: int, field: str, what: str, memory: int | None = None) -> None:
     """Refuse (``SpecError`` naming ``field``) one allocation of ``nbytes`` that exceeds this machine's memory.
 
-    >>> check_array_bytes(80 * 10**9, "env.size", "a 50000 x 50000 gridworld's transition table", 2**30)
+    >>> check_array_bytes(80 * 10**9, "env.size", "a big table", 2**30)
     Traceback (most recent call last):
     ...
-    distcoagent.network.SpecError: env.size: a 50000 x 50000 gridworld's transition table needs about 74.5 GiB, this machine has 1 GiB
+    distcoagent.network.SpecError: env.size: a big table needs about 74.5 GiB, this machine has 1 GiB
     """
     memory = machine_memory() if memory is None else memory
     if memory is not None and nbytes > memory:

@@ -249,8 +249,13 @@ COAGENT_KEYS = {"name", "inputs", "policy", "execution", "rule", "features", "in
 
 def parse(raw: dict, source: str = "spec") -> RunSpec:
     """Build a RunSpec from a parsed TOML document."""
+    tables = {"env", "network", "critic", "defaults", "coagent", "train", "ray"}
+    if not isinstance(raw, dict):
+        raise SpecError(f"{source}: expected a document of tables ({', '.join(sorted(tables))}), got {show(raw)}")
+    unknown = sorted(map(str, set(raw) - tables))
+    if unknown:
+        raise SpecError(f"{unknown[0]}: unknown table in {source}; expected some of {sorted(tables)}")
     raw = copy.deepcopy(raw)
-    _check_keys(raw, {"env", "network", "critic", "defaults", "coagent", "train", "ray"}, source)
     env = raw.get("env")
     if not isinstance(env, dict) or not isinstance(env.get("id"), str) or not env["id"]:
         raise SpecError("env.id: expected a gymnasium environment id (a string), e.g. "
@@ -353,7 +358,7 @@ def _check_ray(ray: dict) -> None:
             _check_keys(value, set(value) if isinstance(value, dict) else set(), "ray.resources")
             for name, amounts in value.items():
                 _amounts(amounts, f"ray.resources.{name}")
-        else:
+        elif key in checks:  # an option without a check here is checked by RayEngine
             checks[key](value, f"ray.{key}")
 
 

@@ -22,6 +22,7 @@ import numpy as np
 from . import checkpoint, serialize
 from .contract import Observer
 from .engine import InProcessEngine, TrainResult
+from .limits import check_memory
 from .network import Network, SpecError
 from .recording import MetricsLog
 from .spec import RunSpec, TrainConfig
@@ -148,6 +149,11 @@ def train(network: Network | RunSpec, env: str | None = None, *, env_kwargs: dic
     every_episodes, every_seconds = parse_checkpoint_every(checkpoint_every)
     run_dir, observers, log, raster, saver = None, list(observers), None, None, None
     state = None
+    check_memory(network, env, env_kwargs, config)  # a run that cannot fit is refused before it starts
+    if config.engine == "ray" and config.address is not None:
+        from .ray_engine.cluster import resolve_address
+
+        resolve_address(config.address)  # a refused cluster leaves no run directory behind
     if out is not None:
         run_dir = prepare_run_dir(out, resume=resume, overwrite=overwrite)
         config_hash = checkpoint.spec_hash(_run_config(network, env, env_kwargs, config))

@@ -22,7 +22,7 @@ def free_port() -> int:
 @pytest.fixture(scope="module")
 def metrics_port():
     port = free_port()
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING", log_to_driver=False,
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING", log_to_driver=False,
              _metrics_export_port=port)
     yield port
     ray.shutdown()

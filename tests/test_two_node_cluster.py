@@ -374,15 +374,11 @@ def _assert_clear_auth_error(result, seconds, output):
     assert re.search(r"RAY_AUTH_(TOKEN|MODE)", last), f"the error does not name the token settings: {last!r}"
 
 
-@pytest.mark.xfail(strict=True, reason="pending: today the CLI says 'Failed to connect to Ray cluster at "
-                                       "HOST:PORT' after about 21 s; the lead's fault handling will name the token")
 def test_joining_without_token_mode_fails_fast_and_says_why(cluster):
     env = {k: v for k, v in cluster.env.items() if k != "RAY_AUTH_MODE"}  # the token file is there
     _assert_clear_auth_error(*_refused(cluster, env))
 
 
-@pytest.mark.xfail(strict=True, reason="pending: today the CLI says 'Failed to connect to Ray cluster at "
-                                       "HOST:PORT' after about 21 s; the lead's fault handling will name the token")
 def test_joining_with_a_wrong_token_fails_fast_and_says_why(cluster):
     env = {**cluster.env, "RAY_AUTH_TOKEN": "0" * 64}
     _assert_clear_auth_error(*_refused(cluster, env))

@@ -65,6 +65,7 @@ from ..engine import check_counts, check_episodes, check_state, result_from_stat
 from ..envs import make_batch
 from ..network import Network, SpecError
 from .actors import Command, CoagentWorker, EnvironmentWorker
+from .cluster import module_runtime_env
 from .placement import (STRATEGIES, PlacementError, _fmt, check_resources, coagent_groups, connect, levels,
                         resource_requests, used_sources)
 
@@ -209,7 +210,7 @@ class RayEngine(Engine):
         self._snapshot: dict | None = None  # the run's state at its last snapshot (recovery restores it)
         self.partial: TrainResult | None = None  # what a failed run had at its last snapshot
         self._build_args = (custom, dict(env_resources or {}), cpus_per_actor, placement)
-        self._started_ray = connect(address, connect_timeout)
+        self._started_ray = connect(address, connect_timeout, runtime_env=module_runtime_env(env_id))
         try:
             self._build(*self._build_args)
         except BaseException:

@@ -1,16 +1,15 @@
 """Where the distributed engine's actors go: coagent groups, same-tick levels, resources, the cluster.
 
-Pure functions of the network and the options (no Ray calls) except ``connect``
-and ``check_resources``, which look at the cluster.  Everything fails with a
-``PlacementError`` (a ``SpecError``) or a ``ConnectionError`` naming what is wrong,
-before any actor is created, so a bad spec never hangs on Ray's scheduler.
+Pure functions of the network and the options (no Ray calls) except ``check_resources``,
+which looks at the cluster (``connect``, which joins it, lives in ``cluster``).  Everything
+fails with a ``PlacementError`` (a ``SpecError``) or a ``ConnectionError`` naming what is
+wrong, before any actor is created, so a bad spec never hangs on Ray's scheduler.
 """
 from __future__ import annotations
 
-import socket
-
 from ..coagent import parse_input
 from ..network import Network, SpecError
+from .cluster import connect, module_runtime_env, reachable, resolve_address  # noqa: F401 - their old home
 
 STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
 
@@ -117,57 +116,6 @@ def check_resources(requests: list[tuple[str, dict[str, float]]], totals: dict[s
 
 def _fmt(request: dict[str, float]) -> str:
     return ", ".join(f"{k}={v:g}" for k, v in sorted(request.items())) or "nothing"
-
-
-def reachable(host: str, port: int, timeout: float) -> str | None:
-    """None if a TCP connection to host:port opens within ``timeout`` seconds, else the reason."""
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return None
-    except OSError as error:
-        return str(error) or type(error).__name__
-
-
-def resolve_address(address: str, timeout: float = 3.0) -> str:
-    """Check that a Ray cluster answers at ``address`` ("auto" or "HOST:PORT") within seconds; return it."""
-    hint = "start one with `ray start --head`, or omit --address to run Ray in this process"
-    if address == "auto":
-        from ray._private import services
-
-        try:
-            resolved = services.canonicalize_bootstrap_address_or_die("auto")
-        except (ConnectionError, ValueError) as error:
-            raise ConnectionError(f"--address auto: no running Ray cluster found on this machine ({error}); "
-                                  f"{hint}") from None
-    else:
-        resolved = address
-    if resolved.startswith("ray://"):
-        target = resolved[len("ray://"):]
-    else:
-        target = resolved
-    host, sep, port = target.rpartition(":")
-    if not sep or not host or not port.isdigit():
-        raise ConnectionError(f"--address {address!r}: expected 'auto' or HOST:PORT, e.g. 127.0.0.1:6379")
-    reason = reachable(host, int(port), timeout)
-    if reason is not None:
-        raise ConnectionError(f"--address {address}: no Ray cluster answers at {host}:{port} within "
-                              f"{timeout:g} s ({reason}); {hint}")
-    return resolved
-
-
-def connect(address: str | None, timeout: float = 3.0) -> bool:
-    """Initialise Ray: in-process when ``address`` is None, else join the cluster. True if we started Ray."""
-    import ray
-
-    if ray.is_initialized():
-        if address is not None:  # already connected (e.g. tests); the address must still answer
-            resolve_address(address, timeout)
-        return False
-    if address is None:
-        ray.init(include_dashboard=False, logging_level="WARNING", log_to_driver=False)
-        return True
-    ray.init(address=resolve_address(address, timeout), logging_level="WARNING", log_to_driver=False)
-    return True
 
 
 def used_sources(network: Network) -> tuple[dict[str, set[str]], dict[str, set[str]]]:
