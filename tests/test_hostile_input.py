@@ -251,15 +251,15 @@ def _toml(value) -> str:
         return str(value)
     if isinstance(value, float):
         return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf") if math.isinf(value) else repr(value)
-    if isinstance(value, str):
+    if isinstance(value, str):  # a TOML basic string: json's escapes, plus DEL, which TOML forbids raw
         return json.dumps(value, ensure_ascii=False).replace("\x7f", "\\u007f")
     if isinstance(value, list):
         return "[" + ", ".join(_toml(v) for v in value) + "]"
-    return "{" + ", ".join(f"{json.dumps(str(k), ensure_ascii=False)} = {_toml(v)}" for k, v in value.items()) + "}"
+    return "{" + ", ".join(f"{_toml(str(k))} = {_toml(v)}" for k, v in value.items()) + "}"
 
 
 def _write_spec(path, raw):
-    path.write_text("\n".join(f"{json.dumps(key)} = {_toml(value)}" for key, value in raw.items()) + "\n")
+    path.write_text("\n".join(f"{_toml(str(key))} = {_toml(value)}" for key, value in raw.items()) + "\n")
     return str(path)
 
 
