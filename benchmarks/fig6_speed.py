@@ -1,7 +1,17 @@
-"""Time `distcoagent reproduce fig6` at full scale (10,000 trials x 200 episodes) and say where
-the time goes.  Writes benchmarks/results/fig6_speed.json (and the figure into --out).
+"""Time `distcoagent reproduce fig6` at full scale (10,000 trials x 200 episodes), on the compiled
+kernels and on numpy alone (``DISTCOAGENT_KERNELS=0``) side by side, and say where the time goes.
+Writes benchmarks/results/fig6_speed.json (and the figures into --out).
+
+Each run is a fresh process (as `distcoagent reproduce fig6` is), interleaved over ``--rounds``,
+best kept; it reports its wall time, the curve (both variants must print the same), and the
+peak resident set of the main process and of the largest worker.  Untimed (tracing slows every
+allocation): the peak traced memory (numpy arrays and Python objects) of the main process during
+a full run, and of one worker's share of the trials run in this process.  The kernels' compile
+time is measured too: into an empty cache (a fresh install's first run pays it once) and loaded
+from the cache (every process).
 
     PYTHONPATH=. python3 benchmarks/fig6_speed.py                 # full scale, all cores
+    PYTHONPATH=. python3 benchmarks/fig6_speed.py --no-numpy      # the kernels only
     PYTHONPATH=. python3 benchmarks/fig6_speed.py --profile-trials 2000 --profile-episodes 30
 """
 from __future__ import annotations
@@ -12,11 +22,63 @@ import json
 import os
 import platform
 import pstats
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 
 from distcoagent import reproduce
 from distcoagent.engine import InProcessEngine
+
+ROOT = Path(__file__).resolve().parents[1]
+RUN = """
+import json, os, resource, sys, time, tracemalloc
+if os.environ.get("TRACE"):
+    tracemalloc.start()  # forked workers inherit it: every process traced, and slower
+from distcoagent import reproduce
+trials, episodes, workers, out = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+start = time.perf_counter()
+summary = reproduce.fig6(trials, episodes, seed=0, out=out, workers=workers)
+wall = time.perf_counter() - start
+print(json.dumps({"wall_seconds": wall, "train_seconds": summary["seconds"],
+                  "final_mean_last10": summary["final_mean_last10"], "mean_return": summary["mean_return"],
+                  "peak_rss_main_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                  "peak_rss_worker_mib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
+                  "peak_traced_main_mib": tracemalloc.get_traced_memory()[1] / 2**20}))
+"""
+
+
+def fig6_run(compiled: bool, trials: int, episodes: int, workers: int, out: str, traced: bool = False) -> dict:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "DISTCOAGENT_KERNELS": "1" if compiled else "0",
+           "TRACE": "1" if traced else ""}
+    proc = subprocess.run([sys.executable, "-c", RUN, str(trials), str(episodes), str(workers), out], env=env,
+                          capture_output=True, text=True, cwd=str(ROOT), timeout=3600)
+    if proc.returncode != 0:
+        raise SystemExit(proc.stderr)
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def traced_worker_mib(trials: int, episodes: int, workers: int) -> float:
+    """Peak traced memory of worker 0's share of the trials, run here as the worker runs it."""
+    import tracemalloc
+
+    network, env_id, env_kwargs = reproduce.paper_setup()
+    tracemalloc.start()
+    reproduce._learning_slice((network, env_id, env_kwargs, trials, episodes, 0, workers, 0))
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    return peak / 2**20
+
+
+def compile_times() -> dict:
+    """Compile every kernel into an empty cache, then load them from it, each in a fresh interpreter."""
+    code = "from distcoagent import kernels; print(kernels.compile_all())"
+    with tempfile.TemporaryDirectory() as cache:
+        env = {**os.environ, "NUMBA_CACHE_DIR": cache, "PYTHONPATH": str(ROOT)}
+        run = lambda: float(subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,  # noqa: E731
+                                           text=True, check=True, cwd=tempfile.gettempdir()).stdout.split()[-1])
+        return {"compile_cold_s": run(), "compile_cached_s": run()}
 
 
 def profile(trials: int, episodes: int) -> dict:
@@ -43,7 +105,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--trials", type=int, default=10_000)
     parser.add_argument("--episodes", type=int, default=200)
-    parser.add_argument("--workers", type=int, nargs="+", default=[os.cpu_count() or 1])
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--rounds", type=int, default=1, help="interleaved rounds; the best of each is kept")
+    parser.add_argument("--no-numpy", action="store_true", help="skip the numpy-only runs")
     parser.add_argument("--out", default="benchmarks/fig6")
     parser.add_argument("--profile-trials", type=int, default=0, help="also profile one process at this size")
     parser.add_argument("--profile-episodes", type=int, default=30)
@@ -51,16 +115,37 @@ def main() -> None:
     args = parser.parse_args()
     report = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                           "processor": platform.processor() or platform.machine()},
-              "runs": []}
-    for workers in args.workers:
-        start = time.perf_counter()
-        summary = reproduce.fig6(args.trials, args.episodes, seed=0, out=args.out, workers=workers)
-        wall = time.perf_counter() - start
-        run = {"trials": args.trials, "episodes": args.episodes, "workers": workers, "wall_seconds": wall,
-               "train_seconds": summary["seconds"], "final_mean_last10": summary["final_mean_last10"],
-               "optimal_return": summary["optimal_return"], "under_2_minutes": wall < 120}
-        report["runs"].append(run)
-        print(json.dumps(run))
+              "trials": args.trials, "episodes": args.episodes, "workers": args.workers, "rounds": args.rounds,
+              **compile_times(), "runs": {}}
+    variants = {"kernels": True} if args.no_numpy else {"kernels": True, "numpy": False}
+    for _ in range(args.rounds):
+        for name, compiled in variants.items():
+            run = fig6_run(compiled, args.trials, args.episodes, args.workers, f"{args.out}/{name}")
+            best = report["runs"].get(name)
+            if best is None or run["wall_seconds"] < best["wall_seconds"]:
+                report["runs"][name] = run
+    for run in report["runs"].values():
+        del run["peak_traced_main_mib"]  # not traced: see below
+    report["peak_traced_main_mib"] = fig6_run(True, args.trials, args.episodes, args.workers, f"{args.out}/traced",
+                                              traced=True)["peak_traced_main_mib"]
+    report["peak_traced_worker_mib"] = traced_worker_mib(args.trials, args.episodes, args.workers)
+    curves = {name: run.pop("mean_return") for name, run in report["runs"].items()}
+    report["same_curve"] = len({json.dumps(c) for c in curves.values()}) == 1
+    print(f"Figure 6: {args.trials} trials x {args.episodes} episodes, {args.workers} workers, "
+          f"best of {args.rounds} interleaved round(s)")
+    print(f"kernels: compile {report['compile_cold_s']:.1f} s into an empty cache (once per install), "
+          f"{report['compile_cached_s']:.2f} s to load from it (once per process)")
+    print(f"{'variant':<9}{'wall s':>8}{'train s':>9}{'final mean (last 10)':>22}{'peak RSS main':>15}"
+          f"{'peak RSS worker':>17}  (MiB)")
+    for name, run in report["runs"].items():
+        print(f"{name:<9}{run['wall_seconds']:>8.2f}{run['train_seconds']:>9.2f}{run['final_mean_last10']:>22.5f}"
+              f"{run['peak_rss_main_mib']:>15.0f}{run['peak_rss_worker_mib']:>17.0f}")
+    print(f"peak traced memory (kernels): main process {report['peak_traced_main_mib']:.1f} MiB, "
+          f"a worker {report['peak_traced_worker_mib']:.1f} MiB")
+    if len(curves) > 1:
+        print(f"same curve (every episode's mean return, all digits): {report['same_curve']}")
+    wall = report["runs"]["kernels"]["wall_seconds"]
+    print(f"goal: full Figure 6 in at most 6 s: {'met' if wall <= 6 else 'NOT met'} ({wall:.1f} s)")
     if args.profile_trials:
         report["profile"] = profile(args.profile_trials, args.profile_episodes)
         print(json.dumps(report["profile"], indent=1))

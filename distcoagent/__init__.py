@@ -6,7 +6,7 @@ The vocabulary, each in its own module: a ``Coagent`` (coagent.py) has a ``Polic
 (engine.py, ray_engine/) runs it against batched environments (envs/); ``train``
 (training.py) is the one call that does it all.
 """
-from . import envs, execution, features, policies, rules
+from . import envs, execution, features, networks, policies, rules
 from .coagent import Coagent, CoagentUnit, NonFiniteError
 from .engine import InProcessEngine, TrainResult
 from .network import Network, SharedCritic, SpecError
@@ -14,5 +14,5 @@ from .spec import RunSpec, load_spec
 from .training import train
 
 __all__ = ["Coagent", "CoagentUnit", "InProcessEngine", "Network", "NonFiniteError", "RunSpec", "SharedCritic",
-           "SpecError", "TrainResult", "envs", "execution", "features", "load_spec", "policies", "rules", "train"]
+           "SpecError", "TrainResult", "envs", "execution", "features", "load_spec", "networks", "policies", "rules", "train"]
 __version__ = "0.1.0"

@@ -19,7 +19,7 @@ from typing import Sequence
 
 import numpy as np
 
-from . import batched
+from . import batched, kernels
 from .batched import ENV, FIELDS_OF, TRIAL, ArrayDict
 from .execution import Constant, Execution
 from .features import Encoder, InputSpace, ObservationFeatures
@@ -78,6 +78,15 @@ class Coagent:
         return [n for k, n in map(parse_input, self.inputs) if k == kind]
 
 
+def _unit_kernel(unit):
+    """The compiled step for ``unit`` (None: numba missing, or no kernel for its kind: numpy runs)."""
+    if not kernels.available():
+        return None
+    from .kernels.coagent import UnitKernel
+
+    return UnitKernel.of(unit)
+
+
 class CoagentUnit:
     """The running state of one coagent over a batch; see the module docstring."""
 
@@ -130,6 +139,7 @@ class CoagentUnit:
         # for metrics: closed intervals between executions and their total length in atomic ticks
         self.intervals = {"count": 0, "ticks": 0}
         self._last_update = None  # (per-environment update sizes, mask) of the rule's last update
+        self.kernel = _unit_kernel(self)  # the compiled step, if this kind of coagent has one
 
     # ------------------------------------------------------------------ helpers for rules
     def count_updates(self, mask: np.ndarray, sizes: np.ndarray | None = None) -> None:
@@ -157,14 +167,19 @@ class CoagentUnit:
         bad = ~np.isfinite(values)
         if bad.any():
             b = int(np.flatnonzero(bad.reshape(bad.shape[0], -1).any(axis=1))[0])
-            b = int(rows[b]) if rows is not None else b
-            raise NonFiniteError(
-                f"coagent {self.name!r}: non-finite {what} at atomic tick {int(self.env_tick[b])} "
-                f"(environment {int(self.env_ids[b])}, episode tick {int(self.episode_tick[b])})")
+            self.raise_non_finite(what, int(rows[b]) if rows is not None else b)
+
+    def raise_non_finite(self, what: str, b: int) -> None:
+        """Stop with the error naming this coagent, ``what`` was non-finite, and environment row ``b``'s tick."""
+        raise NonFiniteError(
+            f"coagent {self.name!r}: non-finite {what} at atomic tick {int(self.env_tick[b])} "
+            f"(environment {int(self.env_ids[b])}, episode tick {int(self.episode_tick[b])})")
 
     # ------------------------------------------------------------------ engine interface
     def begin_episode(self, mask: np.ndarray) -> np.ndarray:
         """Start new episodes where ``mask``: draw U_{-1} from h, reset stream and traces."""
+        if self.kernel is not None and kernels.enabled():
+            return self.kernel.begin_episode(self, mask)
         initial = self.coagent.initial
         if self.output_space.discrete:
             n = self.output_space.n
@@ -190,6 +205,8 @@ class CoagentUnit:
             shared_value: np.ndarray | None = None) -> np.ndarray:
         """One atomic tick: maybe execute (learning first from the closed interval), else hold."""
         x = self.encoder(values)
+        if self.kernel is not None and kernels.enabled():
+            return self.kernel.act(self, x, active, drivers, shared_value)
         beta = self.coagent.execution.beta(x, self.episode_tick, drivers or {})
         executes = (self.stream.uniform(self.env_ids, self.env_tick, EXECUTION_SLOT) < beta) & active
         closing = executes & self.executed_this_episode
@@ -221,6 +238,8 @@ class CoagentUnit:
 
     def observe(self, reward: np.ndarray, ended: np.ndarray, active: np.ndarray) -> None:
         """The tick's reward (0 between environment steps); close intervals of ended episodes."""
+        if self.kernel is not None and kernels.enabled():
+            return self.kernel.observe(self, reward, ended, active)
         self.check_finite(reward, "reward")
         self.stream_reward += self.stream_discount * reward
         self.stream_discount *= self.gamma_atomic

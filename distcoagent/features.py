@@ -38,9 +38,12 @@ class LocalState:
 
     size: int
     batch: int
+    tabular: bool  # an index per environment (True) or a feature vector
 
 
 class TabularState(LocalState):
+    tabular = True
+
     def __init__(self, index: np.ndarray, size: int):
         self.batch = index.shape[0]
         self.index = index
@@ -64,6 +67,8 @@ class TabularState(LocalState):
 
 
 class FeatureState(LocalState):
+    tabular = False
+
     def __init__(self, phi: np.ndarray):
         self.batch = phi.shape[0]
         self.phi = phi
@@ -202,9 +207,11 @@ class Encoder:
 
     def __call__(self, values: Sequence[np.ndarray]) -> LocalState:
         if self.tabular:
-            index = np.zeros(np.asarray(values[0]).shape[0], dtype=np.int64)
-            for value, r in zip(values, self.radix):
-                index += np.asarray(value, dtype=np.int64) * r
+            index = np.asarray(values[-1], dtype=np.int64)  # the last input's radix is 1
+            if len(values) > 1:
+                index = index + np.asarray(values[0], dtype=np.int64) * self.radix[0]
+                for value, r in zip(values[1:-1], self.radix[1:-1]):
+                    index += np.asarray(value, dtype=np.int64) * r
             return TabularState(index, self.size)
         parts = []
         for k, (value, space) in enumerate(zip(values, self.spaces)):

@@ -14,7 +14,7 @@ from typing import Sequence
 import gymnasium as gym
 import numpy as np
 
-from . import batched
+from . import batched, kernels
 from .batched import ENV, FIELDS_OF, TRIAL, ArrayDict
 from .coagent import Coagent, parse_input
 from .features import Encoder, InputSpace, ObservationFeatures
@@ -216,6 +216,15 @@ def _stable_topo(graph: dict[str, set], position: dict[str, int]) -> tuple[str, 
     return tuple(order)
 
 
+_NO_INDEX = np.zeros(0, dtype=np.int64)
+_NO_PHI = np.zeros((0, 0))
+
+
+def _kernel_state(x) -> tuple[np.ndarray, np.ndarray]:
+    """(index, features) of a local state for the kernels: the one it has and an empty other."""
+    return (x.index, _NO_PHI) if x.tabular else (_NO_INDEX, x.phi)
+
+
 class CriticUnit:
     """The shared critic's running state over a batch: TD(lambda) per environment step."""
 
@@ -234,14 +243,29 @@ class CriticUnit:
         ScaledTraces.init(self.rule_state, trials * envs_per_trial)
         self.scratch: dict = {}
         self.last_delta = None  # (TD errors, mask) of the last update, for metrics
+        self.kernel = None  # the compiled TD(lambda) step (kernels.critic), when numba is there
+        if kernels.available():
+            from .kernels import critic
+
+            self.kernel = critic
 
     def value(self, obs: np.ndarray) -> np.ndarray:
-        return self.encoder([obs]).linear(self.params["w"])[:, 0]
+        x = self.encoder([obs])
+        if self.kernel is not None and kernels.enabled():
+            out = np.empty(x.batch)
+            index, phi = _kernel_state(x)
+            if not self.kernel.value(self.params["w"], x.tabular, index, phi, self.envs_per_trial, out):
+                self._out_of_range(x)
+            return out
+        return x.linear(self.params["w"])[:, 0]
 
     def update(self, obs, reward, next_obs, ended, active):
         """One TD(lambda) step for the transitions obs -> next_obs of active environments."""
         x = self.encoder([obs])
         st = self.rule_state
+        if self.kernel is not None and kernels.enabled():
+            self._update_compiled(x, self.encoder([next_obs]), reward, ended, active)
+            return
         v = x.linear(self.params["w"])[:, 0]
         v_next = np.where(ended, 0.0, self.value(next_obs))
         delta = np.where(active, reward + self.gamma_step * v_next - v, 0.0)
@@ -252,11 +276,39 @@ class CriticUnit:
         ScaledTraces.reset(st, ended & active)
         self.last_delta = (delta, active)
         if not np.isfinite(np.sum(self.params["w"])):  # one pass; where a diverging critic first shows
-            from .coagent import NonFiniteError
+            self._diverged()
 
-            raise NonFiniteError(f"the shared critic ([critic] step = {self.critic.step:g}, lam = "
-                                 f"{self.critic.lam:g}): its weights became non-finite after a TD update; "
-                                 "lower [critic] step")
+    def _update_compiled(self, x, x_next, reward, ended, active):
+        st = self.rule_state
+        delta = np.empty(x.batch)
+        index, phi = _kernel_state(x)
+        next_index, next_phi = _kernel_state(x_next)
+        error = self.kernel.update(x.tabular, index, phi, next_index, next_phi, reward, ended, active, self.params["w"],
+                              st["z.w"], st["z_scale"], self.gamma_step, self.gamma_step * self.critic.lam,
+                              self.critic.step, self.envs_per_trial, delta, *self._kernel_buffers())
+        if error == 1:
+            self._out_of_range(x, x_next)
+        self.last_delta = (delta, active)
+        if error == 2:
+            self._diverged()
+
+    def _kernel_buffers(self) -> tuple[np.ndarray, np.ndarray]:
+        """The kernel's work space (not state): kept in ``scratch``."""
+        buffers = self.scratch.get("kernel")
+        if buffers is None:
+            buffers = self.scratch["kernel"] = (np.empty(1 + self.envs_per_trial), np.empty((self.encoder.size, 1)))
+        return buffers
+
+    def _out_of_range(self, *states):
+        bad = [int(i) for x in states for i in x.index if not 0 <= i < self.encoder.size]
+        raise IndexError(f"the shared critic: observation {bad[0]} is out of range 0..{self.encoder.size - 1}")
+
+    def _diverged(self):
+        from .coagent import NonFiniteError
+
+        raise NonFiniteError(f"the shared critic ([critic] step = {self.critic.step:g}, lam = "
+                             f"{self.critic.lam:g}): its weights became non-finite after a TD update; "
+                             "lower [critic] step")
 
     def state_dict(self):
         return batched.save(self)

@@ -32,7 +32,7 @@ FOURROOMS_ACTIONS = 4
 
 def option_critic(n_options: int = 4, n_actions: int = FOURROOMS_ACTIONS, gamma: float = 0.99,
                   intra_step: float = 50.0, termination_step: float = 10.0, option_step: float = 10.0,
-                  critic_step: float = 0.5, lam: float = 0.0, xi: float = 0.0,
+                  critic_step: float = 0.5, lam: float = 0.0, initial_value: float = 1.0, xi: float = 0.01,
                   termination_at_start: bool = False, rules: dict[str, LearningRule] | None = None) -> Network:
     """SPEC §5's option-critic network (see the module docstring).
 
@@ -40,6 +40,8 @@ def option_critic(n_options: int = 4, n_actions: int = FOURROOMS_ACTIONS, gamma:
     gamma: discount per environment step (one atomic tick per step).
     intra_step, termination_step, option_step: actor steps of ``act``, ``termination``, ``option``.
     critic_step, lam: every coagent's critic step and trace decay.
+    initial_value: every critic's initial Q (1, the largest return on Four Rooms, is optimistic:
+        outputs not tried yet look good, so they get tried).
     xi: Bacon et al.'s termination regulariser (a cost of stopping, in the termination's actor).
     termination_at_start: also execute the termination at each episode's first tick (SPEC §5
         read literally; its output there is never read).
@@ -51,7 +53,7 @@ def option_critic(n_options: int = 4, n_actions: int = FOURROOMS_ACTIONS, gamma:
     unknown = set(rules) - {"termination", "option", "act"}
     if unknown:
         raise ValueError(f"rules: unknown coagent(s) {sorted(unknown)}; expected termination, option, act")
-    critic = dict(critic_step=critic_step, lam=lam)
+    critic = dict(critic_step=critic_step, lam=lam, initial_value=initial_value)
     termination = rules.get("termination", ExpectedActorCritic(termination_step, costs=(0.0, xi), **critic))
     policy_over_options = rules.get("option", ExpectedActorCritic(option_step, **critic))
     intra_option = rules.get("act", ExpectedActorCritic(intra_step, **critic))
@@ -66,8 +68,8 @@ def option_critic(n_options: int = 4, n_actions: int = FOURROOMS_ACTIONS, gamma:
 
 
 def flat_actor_critic(n_actions: int = FOURROOMS_ACTIONS, gamma: float = 0.99, actor_step: float = 50.0,
-                      critic_step: float = 0.5, lam: float = 0.0) -> Network:
+                      critic_step: float = 0.5, lam: float = 0.0, initial_value: float = 1.0) -> Network:
     """The flat baseline: one tabular softmax coagent on the state with the same rule as the
     option-critic's coagents (expected actor-critic, its own Q(s, a))."""
     return Network([Coagent("act", ["obs"], Softmax(n_actions), Constant(1.0),
-                            ExpectedActorCritic(actor_step, critic_step, lam))], action="act", gamma=gamma)
+                            ExpectedActorCritic(actor_step, critic_step, lam, initial_value=initial_value))], action="act", gamma=gamma)

@@ -29,9 +29,14 @@ from .batched import ENV, TRIAL, ArrayDict
 
 
 def _group_sum(weights: np.ndarray, traces: np.ndarray) -> np.ndarray:
-    """sum_e weights[p, e] * traces[p, e, ...] -> (P, ...)."""
+    """sum_e weights[p, e] * traces[p, e, ...] -> (P, ...), added in environment order (as the
+    kernels do: ``kernels.traces.apply_group``)."""
     P, E = traces.shape[:2]
-    return np.einsum("pe,pe...->p...", weights.reshape(P, E), traces)
+    w = weights.reshape((P, E) + (1,) * (traces.ndim - 2))
+    total = w[:, 0] * traces[:, 0]
+    for e in range(1, E):
+        total += w[:, e] * traces[:, e]
+    return total
 
 
 def _scale(trace: np.ndarray, factor: np.ndarray) -> None:
@@ -424,10 +429,19 @@ class ExpectedActorCritic(LearningRule):
         if self.initial_value:  # Q(x, u) = initial_value for every local state (the bias, if features)
             q[:, -1 if not unit.encoder.tabular else slice(None)] = self.initial_value
         state.add("q", q, TRIAL)
-        state.add("z.q", np.zeros((P, E, n, space.n)), TRIAL)
         state.add("q_last", np.zeros(B), ENV)
-        ScaledTraces.init(state, B)
+        if self.one_step(unit):
+            state.add("x_last", np.zeros(B, dtype=np.int64), ENV)
+            state.add("u_last", np.zeros(B, dtype=np.int64), ENV)
+        else:
+            state.add("z.q", np.zeros((P, E, n, space.n)), TRIAL)
+            ScaledTraces.init(state, B)
         return state
+
+    def one_step(self, unit) -> bool:
+        """lambda = 0 on a tabular local state: remember (x_j, u_j) and update that one entry
+        instead of keeping a dense trace (the same numbers, far fewer operations)."""
+        return self.lam == 0 and unit.encoder.tabular
 
     def learned(self, state):
         return {"q": state["q"]}
@@ -447,7 +461,12 @@ class ExpectedActorCritic(LearningRule):
         delta = np.where(mask, unit.stream_reward + unit.stream_discount * v_next - st["q_last"], 0.0)
         unit.check_finite(delta, "TD error")
         with np.errstate(over="ignore", invalid="ignore"):
-            ScaledTraces.apply(st, "z.q", st["q"], self.critic_step * delta, mask, unit.scratch)
+            if "x_last" in st:
+                rows = np.flatnonzero(mask)
+                np.add.at(st["q"], (rows // unit.envs_per_trial, st["x_last"][rows], st["u_last"][rows]),
+                          self.critic_step * delta[rows])
+            else:
+                ScaledTraces.apply(st, "z.q", st["q"], self.critic_step * delta, mask, unit.scratch)
         unit.count_updates(mask, delta)
 
     def open(self, unit, state, x, mask, score, shared_value):
@@ -462,24 +481,28 @@ class ExpectedActorCritic(LearningRule):
         advantage = shaped - (probs * shaped).sum(axis=1, keepdims=True)
         u, gradient = _expected_score(unit.policy, stats, probs, {k: g[rows] for k, g in score.items()},
                                       self.actor_step * probs * advantage)
-        # critic: decay (a first execution finds its traces reset to 0), add grad_q Q(x_j, u_j)
-        running = mask & unit.executed_this_episode
-        if self.lam > 0:
-            elapsed = np.where(running, unit.episode_tick - unit.last_execution_tick, 0)
-            ScaledTraces.decay(st, (unit.gamma_atomic * self.lam) ** elapsed, running)
-        else:
-            ScaledTraces.reset(st, running)
-        onehot = np.zeros((unit.batch, probs.shape[1]))
-        onehot[rows, u] = 1.0
-        ScaledTraces.add(st, "z.q", x, onehot, mask, True)
         st["q_last"][rows] = q[np.arange(rows.size), u]
+        # critic: decay (a first execution finds its traces reset to 0), add grad_q Q(x_j, u_j)
+        if "x_last" in st:
+            st["x_last"][rows], st["u_last"][rows] = x.index[rows], u
+        else:
+            running = mask & unit.executed_this_episode
+            if self.lam > 0:
+                elapsed = np.where(running, unit.episode_tick - unit.last_execution_tick, 0)
+                ScaledTraces.decay(st, (unit.gamma_atomic * self.lam) ** elapsed, running)
+            else:
+                ScaledTraces.reset(st, running)
+            onehot = np.zeros((unit.batch, probs.shape[1]))
+            onehot[rows, u] = 1.0
+            ScaledTraces.add(st, "z.q", x, onehot, mask, True)
         # actor: the expected policy gradient over all outputs
         for k, g in gradient.items():
             unit.check_finite(g, "actor update", rows)
             _add_rows(unit.params[k], x, g, rows, unit.envs_per_trial)
 
     def reset(self, unit, state, mask):
-        ScaledTraces.reset(state, mask)
+        if "z_scale" in state:
+            ScaledTraces.reset(state, mask)
 
     def to_config(self):
         return {"kind": self.kind, "actor_step": self.actor_step, "critic_step": self.critic_step,

@@ -43,6 +43,7 @@ class ClassicOptionCritic:
     temperature: of the intra-option softmax policies (and of a softmax policy over options).
     epsilon: exploration of the epsilon-greedy policy over options.
     xi: termination regulariser, added to the advantage (favours longer options).
+    initial_value: Q_Omega and Q_U start here (1, the largest return, is optimistic on Four Rooms).
     policy_over_options: "egreedy" or "softmax" on Q_Omega.
     """
 
@@ -54,6 +55,7 @@ class ClassicOptionCritic:
     temperature: float = 1e-2
     epsilon: float = 1e-2
     xi: float = 0.0
+    initial_value: float = 0.0
     policy_over_options: str = "egreedy"
 
     def __post_init__(self):
@@ -82,7 +84,7 @@ class ClassicOptionCritic:
         env = FourRoomsBatch(runs, seed, goal_move_episode=goal_move_episode, max_steps=max_steps)
         stream = Stream.from_seed(seed, "classic_option_critic")
         S, O, A, B = env.observation_space.n, self.n_options, env.action_space.n, runs
-        q_omega, q_u = np.zeros((B, S, O)), np.zeros((B, S, O, A))
+        q_omega, q_u = np.full((B, S, O), self.initial_value), np.full((B, S, O, A), self.initial_value)
         theta, vartheta = np.zeros((B, S, O, A)), np.zeros((B, S, O))
         lengths = np.zeros((B, episodes), dtype=np.int64)
         choices = np.zeros((B, episodes), dtype=np.int64)

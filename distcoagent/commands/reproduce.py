@@ -1,4 +1,4 @@
-"""``distcoagent reproduce fig5|fig6``: the paper's experiments (SPEC §4), as PNG and JSON."""
+"""``distcoagent reproduce fig5|fig6|option-critic``: the paper's experiments (SPEC §4, §5), as PNG and JSON."""
 from __future__ import annotations
 
 import sys
@@ -6,16 +6,22 @@ import sys
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
-        "reproduce", help="reproduce the paper's Figure 5 (gradient check) or Figure 6 (learning curve)",
+        "reproduce", help="reproduce the paper's Figure 5 (gradient check), Figure 6 (learning curve) or "
+                          "its option-critic case study on Four Rooms",
         description="fig5: train the paper's network 5 episodes (actor-critic(lambda), shared critic), "
                     "freeze it, estimate dJ/dtheta by ACPGT and by finite differences from growing data, "
                     "and plot their mean cosine distance (95% band over trials) against episodes. "
                     "fig6: mean episodic return per episode over trials (95% band) with the optimal "
-                    "return. Writes DIR/figN.png and DIR/figN.json.")
-    p.add_argument("figure", choices=["fig5", "fig6"])
-    p.add_argument("--trials", type=int, help="independent trials (default: fig5 20, fig6 10000)")
+                    "return. Writes DIR/figN.png and DIR/figN.json. option-critic: steps to goal per "
+                    "episode (mean over runs, 95% band) of the coagent option-critic, the classic one and a "
+                    "flat actor-critic on Four Rooms, the goal moving halfway; option durations; the options "
+                    "on the map. Writes DIR/option_critic*.png and DIR/option_critic.json.")
+    p.add_argument("figure", choices=["fig5", "fig6", "option-critic"])
+    p.add_argument("--trials", type=int, help="independent trials (default: fig5 20, fig6 10000, "
+                                              "option-critic 20 runs per agent)")
     p.add_argument("--episodes", type=int, help="fig5: most episodes per estimate (default 3000); "
-                                                "fig6: episodes per trial (default 200)")
+                                                "fig6: episodes per trial (default 200); option-critic: "
+                                                "episodes per run (default 2000, the goal moves halfway)")
     p.add_argument("--out", default="figures", help="output directory (default: figures)")
     p.add_argument("--seed", type=int, default=0, help="seed (default 0)")
     p.add_argument("--step", type=float, default=0.1, help="fig5: finite-difference step h (default 0.1)")
@@ -32,6 +38,10 @@ def run(args) -> int:
             print(f"distcoagent reproduce: error: --{flag}: expected a positive integer, got {value}",
                   file=sys.stderr)
             return 2
+    if args.figure == "option-critic":
+        from ..reproduce_option_critic import report
+
+        return report(args)
     if args.figure == "fig5":
         summary = reproduce.fig5(trials=args.trials or 20, episodes=args.episodes or 3000, seed=args.seed,
                                  out=args.out, step=args.step, workers=args.workers)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import gymnasium as gym
 import numpy as np
 
+from .. import kernels
 from ..batched import ENV
 
 MOVES = np.array([(-1, 0), (1, 0), (0, -1), (0, 1)])  # (row, col) for up, down, left, right
@@ -139,6 +140,11 @@ class GridWorldBatch:
         self._next = self.single._next
         self.cells = np.full(num_envs, self.single.start, dtype=np.int64)
         self.steps = np.zeros(num_envs, dtype=np.int64)
+        self._kernel = None  # the compiled step (kernels.gridworld), when numba is there
+        if kernels.available():
+            from ..kernels import gridworld
+
+            self._kernel = gridworld
 
     def reset(self, seeds=None):
         self.cells[:] = self.single.start
@@ -147,6 +153,15 @@ class GridWorldBatch:
 
     def step(self, actions):
         actions = np.asarray(actions, dtype=np.int64)
+        if self._kernel is not None and kernels.enabled():
+            B = self.num_envs
+            obs, terminated, truncated = np.empty(B, dtype=np.int64), np.empty(B, dtype=bool), np.empty(B, dtype=bool)
+            limit = self.single.max_steps
+            bad = self._kernel.step(self._next, self.cells, self.steps, actions, self.single.goal, self.single.start,
+                                    -1 if limit is None else limit, obs, terminated, truncated)
+            if bad >= 0:
+                raise ValueError(f"action: expected 0..3, got {int(actions[bad])} (environment {bad})")
+            return obs, -np.ones(B), terminated, truncated
         self.cells = self._next[self.cells, actions]
         self.steps += 1
         terminated = self.cells == self.single.goal

@@ -30,7 +30,7 @@ import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 
 from ..envs import make_batch
-from ..execution import Constant, Driven, Function, Periodic, Table
+from ..execution import AfterStart, Constant, Driven, Function, Periodic, Table
 from ..features import FeatureState, TabularState
 from ..network import Network
 from ..tick import NetworkBatch
@@ -110,8 +110,8 @@ class _Chain:
         periods = [c.execution.period for c in network.coagents if isinstance(c.execution, Periodic)]
         self.m = network.ticks_per_step
         self.L = math.lcm(self.m, *periods) if periods else self.m
-        self.has_start = any(isinstance(c.execution, Driven) and c.execution.at_episode_start
-                             for c in network.coagents)
+        self.has_start = any((isinstance(c.execution, Driven) and c.execution.at_episode_start)
+                             or isinstance(c.execution, AfterStart) for c in network.coagents)
         # phase index -> the episode tick an execution function is shown, and its tick mod L
         self.phase_tick = np.array([k if k else self.L for k in range(self.L)] + ([0] if self.has_start else []))
         self.phase_mod = np.array(list(range(self.L)) + ([0] if self.has_start else []))

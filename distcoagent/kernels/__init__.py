@@ -1,0 +1,71 @@
+"""Compiled kernels (numba) for the hot paths of a tick, one module per concept.
+
+- ``draws``: the keyed counter-based random draws of ``rng`` (bit for bit the same numbers);
+- ``policy``: forward, sample and score of a softmax or bernoulli policy, one row at a time;
+- ``traces``: scaled eligibility traces (decay, add, apply, reset) of ``rules.ScaledTraces``;
+- ``coagent``: a coagent's ``act``, ``observe`` and ``begin_episode`` over the rows of a batch,
+  composed from the three above, for actor-critic (shared or own critic) and frozen rules;
+- ``critic``: the shared critic's value and TD(lambda) step;
+- ``gridworld``: the native gridworld batch's step.
+
+Kernels take every array as an argument (state stays in the declared ``FIELDS``, so trials can
+be cut out of a batch between calls) and change it in place.  A unit, critic or environment uses
+them when ``enabled()``; otherwise, or for kinds of coagent without a kernel, the numpy code runs
+(same algorithm, same draws; only the last bits of exp and pow differ).  Set
+``DISTCOAGENT_KERNELS=0`` to run numpy everywhere; tests switch with ``disabled()``.  Compiled
+code is cached on disk (``cache=True``): ``compile_all()`` compiles or loads every kernel and
+says how long it took.
+"""
+from __future__ import annotations
+
+import os
+import time
+from contextlib import contextmanager
+
+_switched_on = os.environ.get("DISTCOAGENT_KERNELS", "1").strip().lower() not in ("0", "false", "no", "off")
+_available: bool | None = None
+_enabled = False  # available and not inside ``disabled()``: what ``enabled()`` returns
+
+
+def available() -> bool:
+    """Kernels can run in this process: not switched off (``DISTCOAGENT_KERNELS=0``, then numba is
+    not even imported) and numba imports."""
+    global _available, _enabled
+    if _available is None:
+        _available = False
+        if _switched_on:
+            try:
+                import numba  # noqa: F401
+                _available = True
+            except ImportError:
+                pass
+        _enabled = _available
+    return _available
+
+
+def enabled() -> bool:
+    """Kernels run where a kernel exists (available, and not inside ``disabled()``)."""
+    return _enabled
+
+
+@contextmanager
+def disabled():
+    """Run the numpy code everywhere inside this block (tests compare the two)."""
+    global _enabled
+    available()
+    before, _enabled = _enabled, False
+    try:
+        yield
+    finally:
+        _enabled = before
+
+
+def compile_all() -> float:
+    """Compile (or load from the on-disk cache) every kernel; returns the seconds it took."""
+    start = time.perf_counter()
+    from . import coagent, critic, gridworld
+
+    coagent.warm_up()
+    critic.warm_up()
+    gridworld.warm_up()
+    return time.perf_counter() - start
