@@ -186,7 +186,13 @@ def train(network: Network | RunSpec, env: str | None = None, *, env_kwargs: dic
             runner.restore(state)
         if run_dir is not None and getattr(runner, "placement", None):
             _write_json(run_dir / "placement.json", {"actors": runner.placement})
-        result = runner.train(config.episodes, progress=progress, observers=observers, stop=stop)
+        if state is not None and state.get("episodes") is None:  # the run had finished: only its results
+            from .engine import result_from_state
+
+            result = result_from_state(state, network, runner.name)
+            result.finished = True
+        else:
+            result = runner.train(config.episodes, progress=progress, observers=observers, stop=stop)
     except BaseException as error:
         partial = getattr(runner, "partial", None)
         if run_dir is not None:
