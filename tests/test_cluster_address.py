@@ -12,7 +12,6 @@ import contextlib
 import http.server
 import os
 import shutil
-import signal
 import socketserver
 import subprocess
 import sys
@@ -27,7 +26,7 @@ import numpy as np
 import pytest
 
 from distcoagent.ray_engine.cluster import module_runtime_env, resolve_address, speaks_grpc
-from test_two_node_cluster import _free_port_range, _free_ports, _ours
+from test_two_node_cluster import _free_port_range, _free_ports, terminate
 
 ROOT = Path(__file__).resolve().parents[1]
 START_TIMEOUT = 120  # seconds for `ray start`
@@ -47,19 +46,7 @@ class Head:
 
 
 def _kill(head: Head) -> None:
-    for sig, grace in ((signal.SIGTERM, 8.0), (signal.SIGKILL, 3.0)):
-        try:
-            os.killpg(head.group, sig)
-        except ProcessLookupError:
-            pass
-        for pid in _ours(Path(head.env["HOME"])):
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
-        deadline = time.monotonic() + grace
-        while time.monotonic() < deadline and _ours(Path(head.env["HOME"])):
-            time.sleep(0.25)
+    terminate([head.group], Path(head.env["HOME"]))
 
 
 def _start_head(base: Path, env: dict, attempt: int) -> Head:

@@ -134,21 +134,27 @@ def _ours(home: Path) -> list[int]:
     return found
 
 
-def _stop(cluster: TwoNodes) -> None:
+def terminate(groups, home: Path) -> None:
+    """Stop our Ray processes: their process groups, then any process whose environment holds our
+    temporary HOME (Ray's workers run in groups of their own); SIGTERM, then SIGKILL."""
     for sig, grace in ((signal.SIGTERM, 8.0), (signal.SIGKILL, 3.0)):
-        for group in cluster.process_groups:
+        for group in groups:
             try:
                 os.killpg(group, sig)
             except ProcessLookupError:
                 pass
-        for pid in _ours(Path(cluster.env["HOME"])):
+        for pid in _ours(home):
             try:
                 os.kill(pid, sig)
             except ProcessLookupError:
                 pass
         deadline = time.monotonic() + grace
-        while time.monotonic() < deadline and _ours(Path(cluster.env["HOME"])):
+        while time.monotonic() < deadline and _ours(home):
             time.sleep(0.25)
+
+
+def _stop(cluster: TwoNodes) -> None:
+    terminate(cluster.process_groups, Path(cluster.env["HOME"]))
 
 
 @pytest.fixture(scope="module")

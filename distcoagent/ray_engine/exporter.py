@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import time
 
+from ..contract import combine_metrics
+
 INTERVAL_BOUNDARIES = [1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64, 128]
 
 
@@ -49,29 +51,23 @@ class CoagentExporter:
         if not force and now < self.next:
             return
         self.next = now + self.every
-        totals: dict[str, dict] = {}
-        for side in sides:
-            for name, m in side.metrics().items():
-                if name is None:
-                    continue
-                t = totals.setdefault(name, {"executions": 0, "ticks": 0, "updates": 0, "intervals": 0,
-                                             "interval_ticks": 0, "param_norm_sq": 0.0, "last_update": None})
-                for k in ("executions", "ticks", "updates", "intervals", "interval_ticks", "param_norm_sq"):
-                    t[k] += m[k]
-                if m["last_update"] is not None:
-                    t["last_update"] = m["last_update"]
-        for name, t in totals.items():
+        # the same sums as the dashboard's (contract.combine_metrics), over this actor's micro-batches
+        totals = combine_metrics([], [side.metrics() for side in sides], seconds=0.0, episodes_target=None,
+                                 order=list(sides[0].units)).coagents
+        for name, m in totals.items():
+            t = {"executions": m.executions, "ticks": m.ticks, "updates": m.updates, "intervals": m.intervals,
+                 "interval_ticks": m.interval_ticks}
             tags = {"coagent": name, "run": self.run}
             before = self.sent.get(name, {"executions": 0, "ticks": 0, "updates": 0, "intervals": 0,
                                           "interval_ticks": 0})
             for k, counter in self.counters.items():
                 if t[k] > before[k]:
                     counter.inc(t[k] - before[k], tags)
-            if t["ticks"]:
-                self.rate.set(t["executions"] / t["ticks"], tags)
-            self.norm.set(t["param_norm_sq"] ** 0.5, tags)
-            if t["last_update"] is not None:
-                self.update.set(t["last_update"], tags)
+            if m.ticks:
+                self.rate.set(m.execution_rate, tags)
+            self.norm.set(m.param_norm, tags)
+            if m.last_update is not None:
+                self.update.set(m.last_update, tags)
             closed = t["intervals"] - before["intervals"]
             if closed > 0:
                 self.between.observe((t["interval_ticks"] - before["interval_ticks"]) / closed, tags)
