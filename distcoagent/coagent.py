@@ -78,6 +78,18 @@ class Coagent:
         return [n for k, n in map(parse_input, self.inputs) if k == kind]
 
 
+def initial_outputs(coagent: Coagent, stream: Stream, env_ids: np.ndarray, ticks: np.ndarray) -> np.ndarray:
+    """U_{-1} drawn from h for environments ``env_ids`` whose episodes begin at atomic ``ticks`` (keyed
+    draws: whoever computes them, a coagent or the free-running board that holds for it, gets these)."""
+    space = coagent.policy.output_space()
+    if not space.discrete:
+        return np.zeros((env_ids.size, space.dim))
+    n, initial = space.n, coagent.initial
+    probs = np.full(n, 1.0 / n) if initial == "uniform" else np.asarray(initial, dtype=np.float64)
+    u = stream.uniform(env_ids, ticks, INITIAL_OUTPUT_SLOT)
+    return categorical(np.broadcast_to(probs, (env_ids.size, n)), u)
+
+
 def _unit_kernel(unit):
     """The compiled step for ``unit`` (None: numba missing, or no kernel for its kind: numpy runs)."""
     if not kernels.available():
@@ -180,15 +192,8 @@ class CoagentUnit:
         """Start new episodes where ``mask``: draw U_{-1} from h, reset stream and traces."""
         if self.kernel is not None and kernels.enabled():
             return self.kernel.begin_episode(self, mask)
-        initial = self.coagent.initial
-        if self.output_space.discrete:
-            n = self.output_space.n
-            probs = np.full(n, 1.0 / n) if initial == "uniform" else np.asarray(initial, dtype=np.float64)
-            rows = np.flatnonzero(mask)
-            u = self.stream.uniform(self.env_ids[rows], self.env_tick[rows], INITIAL_OUTPUT_SLOT)
-            self.output[rows] = categorical(np.broadcast_to(probs, (rows.size, n)), u)
-        else:
-            self.output[mask] = 0.0
+        rows = np.flatnonzero(mask)
+        self.output[rows] = initial_outputs(self.coagent, self.stream, self.env_ids[rows], self.env_tick[rows])
         self.rule.reset(self, self.rule_state, mask)
         self.stream_reward[mask] = 0.0
         self.stream_discount[mask] = 1.0
@@ -202,12 +207,17 @@ class CoagentUnit:
         self.env_tick[:] = tick
 
     def act(self, values: Sequence[np.ndarray], active: np.ndarray, drivers: dict | None = None,
-            shared_value: np.ndarray | None = None) -> np.ndarray:
-        """One atomic tick: maybe execute (learning first from the closed interval), else hold."""
+            shared_value: np.ndarray | None = None, forced: np.ndarray | None = None) -> np.ndarray:
+        """One atomic tick: maybe execute (learning first from the closed interval), else hold.
+
+        ``forced`` (bool per environment) replaces the execution draw: E = forced where active.  The
+        free-running mode holds with it, and a replay imposes a recorded execution pattern."""
         x = self.encoder(values)
+        beta = None if forced is None else np.asarray(forced, dtype=np.float64)  # u in [0, 1): u < 1, never u < 0
         if self.kernel is not None and kernels.enabled():
-            return self.kernel.act(self, x, active, drivers, shared_value)
-        beta = self.coagent.execution.beta(x, self.episode_tick, drivers or {})
+            return self.kernel.act(self, x, active, drivers, shared_value, beta)
+        if beta is None:
+            beta = self.coagent.execution.beta(x, self.episode_tick, drivers or {})
         executes = (self.stream.uniform(self.env_ids, self.env_tick, EXECUTION_SLOT) < beta) & active
         closing = executes & self.executed_this_episode
         if closing.any():

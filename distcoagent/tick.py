@@ -423,9 +423,11 @@ class CoagentSide:
         """Previous-tick outputs of ``names`` (for coagents of other sides), after this tick's episode starts."""
         return {"prev:" + n: self.units[n].output.copy() for n in names}
 
-    def act(self, names=None, received: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+    def act(self, names=None, received: dict[str, np.ndarray] | None = None,
+            forced: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
         """Run ``names`` (default: all of this side's coagents, in order); returns their outputs.
-        ``received``: inputs computed elsewhere this tick ("NAME" or "prev:NAME")."""
+        ``received``: inputs computed elsewhere this tick ("NAME" or "prev:NAME").  ``forced``: per
+        coagent, the executions to impose instead of drawing them (bool per environment)."""
         lookup = self.lookup
         if received:
             lookup.update(received)
@@ -434,7 +436,8 @@ class CoagentSide:
             unit = self.units[name]
             inputs = [self.obs if i == "obs" else lookup[i] for i in unit.coagent.inputs]
             drivers = {d: lookup[d] for d in unit.coagent.execution.drivers}
-            out[name] = lookup[name] = unit.act(inputs, self.active, drivers, self.value)
+            out[name] = lookup[name] = unit.act(inputs, self.active, drivers, self.value,
+                                                None if forced is None else forced.get(name))
             if self.raster is not None:
                 self.raster.record(self.current_tick, self.env_index, name, unit.last_executed)
         return out

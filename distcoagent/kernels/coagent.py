@@ -262,10 +262,13 @@ class UnitKernel:
             return st["z.W"], st["z_scale"], st["v_last"], st["critic"], st["z.critic_w"]
         return st["z.W"], st["z_scale"], st["v_last"], _NO_PARAM, _NO_TRACE
 
-    def act(self, unit, x, active, drivers, shared_value):
+    def act(self, unit, x, active, drivers, shared_value, beta=None):
         B = unit.batch
-        # the execution probabilities; a constant one is passed as a single number (no array per tick)
-        beta = self.beta if self.beta is not None else unit.coagent.execution.beta(x, unit.episode_tick, drivers or {})
+        # the execution probabilities (``beta`` given: a forced pattern); a constant one is passed as a
+        # single number (no array per tick)
+        if beta is None:
+            beta = self.beta if self.beta is not None else unit.coagent.execution.beta(x, unit.episode_tick,
+                                                                                       drivers or {})
         executes = np.empty(B, dtype=bool)
         closing = np.empty(B, dtype=bool)
         delta = np.empty(B)
