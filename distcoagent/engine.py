@@ -94,14 +94,18 @@ class InProcessEngine(Engine):
     ``episode_keys``: key every episode's draws by (base id, episode number) instead of by
     environment and tick (``tick.EpisodeKeys``; one base id per environment of the batch).
     ``raster``: record which coagents executed when, for a few environments (``tick.RasterSpec``).
+    ``forced``: impose a recorded execution pattern instead of drawing executions
+    (``replay.ExecutionSchedule``: a free-running run replayed).
     """
 
     name = "inprocess"
 
     def __init__(self, network: Network, env_id: str, env_kwargs: dict | None = None, *, trials: int = 1,
                  envs_per_trial: int = 1, seed: int = 0, micro_batches: int = 1, compact: bool = True,
-                 first_trial: int = 0, episode_keys: EpisodeKeys | None = None, raster: RasterSpec | None = None):
+                 first_trial: int = 0, episode_keys: EpisodeKeys | None = None, raster: RasterSpec | None = None,
+                 forced=None):
         check_counts(trials, envs_per_trial)
+        self.forced = forced  # a recorded execution pattern to impose (``replay.ExecutionSchedule``)
         self.network, self.env_id, self.env_kwargs = network, env_id, dict(env_kwargs or {})
         self.trials, self.envs_per_trial, self.seed = int(trials), int(envs_per_trial), seed
         # trials first_trial .. first_trial + trials - 1 of the run: a slice run in another process
@@ -159,7 +163,12 @@ class InProcessEngine(Engine):
                         continue
                     if self.compact and message.obs is not None:  # after an environment step
                         self._drop_finished(k, cuts[k])
-                    env.finish(side.act())
+                    if self.forced is None:
+                        env.finish(side.act())
+                    else:
+                        outputs = side.act(forced=self.forced.at(k, message.tick, side.env_index))
+                        self.forced.seen(k, message.tick, side.env_index, outputs)
+                        env.finish(outputs)
                     if tickers:
                         event = TickEvent(k, env.tick - 1, _feedback_of(env), cuts[k][-1][0] if cuts[k] else None)
                         for o in tickers:

@@ -44,3 +44,12 @@ def dumps(state) -> bytes:
 def loads(data: bytes):
     """Inverse of ``dumps``."""
     return msgpack.unpackb(data, object_hook=_decode, raw=False, strict_map_key=False)
+
+
+def iter_loads(stream):
+    """The values ``dumps`` wrote one after another into a binary ``stream`` (a truncated last one is dropped)."""
+    unpacker = msgpack.Unpacker(stream, object_hook=_decode, raw=False, strict_map_key=False)
+    try:
+        yield from unpacker
+    except (msgpack.OutOfData, ValueError):
+        return

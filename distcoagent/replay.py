@@ -1,0 +1,169 @@
+"""The record of a free-running run, and its replay through the in-process engine.
+
+A free-running run (``freerun``) writes ``executions.msgpack`` into its run directory:
+one record per sealed environment step of each micro-batch, appended as the run goes
+(msgpack values one after another, no pickle):
+
+- ``{"k", "tick", "batch", "executed": {coagent: packed bits over the micro-batch's
+  environments}, "rows": [sampled global environment indices], "outputs": {coagent:
+  [its output there]}, "seen": {coagent: {"tick", "envs", "executed", "inputs": {input:
+  [values]}}}}``: who executed at that step, and, for the sampled environments, what
+  each executing coagent read and what every coagent's output was;
+- ``{"kind": "restore", "k", "tick"}``: the run went back to the snapshot of that tick
+  (after a lost actor, or a resume); records of micro-batch k from that tick on that
+  were written before it no longer count.
+
+``replay`` runs the in-process engine over the same trials, seed and micro-batches with
+those executions forced (``ExecutionSchedule``) and checks that it ends with the same
+parameters, bit for bit, and that every recorded output agrees: each coagent learned
+from exactly what it saw, and the realised pattern is one the ACPGT covers.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import serialize
+from .network import SpecError
+
+FILE = "executions.msgpack"
+
+
+class ExecutionLog:
+    """Appends records to a run directory's ``executions.msgpack`` (flushed after each batch)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def append(self, records) -> None:
+        if not records:
+            return
+        with open(self.path, "ab") as f:
+            for record in records:
+                f.write(serialize.dumps(record))
+
+    def mark_restore(self, k: int, tick: int) -> None:
+        self.append([{"kind": "restore", "k": int(k), "tick": int(tick)}])
+
+
+def read_records(path: str | Path) -> list[dict]:
+    """The step records that count, in order (restore markers applied)."""
+    records: list[dict] = []
+    with open(path, "rb") as f:
+        for value in serialize.iter_loads(f):
+            if not isinstance(value, dict):
+                raise ValueError(f"{path}: not an execution record ({type(value).__name__})")
+            if value.get("kind") == "restore":
+                k, tick = value["k"], value["tick"]
+                records = [r for r in records if r["k"] != k or r["tick"] < tick]
+            else:
+                records.append(value)
+    return records
+
+
+@dataclass
+class ExecutionSchedule:
+    """Recorded executions to impose, by micro-batch and tick (see ``InProcessEngine(forced=)``).
+
+    ``seen`` compares what the replay computes with the recorded outputs of the sampled
+    environments; the first disagreements are kept in ``mismatches``."""
+
+    slices: list[tuple[int, int]]
+    envs_per_trial: int
+    steps: dict = field(default_factory=dict)     # (k, tick) -> record
+    mismatches: list = field(default_factory=list)
+    checked: int = 0
+
+    @classmethod
+    def from_records(cls, records, slices, envs_per_trial) -> "ExecutionSchedule":
+        schedule = cls([tuple(s) for s in slices], envs_per_trial)
+        for r in records:
+            schedule.steps[(int(r["k"]), int(r["tick"]))] = r
+        return schedule
+
+    def at(self, k: int, tick: int, env_index: np.ndarray) -> dict[str, np.ndarray]:
+        record = self.steps.get((k, tick))
+        if record is None:
+            raise ValueError(f"{FILE}: no record of atomic tick {tick} of micro-batch {k}; the record is "
+                             "incomplete (the run stopped without a checkpoint after it?)")
+        local = env_index - self.slices[k][0] * self.envs_per_trial
+        B = record["batch"]
+        return {n: np.unpackbits(np.asarray(bits, dtype=np.uint8), count=B).astype(bool)[local]
+                for n, bits in record["executed"].items()}
+
+    def seen(self, k: int, tick: int, env_index: np.ndarray, outputs: dict[str, np.ndarray]) -> None:
+        record = self.steps[(k, tick)]
+        if not record["rows"]:
+            return
+        where = {int(e): i for i, e in enumerate(env_index)}
+        for n, values in record["outputs"].items():
+            for env, value in zip(record["rows"], values):
+                if env not in where:
+                    continue
+                self.checked += 1
+                got = np.asarray(outputs[n])[where[env]]
+                if not np.array_equal(got, np.asarray(value)) and len(self.mismatches) < 10:
+                    self.mismatches.append({"tick": tick, "coagent": n, "env": env, "recorded": value,
+                                            "replayed": got.tolist()})
+
+
+@dataclass
+class ReplayReport:
+    """What ``replay`` found: ``identical`` when every parameter and recorded output agrees."""
+
+    steps: int
+    outputs_checked: int
+    output_mismatches: list
+    parameter_differences: dict[str, float]   # "coagent.param" -> max |difference|, when not equal
+    executions: dict[str, int]
+
+    @property
+    def identical(self) -> bool:
+        return not self.output_mismatches and not self.parameter_differences
+
+
+def replay(run_dir: str | Path, network=None) -> ReplayReport:
+    """Replay a free-running run's record through the in-process engine (see the module docstring).
+
+    ``network``: for runs started from Python without a spec (the run directory's spec is
+    used otherwise)."""
+    from .engine import InProcessEngine
+    from .spec import parse
+
+    run_dir = Path(run_dir)
+    config_file, record_file, params_file = run_dir / "config.json", run_dir / FILE, run_dir / "params.msgpack"
+    for path, what in ((config_file, "a run directory"), (record_file, "a free-running run's record"),
+                       (params_file, "a finished run's parameters")):
+        if not path.is_file():
+            raise SpecError(f"replay: {run_dir} has no {path.name}; expected {what} (train with --clock free)")
+    config = json.loads(config_file.read_text())
+    train = config["train"]
+    env = dict(config["env"])
+    env_id = env.pop("id")
+    if network is None:
+        if config.get("spec") is None:
+            raise SpecError(f"replay: {run_dir} was started from Python; pass network= to replay()")
+        network = parse(config["spec"], str(config_file)).network
+    records = read_records(record_file)
+    engine = InProcessEngine(network, env_id, env, trials=train["trials"], envs_per_trial=train["envs_per_trial"],
+                             seed=train["seed"], micro_batches=train["micro_batches"], compact=False)
+    schedule = ExecutionSchedule.from_records(records, engine.slices, engine.envs_per_trial)
+    engine.forced = schedule
+    try:
+        result = engine.train(train["episodes"])
+    finally:
+        engine.close()
+    saved = serialize.loads(params_file.read_bytes())
+    differences = {}
+    for name, params in result.params.items():
+        for key, value in params.items():
+            theirs = np.asarray(saved[name][key])
+            if theirs.shape != value.shape:
+                differences[f"{name}.{key}"] = float("inf")
+            elif not np.array_equal(theirs, value):
+                differences[f"{name}.{key}"] = float(np.max(np.abs(theirs - value)))
+    return ReplayReport(len(records), schedule.checked, schedule.mismatches, differences,
+                        {n: c["executions"] for n, c in result.counters.items()})
