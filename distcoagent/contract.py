@@ -102,6 +102,7 @@ class RunMetrics:
     coagents: dict[str, CoagentMetrics]
     critic_last_update: float | None = None
     raster: dict[int, dict] = field(default_factory=dict)  # tick -> {"envs": [...], coagent: [bits]}
+    extra: dict = field(default_factory=dict)  # what a mode adds (the free-running clock's counters)
 
     def curve(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(mean, standard error, n) per episode index over the environments that finished it."""

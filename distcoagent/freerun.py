@@ -20,15 +20,21 @@ environment worker (``FreeEnvironment``):
   begin and end as the environment's do).  At the newest step, if still open, it
   draws its execution as usual and, if it executes, publishes its output stamped with
   that step.
-- **The sealing rule** keeps what everyone saw consistent.  When a coagent reads
-  another's output for the open step, that entry is final for that step; so is
-  everything once the environment seals the step.  A publication for a step that is
-  sealed, or whose entry somebody already read, is *late*: the board refuses it and
-  the coagent takes its step back (its state before the step is restored) and holds
-  instead.  Hence, per step, each coagent either executed on exactly the inputs that
-  every reader of its output also saw, or held: the realised run is an execution of
-  the ACPGT's network with some pattern E_t^i, where timing, independent of the
-  parameters, plays the part of the execution function.
+- **Consistency** (optimistic, as in a database): a publication carries the versions of
+  the same-tick inputs the coagent read.  The board accepts it if the step is still
+  open, nobody's accepted output already depends on this coagent's entry, and none of
+  those inputs changed since the read; the inputs are then final for the step.  A
+  publication whose inputs changed is refused, and the coagent may try again at the
+  same step on the new inputs (its draws are keyed, so a retry on the same inputs
+  draws the same numbers); one that comes after the step was sealed, or after another
+  coagent's accepted output used its entry, is *late*, and the coagent holds at that
+  step.  Whenever a publication is refused, the coagent takes the step back (its state
+  before the step is restored).  Hence, per step, each coagent either executed on
+  exactly the inputs that every reader of its output also saw, or held: the realised
+  run is an execution of the ACPGT's network with some pattern E_t^i, where timing,
+  independent of the parameters, plays the part of the execution function.  With an
+  environment slow enough for every unit to act in every step, the run is the
+  logical-tick one.
 
 **The record.**  When it seals a step the board records, for each coagent, on which
 environments it executed (all of them, bit-packed) and, for a few sampled
@@ -52,10 +58,18 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from . import kernels
 from .coagent import initial_outputs
 from .network import Network
 from .rng import Stream
 from .tick import CoagentSide, EnvironmentSide, Flush, RunStart, TickStart
+
+
+def warm_up() -> None:
+    """Compile (or load) the kernels before a loop starts: a unit compiling in its first step would
+    miss the steps the others take meanwhile."""
+    if kernels.available() and kernels.enabled():
+        kernels.compile_all()
 
 
 def same_tick_reads(network: Network, names) -> set[str]:
@@ -78,23 +92,27 @@ class View:
 
     ``messages``: the environment side's messages since the group's last read (sequence
     ``after + 1 .. sequence``); ``open_tick``: the step the group may execute at (the newest
-    one, if still open and the group has not published for it), else None; ``inputs``: the
+    one, if still open and the group may still publish for it), else None; ``inputs``: the
     other coagents' outputs it reads ("NAME": this step's, "prev:NAME": the step before's);
-    ``done``: the environment has posted its last message."""
+    ``versions``: how many times each "NAME" input was published for the step (the
+    publication names them); ``done``: the environment has posted its last message."""
 
     sequence: int
     messages: list
     open_tick: int | None
     inputs: dict[str, np.ndarray]
     done: bool
+    versions: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
 class FreeCounters:
-    """Per coagent: opportunities (newest steps it reached while open), accepted and late publications."""
+    """Per coagent: opportunities (reads of an open step it may publish for), accepted publications,
+    refused ones whose inputs had changed (``retried``: the coagent may try again) and late ones."""
 
     opportunities: int = 0
     published: int = 0
+    retried: int = 0
     late: int = 0
 
     def to_dict(self) -> dict:
@@ -112,6 +130,7 @@ class FreeEnvironment:
     def __init__(self, index: int, network: Network, env_id: str, env_kwargs: dict, seed: int, trial_start: int,
                  trial_stop: int, envs_per_trial: int, groups, rate: float | None = None, record_envs=()):
         self.index, self.network = index, network
+        warm_up()
         self.side = EnvironmentSide(network, env_id, env_kwargs, seed, trial_start, trial_stop, envs_per_trial)
         self.groups = [tuple(g) for g in groups]
         self.rate = rate
@@ -128,7 +147,8 @@ class FreeEnvironment:
         self.held: dict[str, np.ndarray] = {}     # U_{t-1} after this step's episode starts
         self.current: dict[str, np.ndarray] = {}  # this step's outputs so far (held, or published)
         self.open_tick: int | None = None
-        self.read_now: set[str] = set()           # entries read at the open step: final
+        self.version: dict[str, int] = {}         # accepted publications per coagent at the open step
+        self.frozen: set[str] = set()             # entries an accepted output used: final for the step
         self.published: set[int] = set()          # groups that published for the open step
         self.executed: dict[str, np.ndarray] = {}
         self.seen: dict[str, dict] = {}
@@ -172,7 +192,8 @@ class FreeEnvironment:
         """Step until the run is finished or stopped; returns the steps taken."""
         period = None if not self.rate else 1.0 / self.rate
         next_time = time.monotonic()
-        self.looping = True
+        with self.cond:
+            self.looping, self.stopped, self.pause_wanted = True, False, False
         try:
             while self.advance(period, next_time):
                 if period is not None:
@@ -222,7 +243,8 @@ class FreeEnvironment:
                     held = self.held[n] = self.held[n].copy()
                     held[rows] = initial_outputs(self.network.coagent(n), self.streams[n], self.env_ids[rows], ticks)
             self.current = dict(self.held)
-            self.open_tick, self.read_now, self.published = message.tick, set(), set()
+            self.open_tick, self.frozen, self.published = message.tick, set(), set()
+            self.version = {n: 0 for n in self.network.order}
             self.executed, self.seen = {}, {}
             self._post(message)
             return True
@@ -246,8 +268,7 @@ class FreeEnvironment:
 
     # ------------------------------------------------------------------ what the coagents call
     def read(self, group: int, after: int, wait: float = 0.2) -> View:
-        """Messages since ``after`` and the newest inputs of ``group``; waits up to ``wait`` s for news.
-        Reading another coagent's output for the open step makes that entry final for the step."""
+        """Messages since ``after`` and the newest inputs of ``group``; waits up to ``wait`` s for news."""
         with self.cond:
             deadline = time.monotonic() + wait
             while self.sequence <= after and not self.finished and not self.stopped:
@@ -260,34 +281,45 @@ class FreeEnvironment:
             for s in [s for s in self.messages if s <= min(self.consumed)]:
                 del self.messages[s]
             last = messages[-1] if messages else None
-            chance = (isinstance(last, TickStart) and last.tick == self.open_tick and group not in self.published)
+            # while a step is open, its TickStart is the newest message
+            chance = (self.open_tick is not None and group not in self.published
+                      and not self.frozen.intersection(self.groups[group]))
             source = self.current if self.open_tick is not None else self.held
             inputs = {n: np.array(source[n]) for n in self.reads[group]}
             inputs.update({"prev:" + n: np.array(self.held[n]) for n in self.prev_reads[group]})
+            versions = {}
             if chance:
-                self.read_now |= self.reads[group]
+                versions = {n: self.version[n] for n in self.reads[group]}
                 for n in self.groups[group]:
                     self.counters[n].opportunities += 1
-            return View(self.sequence, messages, last.tick if chance else None, inputs,
-                        self.finished and not self.stopped)
+            return View(self.sequence, messages, self.open_tick if chance else None, inputs,
+                        self.finished and not self.stopped, versions)
 
     def publish(self, group: int, tick: int, outputs: dict[str, np.ndarray], executed: dict[str, np.ndarray],
-                seen: dict | None = None) -> bool:
-        """Outputs of ``group`` for step ``tick``: accepted (True) unless late (see the module docstring)."""
+                seen: dict | None = None, versions: dict[str, int] | None = None) -> bool:
+        """Outputs of ``group`` for step ``tick``, computed from inputs of ``versions``: True if accepted
+        (see the module docstring; refused, the group may read again and retry while the step is open)."""
         names = self.groups[group]
+        versions = versions or {}
         with self.cond:
-            late = (tick != self.open_tick or group in self.published or any(n in self.read_now for n in names))
+            late = (tick != self.open_tick or group in self.published or bool(self.frozen.intersection(names)))
+            stale = not late and any(self.version[n] != v for n, v in versions.items())
             for n in names:
-                if late:
-                    self.counters[n].late += 1
-                else:
-                    self.counters[n].published += 1
-                    self.current[n] = np.array(outputs[n])
-                    self.executed[n] = np.array(executed[n], dtype=bool)
-            if not late:
-                self.published.add(group)
-                self.seen.update(seen or {})
-            return not late
+                counters = self.counters[n]
+                if late or stale:
+                    counters.late += late
+                    counters.retried += stale
+                    continue
+                counters.published += 1
+                self.current[n] = np.array(outputs[n])
+                self.executed[n] = np.array(executed[n], dtype=bool)
+                self.version[n] += 1
+            if late or stale:
+                return False
+            self.published.add(group)
+            self.frozen.update(versions)
+            self.seen.update(seen or {})
+            return True
 
     # ------------------------------------------------------------------ the driver's requests
     def pause(self, timeout: float = 30.0) -> int:
@@ -352,6 +384,7 @@ class FreeCoagent:
                  seed: int, group: int, boards=None, delay: float = 0.0, rate: float | None = None,
                  raster=None, record_envs=()):
         self.network, self.names, self.group = network, tuple(names), group
+        warm_up()
         self.sides = [CoagentSide(network, names, observation_space, action_space, b - a, envs_per_trial, seed, a,
                                   raster=raster) for a, b in slices]
         self.boards = list(boards or [])
@@ -364,7 +397,10 @@ class FreeCoagent:
         self.record_rows = [np.flatnonzero(np.isin(s.env_index, np.asarray(record_envs, dtype=np.int64)))
                             for s in self.sides]
         self.holds = [{n: np.zeros(s.batch, dtype=bool) for n in self.names} for s in self.sides]
+        self.pending: list[int | None] = [None] * len(slices)
+        self.inputs: list[dict] = [{} for _ in slices]
         self.loops = 0
+        self.looping = False
 
     def ready(self) -> dict:
         from .ray_engine.actors import where
@@ -377,53 +413,67 @@ class FreeCoagent:
     def restore(self, k: int, coagent_state: dict) -> None:
         with self.locks[k]:
             self.sides[k].load_state_dict(coagent_state)
-            self.sequence[k], self.done[k] = 0, False
+            self.sequence[k], self.done[k], self.pending[k] = 0, False, None
 
     # ------------------------------------------------------------------ the loop
     def run(self, wait: float = 0.2) -> int:
         """Loop over this group's micro-batches until all are done (or ``stop``); returns the loops."""
         period = None if not self.rate else 1.0 / self.rate
-        while not self.stopped and not all(self.done):
-            started = time.monotonic()
-            for k in range(len(self.sides)):
-                if not self.done[k]:
-                    self.iterate(k, wait / max(1, len(self.sides)))
-            if self.delay:
-                time.sleep(self.delay)
-            if period is not None:
-                left = started + period - time.monotonic()
-                if left > 0:
-                    time.sleep(left)
+        self.stopped, self.looping = False, True
+        try:
+            while not self.stopped and not all(self.done):
+                started = time.monotonic()
+                for k in range(len(self.sides)):
+                    if not self.done[k]:
+                        self.iterate(k, wait / max(1, len(self.sides)))
+                if self.delay:
+                    time.sleep(self.delay)
+                if period is not None:
+                    left = started + period - time.monotonic()
+                    if left > 0:
+                        time.sleep(left)
+        finally:
+            self.looping = False
         return self.loops
 
     def iterate(self, k: int, wait: float = 0.2) -> None:
         """Once round the loop for micro-batch k: read, catch up (holds), maybe execute and publish."""
-        view = self.boards[k].read(self.group, self.sequence[k], wait)
+        # a refused publication may be retried at once, while its step is open
+        view = self.boards[k].read(self.group, self.sequence[k], 0.0 if self.pending[k] is not None else wait)
         with self.locks[k]:
-            side = self.sides[k]
+            side, holds = self.sides[k], self.holds[k]
+            pending = self.pending[k]  # a step received but not acted at (its publication was refused)
+            if pending is not None and (view.messages or view.open_tick != pending):
+                side.act(None, self.inputs[k], holds)  # it cannot execute there any more: a hold
+                pending = None
             last = len(view.messages) - 1
             for i, message in enumerate(view.messages):
                 side.receive(message)
                 if not isinstance(message, TickStart):
                     continue
                 if i == last and view.open_tick == message.tick:
-                    self._try(k, message.tick, view.inputs)
+                    pending = message.tick
                 else:
-                    side.act(None, view.inputs, self.holds[k])
+                    side.act(None, view.inputs, holds)
+            if pending is not None and self._try(k, pending, view):
+                pending = None
+            self.pending[k], self.inputs[k] = pending, view.inputs
             self.sequence[k] = view.sequence
-            self.done[k] = view.done and not view.messages or any(isinstance(m, Flush) for m in view.messages)
+            flushed = any(isinstance(m, Flush) for m in view.messages)
+            self.done[k] = pending is None and (flushed or (view.done and not view.messages) or self.done[k])
             self.loops += 1
         with self.progress:
             self.progress.notify_all()
 
-    def _try(self, k: int, tick: int, inputs: dict) -> None:
-        """The newest step is open: draw, maybe execute and publish; a late publication is taken back."""
-        side = self.sides[k]
+    def _try(self, k: int, tick: int, view: View) -> bool:
+        """The newest step is open: draw, maybe execute and publish.  False: the publication was
+        refused, and the step is taken back (still to be acted at: a retry, or a hold)."""
+        side, inputs = self.sides[k], view.inputs
         before = {n: u.state_dict() for n, u in side.units.items()}
         outputs = side.act(None, inputs)
         executed = {n: u.last_executed.copy() for n, u in side.units.items()}
         if not any(e.any() for e in executed.values()):
-            return  # every environment holds: exactly what the board assumes
+            return True  # every environment holds: exactly what the board assumes
         rows = self.record_rows[k]
         seen = {}
         if rows.size:
@@ -434,12 +484,12 @@ class FreeCoagent:
                                "executed": executed[n][rows].tolist(),
                                "inputs": {i: (side.obs if i == "obs" else local[i])[rows].tolist()
                                           for i in u.coagent.inputs}}
-        if self.boards[k].publish(self.group, tick, outputs, executed, seen):
-            return
-        for n, u in side.units.items():  # late: this step becomes a hold
+        if self.boards[k].publish(self.group, tick, outputs, executed, seen, view.versions):
+            return True
+        for n, u in side.units.items():
             u.load_state_dict(before[n])
         side.capture_previous()
-        side.act(None, inputs, self.holds[k])
+        return False
 
     def stop(self) -> None:
         self.stopped = True
@@ -449,11 +499,18 @@ class FreeCoagent:
         """Micro-batch k's side once it has processed every message up to ``sequence``."""
         deadline = time.monotonic() + timeout
         with self.progress:
-            while self.sequence[k] < sequence:
+            while self.sequence[k] < sequence or self.pending[k] is not None:
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"coagent(s) {', '.join(self.names)} did not catch up with message "
                                        f"{sequence} of micro-batch {k} within {timeout:g} s")
-                self.progress.wait(0.05)
+                if self.looping:
+                    self.progress.wait(0.05)
+                    continue
+                self.progress.release()  # nobody reads for this micro-batch: catch up here
+                try:
+                    self.iterate(k, 0.0)
+                finally:
+                    self.progress.acquire()
         with self.locks[k]:
             return self.sides[k].state_dict()
 

@@ -284,19 +284,11 @@ class RayEngine(Engine):
             for n in names:
                 by_level.setdefault(level[n], []).append(n)
             self.plans.append({"levels": by_level, "exports": exports, "prev_exports": prev_exports})
-        coagent_class = ray.remote(CoagentWorker)
-        env_class = ray.remote(EnvironmentWorker)
         shards = [[self.slices[k] for k in range(K) if self.replica_of[k] == r] for r in range(R)]
         self.local_index = [self.replica_of[:k].count(self.replica_of[k]) for k in range(K)]
-        self.actors = [coagent_class.options(**options(r * G + g)).remote(
-            net, list(names), self.observation_space, self.action_space, shards[r], self.envs_per_trial,
-            self.seed, plan["levels"], plan["exports"], plan["prev_exports"], self.raster,
-            (self.run_name or self.run_id) if self.export_metrics else None)
-            for r in range(R) for g, (names, plan) in enumerate(zip(self.groups, self.plans))]
-        self.env_actors = [env_class.options(**options(R * G + k)).remote(
-            k, net, self.env_id, self.env_kwargs, self.seed, a, b, self.envs_per_trial,
-            (self.run_name or self.run_id) if self.export_metrics else None)
-            for k, (a, b) in enumerate(self.slices)]
+        self.actors = [self._coagent_actor(options(r * G + g), g, names, plan, shards[r])
+                       for r in range(R) for g, (names, plan) in enumerate(zip(self.groups, self.plans))]
+        self.env_actors = [self._env_actor(options(R * G + k), k, a, b) for k, (a, b) in enumerate(self.slices)]
         everyone = self.actors + self.env_actors
         refs = [a.ready.remote() for a in everyone]
         ready, _ = ray.wait(refs, num_returns=len(refs), timeout=self.ready_timeout)
@@ -309,6 +301,23 @@ class RayEngine(Engine):
         self.actor_names = actor_names
         self.placement = dict(zip(actor_names, ray.get(refs)))  # raises an actor's construction error
         self._graph(level, cur, prev, group_of)
+
+    def _coagent_actor(self, options: dict, g: int, names, plan: dict, shard: list):
+        """Start the actor of coagent group ``g`` for micro-batches ``shard`` (a subclass may run others)."""
+        import ray
+
+        return ray.remote(CoagentWorker).options(**options).remote(
+            self.network, list(names), self.observation_space, self.action_space, shard, self.envs_per_trial,
+            self.seed, plan["levels"], plan["exports"], plan["prev_exports"], self.raster,
+            (self.run_name or self.run_id) if self.export_metrics else None)
+
+    def _env_actor(self, options: dict, k: int, trial_start: int, trial_stop: int):
+        """Start micro-batch k's environment actor."""
+        import ray
+
+        return ray.remote(EnvironmentWorker).options(**options).remote(
+            k, self.network, self.env_id, self.env_kwargs, self.seed, trial_start, trial_stop, self.envs_per_trial,
+            (self.run_name or self.run_id) if self.export_metrics else None)
 
     def _graph(self, level, cur, prev, group_of):
         """The tick graph as a list of (key, actor, method, args); args name other keys or the input."""
