@@ -13,7 +13,7 @@ from pathlib import Path
 import gymnasium as gym
 
 from .network import SpecError
-from .spec import ENGINES, check_env, load_spec
+from .spec import CLOCKS, ENGINES, check_env, load_spec, merge_free
 
 
 STOP_SIGNALS = {signal.SIGINT: 130, signal.SIGTERM: 143}  # exit codes: 128 + the signal's number
@@ -30,6 +30,22 @@ def _default_out(spec_path: str) -> Path:
     return out
 
 
+def _free_flags(args) -> dict:
+    """--env-rate, --delay NAME=SECONDS and --coagent-rate NAME=PER_SECOND as [free] table values."""
+    coagents: dict = {}
+    for flag, key, values in (("--delay", "delay", args.delay), ("--coagent-rate", "rate", args.coagent_rate)):
+        for item in values or []:
+            name, sep, number = item.partition("=")
+            try:
+                value = float(number)
+            except ValueError:
+                value = None
+            if not sep or not name or value is None:
+                raise SpecError(f"{flag}: expected NAME=NUMBER (a coagent and a number), got {item!r}")
+            coagents.setdefault(name, {})[key] = value
+    return {"env_rate": args.env_rate, "coagents": coagents}
+
+
 def _train(args) -> int:
     from tqdm import tqdm
 
@@ -41,6 +57,8 @@ def _train(args) -> int:
                  "address": args.address}
     ray_overrides = {"coagents_per_actor": args.coagents_per_actor, "placement": args.placement,
                      "transport": args.transport, "replicas": args.replicas}
+    overrides["clock"] = args.clock
+    free_overrides = _free_flags(args)
     if args.resume:
         if args.spec or args.out:
             raise SpecError("--resume: give the run directory only (its spec is in its config.json), not SPEC or --out")
@@ -59,11 +77,12 @@ def _train(args) -> int:
         raw.setdefault("train", {}).update({k: v for k, v in overrides.items() if v is not None})
         if any(v is not None for v in ray_overrides.values()):
             raw.setdefault("ray", {}).update({k: v for k, v in ray_overrides.items() if v is not None})
+        merge_free(raw, free_overrides)
         spec = parse(raw, str(config_file))
     else:
         if not args.spec:
             raise SpecError("spec: expected a spec file (or --resume RUN_DIR)")
-        spec = load_spec(args.spec, overrides, ray_overrides)
+        spec = load_spec(args.spec, overrides, ray_overrides, free_overrides)
         out = Path(args.out) if args.out else _default_out(args.spec)
     check_env(spec).close()
     dashboard = None
@@ -173,6 +192,18 @@ def build_parser() -> argparse.ArgumentParser:
                                                 "ray.replicas)")
     p.add_argument("--transport", choices=["compiled", "actors"],
                    help="with --engine ray: Ray Compiled Graph (default) or plain actor calls")
+    p.add_argument("--clock", choices=CLOCKS, help="tick (default): one atomic tick at a time, bit-identical "
+                                                   "on both engines; free (with --engine ray): the environment "
+                                                   "and every coagent on their own clocks, no barrier")
+    p.add_argument("--env-rate", type=float, metavar="STEPS_PER_S",
+                   help="with --clock free: environment steps per second (0: as fast as it can; spec: "
+                        "free.env_rate)")
+    p.add_argument("--delay", action="append", metavar="NAME=SECONDS",
+                   help="with --clock free: add SECONDS to each time round coagent NAME's loop (a slow unit; "
+                        "repeatable; spec: free.coagents.NAME.delay)")
+    p.add_argument("--coagent-rate", action="append", metavar="NAME=PER_S",
+                   help="with --clock free: at most PER_S times round coagent NAME's loop per second "
+                        "(repeatable; spec: free.coagents.NAME.rate)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_train)
 

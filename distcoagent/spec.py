@@ -26,6 +26,10 @@
     [ray]                  # optional; placement for --engine ray (see ray_engine.RayEngine)
     coagents_per_actor = 1
 
+    [free]                 # optional; the free-running clock (train.clock = "free", see freerun)
+    env_rate = 100         # environment steps per second (0: as fast as it can)
+    coagents = { bit_a = { delay = 0.05 } }   # per coagent: delay (s per loop), rate (loops/s)
+
 Every key is checked: an unknown key, a wrong type, a value out of range, NaN or
 infinity raises ``SpecError`` naming the field (``coagent[2].policy.kind``) and what
 was expected.  The arguments of a ``kind`` table are checked against the annotations
@@ -57,6 +61,7 @@ from .policies import POLICIES
 from .rules import RULES
 
 ENGINES = ("inprocess", "ray")
+CLOCKS = ("tick", "free")
 RAY_OPTIONS = {"coagents_per_actor", "groups", "resources", "env_resources", "cpus_per_actor", "placement",
                "transport", "max_inflight", "connect_timeout", "ready_timeout", "timeout", "replicas",
                "replica_resources", "max_recoveries", "snapshot_every"}
@@ -157,6 +162,8 @@ class TrainConfig:
     engine: "inprocess" (default) or "ray".
     micro_batches: split trials into this many micro-batches (pipelined on Ray).
     address: Ray cluster to join ("auto", "HOST:PORT"); none starts a local Ray.
+    clock: "tick" (default: one atomic tick at a time, bit-identical on both engines) or
+        "free" (Ray only: every coagent and the environment on their own clocks, ``freerun``).
     """
 
     episodes: int = 200
@@ -166,6 +173,7 @@ class TrainConfig:
     engine: str = "inprocess"
     micro_batches: int = 1
     address: str | None = None
+    clock: str = "tick"
 
     def __post_init__(self):
         for name in ("episodes", "trials", "envs_per_trial", "micro_batches"):
@@ -175,6 +183,10 @@ class TrainConfig:
             setattr(self, name, int(value))
         self.seed = integer(self.seed, "train.seed", 0, MAX_SEED)
         string(self.engine, "train.engine", ENGINES)
+        string(self.clock, "train.clock", CLOCKS)
+        if self.clock == "free" and self.engine != "ray":
+            raise SpecError("train.clock: the free-running clock needs the ray engine (one actor per coagent); "
+                            "add --engine ray")
         if self.address is not None:
             string(self.address, "train.address")
         if self.micro_batches > self.trials:
@@ -192,6 +204,7 @@ class RunSpec:
     train: TrainConfig
     raw: dict = field(default_factory=dict)
     ray: dict = field(default_factory=dict)  # RayEngine placement options ([ray] table)
+    free: dict = field(default_factory=dict)  # the free-running clock's options ([free] table)
 
     def __getattr__(self, name):  # episodes, trials, seed, ... straight from train
         if name in TrainConfig.__dataclass_fields__:
@@ -249,7 +262,7 @@ COAGENT_KEYS = {"name", "inputs", "policy", "execution", "rule", "features", "in
 
 def parse(raw: dict, source: str = "spec") -> RunSpec:
     """Build a RunSpec from a parsed TOML document."""
-    tables = {"env", "network", "critic", "defaults", "coagent", "train", "ray"}
+    tables = {"env", "network", "critic", "defaults", "coagent", "train", "ray", "free"}
     if not isinstance(raw, dict):
         raise SpecError(f"{source}: expected a document of tables ({', '.join(sorted(tables))}), got {show(raw)}")
     unknown = sorted(map(str, set(raw) - tables))
@@ -322,7 +335,14 @@ def parse(raw: dict, source: str = "spec") -> RunSpec:
     _check_keys(train, set(TrainConfig.__dataclass_fields__), "train")
     ray = raw.get("ray", {})
     _check_ray(ray)
-    return RunSpec(network, env["id"], env_kwargs, TrainConfig(**train), raw, ray)
+    free = raw.get("free", {})
+    if not isinstance(free, dict):
+        raise SpecError(f"free: expected a table, got {show(free)}")
+    _check_keys(free, {"env_rate", "coagents"}, "free")
+    from .freerun import check_free_options
+
+    check_free_options(network, free.get("env_rate"), free.get("coagents"))
+    return RunSpec(network, env["id"], env_kwargs, TrainConfig(**train), raw, ray, free)
 
 
 def _check_env_options(env_id: str, options: dict) -> None:
@@ -369,9 +389,10 @@ def _amounts(table, where: str) -> None:
         number(amount, f"{where}.{key}", 0)
 
 
-def load_spec(path: str | Path, overrides: dict | None = None, ray_overrides: dict | None = None) -> RunSpec:
+def load_spec(path: str | Path, overrides: dict | None = None, ray_overrides: dict | None = None,
+              free_overrides: dict | None = None) -> RunSpec:
     """Read and validate a TOML spec; ``overrides`` replace keys of [train], ``ray_overrides``
-    keys of [ray] (CLI flags; None values are ignored)."""
+    keys of [ray], ``free_overrides`` keys of [free] (CLI flags; None values are ignored)."""
     path = Path(path)
     if not path.is_file():
         raise SpecError(f"spec: no such file {str(path)!r}")
@@ -383,7 +404,20 @@ def load_spec(path: str | Path, overrides: dict | None = None, ray_overrides: di
         raw.setdefault("train", {}).update({k: v for k, v in overrides.items() if v is not None})
     if ray_overrides and any(v is not None for v in ray_overrides.values()):
         raw.setdefault("ray", {}).update({k: v for k, v in ray_overrides.items() if v is not None})
+    merge_free(raw, free_overrides)
     return parse(raw, str(path))
+
+
+def merge_free(raw: dict, free_overrides: dict | None) -> None:
+    """Put CLI values of the free-running clock into a raw spec's [free] table (coagents merged by name)."""
+    if not free_overrides:
+        return
+    if free_overrides.get("env_rate") is not None:
+        raw.setdefault("free", {})["env_rate"] = free_overrides["env_rate"]
+    for name, options in (free_overrides.get("coagents") or {}).items():
+        table = raw.setdefault("free", {}).setdefault("coagents", {})
+        if isinstance(table, dict):
+            table.setdefault(name, {}).update(options)
 
 
 def check_env(spec: RunSpec) -> gym.Env:

@@ -25,6 +25,7 @@ from .engine import InProcessEngine, TrainResult
 from .limits import check_memory
 from .network import Network, SpecError
 from .recording import MetricsLog
+from .replay import FILE as REPLAY_FILE
 from .spec import RunSpec, TrainConfig
 from .tick import RasterSpec
 
@@ -33,10 +34,17 @@ RASTER_ENVS = 4  # environments whose executions a run directory's metrics.jsonl
 
 
 def make_engine(network: Network, env_id: str, env_kwargs: dict, config: TrainConfig, ray_options: dict | None = None,
-                raster: RasterSpec | None = None):
-    """The engine named by ``config.engine``, built for the run (``ray_options``: RayEngine placement)."""
+                raster: RasterSpec | None = None, free_options: dict | None = None, record: Path | None = None):
+    """The engine named by ``config.engine`` and ``config.clock``, built for the run (``ray_options``:
+    RayEngine placement; ``free_options``: the [free] table; ``record``: the free-running record)."""
     common = dict(trials=config.trials, envs_per_trial=config.envs_per_trial, seed=config.seed,
                   micro_batches=config.micro_batches, raster=raster)
+    if config.clock == "free":
+        from .ray_engine.free import FreeRunningEngine
+
+        free = free_options or {}
+        return FreeRunningEngine(network, env_id, env_kwargs, address=config.address, env_rate=free.get("env_rate"),
+                                 coagents=free.get("coagents"), record=record, **common, **(ray_options or {}))
     if config.engine == "ray":
         from .ray_engine import RayEngine
 
@@ -47,7 +55,7 @@ def make_engine(network: Network, env_id: str, env_kwargs: dict, config: TrainCo
 
 
 RUN_FILES = ("config.json", "returns.csv", "curve.csv", "counters.json", "params.msgpack", "summary.json",
-             "learning_curve.png", "metrics.jsonl", "error.txt", "placement.json", checkpoint.FILE)
+             "learning_curve.png", "metrics.jsonl", "error.txt", "placement.json", checkpoint.FILE, REPLAY_FILE)
 
 
 class Checkpointer(Observer):
@@ -114,7 +122,8 @@ def train(network: Network | RunSpec, env: str | None = None, *, env_kwargs: dic
           address: str | None = None, out: str | Path | None = None, ray_options: dict | None = None,
           progress: Callable[[int], None] | None = None, metrics_every: float = 2.0, resume: bool = False,
           overwrite: bool = False, checkpoint_every: int | float | str | None = "300s",
-          stop: Callable[[], bool] | None = None, observers: Sequence[Observer] = ()) -> TrainResult:
+          stop: Callable[[], bool] | None = None, observers: Sequence[Observer] = (), clock: str | None = None,
+          free_options: dict | None = None) -> TrainResult:
     """Train ``network`` on gymnasium env ``env``; keyword arguments override a spec's [train]
     (``ray_options``, its [ray] table: placement for the Ray engine).
 
@@ -124,6 +133,9 @@ def train(network: Network | RunSpec, env: str | None = None, *, env_kwargs: dic
     (episodes, or "SECONDSs"), at the end, and when ``stop()`` ends the run early; the result
     then has ``finished=False`` and ``resume`` finishes it, with the same numbers as one
     uninterrupted run.  ``observers`` (``contract.Observer``) watch the run besides.
+    ``clock="free"`` (with ``engine="ray"``) runs without a tick barrier (``freerun``;
+    ``free_options``: its [free] table); the run directory then also gets the execution record
+    that ``replay`` checks.
 
     >>> from distcoagent.examples import paper_network
     >>> result = train(paper_network(), "distcoagent/GridWorld-v0", env_kwargs={"size": 3},
@@ -132,7 +144,7 @@ def train(network: Network | RunSpec, env: str | None = None, *, env_kwargs: dic
     (2, 1, 3)
     """
     overrides = dict(episodes=episodes, trials=trials, seed=seed, envs_per_trial=envs_per_trial,
-                     engine=engine, micro_batches=micro_batches, address=address)
+                     engine=engine, micro_batches=micro_batches, address=address, clock=clock)
     overrides = {k: v for k, v in overrides.items() if v is not None}
     raw = None
     if isinstance(network, RunSpec):
@@ -140,11 +152,16 @@ def train(network: Network | RunSpec, env: str | None = None, *, env_kwargs: dic
         config = TrainConfig(**{**spec.train.__dict__, **overrides})
         network, env, env_kwargs = spec.network, env or spec.env_id, env_kwargs or spec.env_kwargs
         ray_options = {**spec.ray, **(ray_options or {})}
+        free_options = {**spec.free, **(free_options or {})}
         raw = spec.raw
     else:
         if env is None:
             raise SpecError("env: expected a gymnasium environment id")
         config = TrainConfig(**overrides)
+    if free_options:
+        from .freerun import check_free_options
+
+        check_free_options(network, free_options.get("env_rate"), free_options.get("coagents"))
     env_kwargs = dict(env_kwargs or {})
     every_episodes, every_seconds = parse_checkpoint_every(checkpoint_every)
     run_dir, observers, log, raster, saver = None, list(observers), None, None, None
@@ -171,6 +188,7 @@ def train(network: Network | RunSpec, env: str | None = None, *, env_kwargs: dic
         else:
             _write_json(run_dir / "config.json", {"env": {"id": env, **env_kwargs}, "network": network.to_config(),
                                                   "train": config.__dict__, "ray": ray_options or {},
+                                                  "free": free_options or {},
                                                   "spec": raw, "spec_hash": config_hash})
         raster = RasterSpec(tuple(range(min(RASTER_ENVS, config.trials * config.envs_per_trial))))
         log = MetricsLog(run_dir / "metrics.jsonl", run=run_dir.name, network=network.to_config(),
@@ -180,7 +198,8 @@ def train(network: Network | RunSpec, env: str | None = None, *, env_kwargs: dic
         observers += [log, saver]
     if run_dir is not None and config.engine == "ray":
         ray_options = {"run_name": run_dir.name, **(ray_options or {})}
-    runner = make_engine(network, env, env_kwargs, config, ray_options, raster)
+    record = run_dir / REPLAY_FILE if run_dir is not None and config.clock == "free" else None
+    runner = make_engine(network, env, env_kwargs, config, ray_options, raster, free_options, record)
     try:
         if state is not None:
             runner.restore(state)

@@ -18,7 +18,6 @@ last snapshot (the record is told to forget what came after it) and the run goes
 """
 from __future__ import annotations
 
-import math
 import time
 from collections import deque
 from typing import Callable, Sequence
@@ -27,7 +26,7 @@ import numpy as np
 
 from ..contract import STATE_FORMAT, MetricsClock, Observer, RunMetrics, TrainResult, combine_metrics
 from ..engine import check_episodes, check_state, result_from_state
-from ..freerun import FreeCoagent, FreeEnvironment
+from ..freerun import FreeCoagent, FreeEnvironment, check_free_options
 from ..network import SpecError
 from ..replay import ExecutionLog
 from .engine import ActorLost, RayEngine, log
@@ -48,34 +47,6 @@ class BoardProxy:
         import ray
 
         return ray.get(self.actor.publish.remote(group, tick, outputs, executed, seen, versions))
-
-
-def _rate(value, where: str) -> float | None:
-    """A rate in per-second units: None or 0 means as fast as it can."""
-    if value is None or (not isinstance(value, bool) and isinstance(value, (int, float)) and value == 0):
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-        raise SpecError(f"{where}: expected a number per second > 0 (0 or none: as fast as it can), got {value!r}")
-    return float(value)
-
-
-def check_free_options(network, env_rate=None, coagents: dict | None = None) -> tuple[float | None, dict]:
-    """The free-running options: the environment's rate and each coagent's ``delay`` and ``rate``."""
-    env_rate = _rate(env_rate, "free.env_rate")
-    out = {}
-    for name, options in (coagents or {}).items():
-        if name not in network.order:
-            raise SpecError(f"free.coagents.{name}: no such coagent; expected one of {', '.join(network.order)}")
-        if not isinstance(options, dict):
-            raise SpecError(f"free.coagents.{name}: expected a table with delay and/or rate, got {options!r}")
-        unknown = sorted(set(options) - {"delay", "rate"})
-        if unknown:
-            raise SpecError(f"free.coagents.{name}.{unknown[0]}: unknown key; expected delay or rate")
-        delay = options.get("delay", 0.0)
-        if isinstance(delay, bool) or not isinstance(delay, (int, float)) or not math.isfinite(delay) or delay < 0:
-            raise SpecError(f"free.coagents.{name}.delay: expected seconds >= 0, got {delay!r}")
-        out[name] = {"delay": float(delay), "rate": _rate(options.get("rate"), f"free.coagents.{name}.rate")}
-    return env_rate, out
 
 
 class FreeRunningEngine(RayEngine):
