@@ -1,0 +1,217 @@
+"""The free-running board and coagent loops without Ray: the semantics, step by chosen step,
+and replay equality with real threads (``freerun``, ``replay``)."""
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from distcoagent import serialize
+from distcoagent.coagent import Coagent
+from distcoagent.engine import InProcessEngine
+from distcoagent.envs import make_batch
+from distcoagent.execution import Constant
+from distcoagent.freerun import FreeCoagent, FreeEnvironment
+from distcoagent.network import Network, SharedCritic
+from distcoagent.policies import Softmax
+from distcoagent.replay import ExecutionSchedule
+from distcoagent.tick import RasterSpec
+from ray_networks import GRID, RULE, paper, recurrent
+
+
+class Run:
+    """One micro-batch: a board and one FreeCoagent per coagent, driven by hand or by threads."""
+
+    def __init__(self, network, trials=4, seed=5, episodes=3, rate=None, env_kwargs=None, delays=None):
+        self.network, self.trials, self.seed = network, trials, seed
+        self.env_kwargs = env_kwargs or {}
+        groups = [(n,) for n in network.order]
+        self.board = FreeEnvironment(0, network, GRID, self.env_kwargs, seed, 0, trials, 1, groups, rate=rate,
+                                     record_envs=(0, 1))
+        probe = make_batch(GRID, 1, seed, 0, **self.env_kwargs)
+        self.coagents = {g[0]: FreeCoagent(network, g, probe.observation_space, probe.action_space, [(0, trials)], 1,
+                                           seed, i, [self.board], delay=(delays or {}).get(g[0], 0.0),
+                                           raster=RasterSpec((0, 1)), record_envs=(0, 1))
+                         for i, g in enumerate(groups)}
+        self.board.begin(episodes, 0)
+        self.records = []
+
+    def unit(self, name):
+        return self.coagents[name].sides[0].units[name]
+
+    def step(self, order):
+        """Open a step, let ``order``'s coagents go round their loops in that order, seal it."""
+        assert self.board.open_step()
+        for name in order:
+            self.coagents[name].iterate(0, 0.0)
+        self.board.seal_step()
+
+    def threads(self):
+        workers = [threading.Thread(target=self.board.run)] + \
+                  [threading.Thread(target=c.run) for c in self.coagents.values()]
+        for w in workers:
+            w.start()
+        return workers
+
+    def drain(self):
+        self.records += self.board.drain()["records"]
+        return self.records
+
+    def replay(self, episodes, stop_tick=None):
+        engine = InProcessEngine(self.network, GRID, self.env_kwargs, trials=self.trials, seed=self.seed,
+                                 compact=False)
+        engine.forced = ExecutionSchedule.from_records(self.drain(), engine.slices, 1)
+        stop = None if stop_tick is None else (lambda: engine.tick_count >= stop_tick)
+        return engine, engine.train(episodes, stop=stop)
+
+
+def always():
+    """The paper's network with every coagent executing whenever it has the chance (beta = 1)."""
+    beta = Constant(1.0)
+    return Network([Coagent("bit_a", ["obs"], Softmax(2), beta, RULE),
+                    Coagent("bit_b", ["obs"], Softmax(2), beta, RULE),
+                    Coagent("act", ["bit_a", "bit_b"], Softmax(4), beta, RULE)],
+                   action="act", gamma=0.95, critic=SharedCritic(0.1, 0.7))
+
+
+def test_a_coagent_that_does_not_publish_holds_its_output():
+    run = Run(always())
+    run.step(["bit_a", "bit_b", "act"])
+    first = run.drain()[-1]
+    assert all(np.unpackbits(first["executed"]["act"], count=4).astype(bool))
+    for _ in range(3):  # act never goes round its loop: the environment acts with its held output
+        run.step(["bit_a", "bit_b"])
+    records = run.drain()
+    for r in records[1:]:
+        assert not np.unpackbits(r["executed"]["act"], count=4).any()
+        assert r["outputs"]["act"] == first["outputs"]["act"]
+        assert np.unpackbits(r["executed"]["bit_a"], count=4).all()
+    # and the coagent itself, catching up, holds the same output at every step it missed
+    run.coagents["act"].iterate(0, 0.0)
+    assert run.unit("act").output[[0, 1]].tolist() == first["outputs"]["act"]
+    assert run.unit("act").counters["executions"] == 4
+
+
+def test_rewards_between_executions_are_discounted_by_the_steps_that_elapsed():
+    run = Run(always())
+    gamma = run.unit("bit_a").gamma_atomic
+    rewards = []
+    run.step(["bit_a", "bit_b", "act"])
+    rewards.append(run.board.side.pending_reward.copy())
+    for _ in range(3):  # bit_a misses three steps
+        run.step(["bit_b", "act"])
+        rewards.append(run.board.side.pending_reward.copy())
+    assert run.board.open_step()  # step 4 opens; bit_a reads it after it is sealed: no chance, a hold
+    run.board.seal_step()
+    run.coagents["bit_a"].iterate(0, 0.0)
+    unit = run.unit("bit_a")
+    expected = sum(gamma ** t * r for t, r in enumerate(rewards))
+    assert np.array_equal(unit.stream_reward, expected)  # rewards of steps 0..3, each discounted
+    # four steps elapsed between its execution at step 0 and step 4, its next chance: SPEC §3's
+    # gamma_atomic ** (t_{j+1} - t_j)
+    assert np.array_equal(unit.stream_discount, np.full(4, gamma ** 4))
+    assert np.all(expected < 0)  # the gridworld pays -1 per step: nothing vanished
+
+
+def test_a_late_publication_is_taken_back_as_a_hold():
+    run = Run(always())
+    run.step(["bit_a", "bit_b", "act"])
+    before = run.unit("act").state_dict()
+    assert run.board.open_step()
+    board, calls = run.board, []
+    original = board.publish
+
+    def seal_first(*args, **kwargs):  # the environment seals between act's read and its publication
+        board.seal_step()
+        calls.append(original(*args, **kwargs))
+        return calls[-1]
+
+    board.publish = seal_first
+    run.coagents["act"].iterate(0, 0.0)
+    board.publish = original
+    assert calls == [False]
+    assert board.counters["act"].late == 1
+    run.coagents["act"].iterate(0, 0.0)  # next time round: the missed step is a hold
+    unit = run.unit("act")
+    assert unit.counters["executions"] == before["counters"]["executions"]
+    assert np.array_equal(unit.params["W"], before["params"]["W"])
+    assert not np.unpackbits(run.drain()[-1]["executed"]["act"], count=4).any()
+
+
+def test_a_publication_on_changed_inputs_is_refused_and_retried_on_the_new_ones():
+    run = Run(always())
+    run.step(["bit_a", "bit_b", "act"])
+    assert run.board.open_step()
+    act, bit_a = run.coagents["act"], run.coagents["bit_a"]
+    board, original = run.board, run.board.publish
+    order = []
+
+    def bit_a_first(group, *args, **kwargs):  # bit_a publishes after act read its old output
+        if group == 2 and not order:
+            order.append("bit_a")
+            bit_a.iterate(0, 0.0)
+        return original(group, *args, **kwargs)
+
+    counts = {n: dict(c.to_dict()) for n, c in board.counters.items()}
+
+    def added(name, key):
+        return board.counters[name].to_dict()[key] - counts[name][key]
+
+    board.publish = bit_a_first
+    act.iterate(0, 0.0)  # refused: bit_a's output changed since act read it
+    board.publish = original
+    assert added("act", "retried") == 1 and added("act", "published") == 0 and added("bit_a", "published") == 1
+    act.iterate(0, 0.0)  # the step is still open: act tries again on bit_a's new output
+    assert added("act", "published") == 1
+    run.coagents["bit_b"].iterate(0, 0.0)  # too late: act's accepted output used bit_b's entry
+    assert added("bit_b", "opportunities") == 0 and added("bit_b", "published") == 0
+    board.seal_step()
+    record = run.drain()[-1]
+    assert not np.unpackbits(record["executed"]["bit_b"], count=4).any()  # it held
+    seen = record["seen"]["act"]["inputs"]
+    assert seen["bit_a"] == record["outputs"]["bit_a"]  # act executed on what bit_a finally output
+    assert seen["bit_b"] == record["outputs"]["bit_b"]
+
+
+@pytest.mark.parametrize("make", [paper, recurrent], ids=["paper", "recurrent"])
+def test_threads_replay_bit_for_bit(make):
+    run = Run(make(), trials=6, episodes=6, rate=300)
+    for w in run.threads():
+        w.join(60)
+    engine, result = run.replay(6)
+    assert result.finished and engine.forced.checked > 0 and engine.forced.mismatches == []
+    for name, coagent in run.coagents.items():
+        unit = coagent.sides[0].units[name]
+        assert np.array_equal(unit.params["W"], result.params[name]["W"]), name
+        assert unit.counters == result.counters[name]
+    assert np.array_equal(run.board.side.critic.params["w"], result.params["critic"]["w"])
+    assert np.array_equal(run.board.side.book.returns, result.returns.reshape(6, -1))
+    executions = {n: c["executions"] for n, c in result.counters.items()}
+    assert all(v > 0 for v in executions.values()), executions
+
+
+def test_a_paused_run_is_a_logical_tick_state():
+    """The snapshot protocol: pause, let the coagents catch up, gather; it equals the replay's state
+    at the same tick, and it goes on afterwards."""
+    run = Run(paper(), trials=4, episodes=30, rate=1000)
+    workers = run.threads()
+    try:
+        threading.Event().wait(0.4)
+        sequence = run.board.pause()
+        parts = [c.state(0, sequence) for c in run.coagents.values()]
+        env_state = run.board.state()
+        tick = env_state["tick"]
+        snapshot = serialize.loads(serialize.dumps({"env": env_state, "coagents": parts}))
+    finally:
+        run.board.resume()
+    for w in workers:
+        w.join(120)
+    assert tick > 0 and run.board.side.phase == "done"
+    engine, result = run.replay(30, stop_tick=tick)
+    assert not result.finished and engine.tick_count == tick
+    state = engine.state()["batches"][0]
+    assert serialize.dumps(state["env"]) == serialize.dumps(snapshot["env"])
+    for part in snapshot["coagents"]:
+        for name, unit in part["coagents"].items():
+            assert serialize.dumps(unit) == serialize.dumps(state["coagents"]["coagents"][name]), name
