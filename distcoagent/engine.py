@@ -13,7 +13,10 @@ out of the computation (``compact``, for native environment batches; see
 
 Each tick of each micro-batch is the exchange of ``tick``: the environment side's
 message goes to the coagent side, whose outputs go back; this engine makes those
-calls directly.  See ``contract`` for what every engine offers.
+calls directly.  A micro-batch of a kind ``blocks`` runs (the paper's network on the
+gridworld, say) gets blocks of ticks instead, run trial by trial in one compiled loop
+(same numbers), unless an observer wants to see every tick.  See ``contract`` for what
+every engine offers.
 """
 from __future__ import annotations
 
@@ -22,7 +25,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from . import batched
+from . import batched, kernels
+from .blocks import TickBlocks
 from .contract import (STATE_FORMAT, Engine, MetricsClock, Observer, RunMetrics, TickEvent, TrainResult,
                        combine_metrics)
 from .coagent import NonFiniteError
@@ -31,6 +35,8 @@ from .tick import (EnvironmentSide, EpisodeBook, EpisodeKeys, Feedback, Flush, N
                    check_reward)
 
 __all__ = ["EpisodeBook", "InProcessEngine", "TrainResult", "check_reward", "trial_slices"]
+
+BLOCK_SECONDS = 0.05  # a block of ticks grows until it takes about this long (stops, progress, metrics between)
 
 
 def trial_slices(trials: int, micro_batches: int) -> list[tuple[int, int]]:
@@ -129,6 +135,7 @@ class InProcessEngine(Engine):
         self._started: float | None = None  # when the current train() call started
         self._cuts: list = [[] for _ in self.slices]  # per micro-batch: the compactions to undo
         self.partial: TrainResult | None = None  # what a failed run had produced
+        self._blocks: list[TickBlocks] | None = None  # see _tick_blocks
 
     @property
     def batches(self) -> list[NetworkBatch]:
@@ -152,9 +159,18 @@ class InProcessEngine(Engine):
             o.on_start(self, int(episodes))
         cuts = self._cuts
         done_before = self._episodes_done()
+        blocks = None if tickers or self.forced is not None else self._tick_blocks()  # forced: tick by tick
+        block_ticks = 1  # ticks per block: doubling, up to about BLOCK_SECONDS of work
         try:
             while not all(env.phase == "done" for env in self.env_sides):
+                if blocks is not None and kernels.enabled():
+                    started = time.perf_counter()
+                    self._run_blocks(blocks, block_ticks)
+                    spent = time.perf_counter() - started
+                    block_ticks = max(1, min(2 * block_ticks, int(block_ticks * BLOCK_SECONDS / max(spent, 1e-9))))
                 for k, (env, side) in enumerate(zip(self.env_sides, self.coagent_sides)):
+                    if blocks is not None and kernels.enabled() and env.phase == "running":
+                        continue  # ran as a block above
                     message = env.start()
                     if message is None:
                         continue
@@ -198,6 +214,22 @@ class InProcessEngine(Engine):
         for o in observers:
             o.on_end(result)
         return result
+
+    def _tick_blocks(self) -> list[TickBlocks] | None:
+        """Every micro-batch's blocks (``blocks``), or None unless every micro-batch is of a kind they run."""
+        if self._blocks is None:
+            made = [TickBlocks.of(env, side) for env, side in zip(self.env_sides, self.coagent_sides)]
+            self._blocks = made if all(b is not None for b in made) else []
+        return self._blocks or None
+
+    def _run_blocks(self, blocks: list[TickBlocks], ticks: int) -> None:
+        """Every running micro-batch runs a block of ``ticks`` ticks (fewer where all its trials finish)."""
+        for k, (env, block) in enumerate(zip(self.env_sides, blocks)):
+            if env.phase != "running":
+                continue
+            if self.compact and env.obs_changed:  # after an environment step, as tick by tick
+                self._drop_finished(k, self._cuts[k])
+            block.run(ticks)
 
     def _begin(self, episodes: int) -> None:
         """A new run: every clock aligned to this engine's tick (a micro-batch that finished early and

@@ -6,7 +6,9 @@
 - ``coagent``: a coagent's ``act``, ``observe`` and ``begin_episode`` over the rows of a batch,
   composed from the three above, for actor-critic (shared or own critic) and frozen rules;
 - ``critic``: the shared critic's value and TD(lambda) step;
-- ``gridworld``: the native gridworld batch's step.
+- ``gridworld``: the native gridworld batch's step;
+- ``block``: a block of whole ticks of one micro-batch, trial by trial, from the pieces above
+  (``distcoagent.blocks`` drives it for the in-process engine).
 
 Kernels take every array as an argument (state stays in the declared ``FIELDS``, so trials can
 be cut out of a batch between calls) and change it in place.  A unit, critic or environment uses
@@ -68,4 +70,7 @@ def compile_all() -> float:
     coagent.warm_up()
     critic.warm_up()
     gridworld.warm_up()
+    from .. import blocks
+
+    blocks.warm_up()
     return time.perf_counter() - start

@@ -3,7 +3,24 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._jit import kernel
+from ._jit import inline, kernel
+
+REWARD = -1.0  # every step costs one
+
+
+@inline
+def step_row(next_cells, cells, steps, b, a, goal, start, limit):
+    """Move environment ``b`` by action ``a`` (in range); returns (observation, terminated, truncated),
+    the observation being ``start`` again when the episode ended."""
+    cell = next_cells[cells[b], a]
+    steps[b] += 1
+    term = cell == goal
+    trunc = not term and limit >= 0 and steps[b] >= limit
+    if term or trunc:
+        cell = start
+        steps[b] = 0
+    cells[b] = cell
+    return cell, term, trunc
 
 
 @kernel
@@ -14,17 +31,7 @@ def step(next_cells, cells, steps, actions, goal, start, limit, obs, terminated,
         a = actions[b]
         if not 0 <= a < next_cells.shape[1]:
             return b
-        cell = next_cells[cells[b], a]
-        steps[b] += 1
-        term = cell == goal
-        trunc = not term and limit >= 0 and steps[b] >= limit
-        terminated[b] = term
-        truncated[b] = trunc
-        if term or trunc:
-            cell = start
-            steps[b] = 0
-        cells[b] = cell
-        obs[b] = cell
+        obs[b], terminated[b], truncated[b] = step_row(next_cells, cells, steps, b, a, goal, start, limit)
     return -1
 
 

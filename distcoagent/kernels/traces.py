@@ -43,20 +43,20 @@ def add_row(z, p, e, tabular, index, phi, b, g, scale):
 
 @inline
 def apply_one(param, z, p, weight):
-    """``param[p] += weight * z[p, 0]`` (one environment per trial), entry by entry."""
-    flat_param = param[p].reshape(param.shape[1] * param.shape[2])
-    flat_trace = z[p, 0].reshape(param.shape[1] * param.shape[2])
-    for j in range(flat_param.shape[0]):
-        flat_param[j] += weight * flat_trace[j]
+    """``param[p] += weight * z[p, 0]`` (one environment per trial), entry by entry (two loops, not a
+    reshape: numba's reshape is a call into its runtime, dearer than the few entries of a table)."""
+    for i in range(param.shape[1]):
+        for k in range(param.shape[2]):
+            param[p, i, k] += weight * z[p, 0, i, k]
 
 
 @inline
 def finite(param, p):
     """Every entry of ``param[p]`` is finite."""
-    flat = param[p].reshape(param.shape[1] * param.shape[2])
     bad = False
-    for j in range(flat.shape[0]):
-        bad |= not np.abs(flat[j]) < np.inf
+    for i in range(param.shape[1]):
+        for k in range(param.shape[2]):
+            bad |= not np.abs(param[p, i, k]) < np.inf
     return not bad
 
 

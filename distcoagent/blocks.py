@@ -1,0 +1,174 @@
+"""Blocks of atomic ticks run trial by trial in one compiled loop: the in-process engine's fast path.
+
+Tick by tick, every tick streams every trial's parameters and traces through the cache, and costs
+some Python calls per coagent.  Trials share nothing, so when a micro-batch is of a kind that
+``kernels.block`` runs, the engine hands it ``ticks`` at once: each trial's ticks run one after the
+other, then the next trial's.  The kind: one environment per trial, the native gridworld, every
+coagent on a kernel (tabular softmax or bernoulli, constant execution probability, frozen or
+actor-critic with the shared critic), a tabular shared critic or none, no episode keys, no raster.
+
+Every number is the one the tick-by-tick calls give (the same arithmetic from the same kernel
+pieces; ``tests/test_blocks.py`` compares results and states), and a block ends at a tick boundary:
+its state is the sides' state after that tick.  Observers that see every tick get the tick-by-tick
+path.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import kernels
+from .coagent import NonFiniteError, parse_input
+
+
+class TickBlocks:
+    """Runs blocks of ticks of one micro-batch (an ``EnvironmentSide`` and the ``CoagentSide`` of all
+    its coagents) on ``kernels.block``; ``of`` says whether the micro-batch is of a kind it runs."""
+
+    def __init__(self, env_side, coagent_side, units: list):
+        from .kernels import block
+        from .kernels.coagent import _NO_PARAM, _NO_PHI, _NO_TRACE, _NO_VALUE
+
+        self.env, self.side, self.units = env_side, coagent_side, units
+        self.k = block
+        network = env_side.network
+        order = [u.name for u in units]
+        U = len(units)
+        most = max(len(u.coagent.inputs) for u in units)
+        self.unit_ints = np.zeros((U, 4), dtype=np.int64)
+        self.unit_floats = np.zeros((U, 3))
+        self.inputs = np.zeros((U, most, 3), dtype=np.int64)
+        for i, unit in enumerate(units):
+            kern = unit.kernel
+            self.unit_ints[i] = (kern.policy, kern.rule, unit.encoder.size, len(unit.coagent.inputs))
+            self.unit_floats[i] = (float(kern.beta[0]), kern.actor_step, kern.decay_base)
+            for j, (name, radix) in enumerate(zip(unit.coagent.inputs, unit.encoder.radix)):
+                kind, source = parse_input(name)
+                code = {"obs": block.OBS, "cur": block.CURRENT, "prev": block.PREVIOUS}[kind]
+                self.inputs[i, j] = (code, order.index(source) if source else 0, radix)
+        self.keys = np.array([u.kernel.key for u in units], dtype=np.uint64)
+        self.action_unit = order.index(network.action_coagents[0])
+        self.decays = tuple(u.kernel.decays for u in units)
+        self.initials = tuple(u.kernel.initial for u in units)
+        self.probs = np.empty(max(u.params["W"].shape[2] for u in units))
+        self.no_param, self.no_trace, self.no_value, self.phi = _NO_PARAM, _NO_TRACE, _NO_VALUE, _NO_PHI
+
+    @classmethod
+    def of(cls, env_side, coagent_side) -> "TickBlocks | None":
+        """The blocks for this micro-batch, or None if it is of a kind they do not run."""
+        from .envs.gridworld import GridWorldBatch
+
+        if not kernels.available():
+            return None
+        from .kernels.coagent import FROZEN, SHARED
+
+        network = env_side.network
+        critic = env_side.critic
+        if (coagent_side.envs_per_trial != 1 or coagent_side.key_base is not None or coagent_side.raster is not None
+                or type(env_side.env) is not GridWorldBatch or getattr(env_side.env, "_kernel", None) is None
+                or len(network.action_coagents) != 1 or set(coagent_side.units) != set(network.order)
+                or (critic is not None and not critic.encoder.tabular)):
+            return None
+        units = [coagent_side.units[name] for name in network.order]
+        for unit in units:
+            kern = unit.kernel
+            if (kern is None or not kern.tabular or kern.beta is None or kern.rule not in (FROZEN, SHARED)
+                    or (kern.rule == SHARED and critic is None)):
+                return None
+        return cls(env_side, coagent_side, units)
+
+    def run(self, ticks: int) -> int:
+        """Run up to ``ticks`` atomic ticks (fewer if every trial finishes); returns how many ran."""
+        env, side, units, k = self.env, self.side, self.units, self.k
+        book, critic = env.book, env.critic
+        B, U, t0 = env.batch, len(units), env.tick
+        grid = env.env
+        if side.obs is None or side.obs is env.obs:  # the two sides' observations are two arrays here
+            side.obs = np.array(env.obs)
+        pending = env.pending_reward is not None
+        if not pending:
+            env.pending_reward, env.pending_ended = np.zeros(B), np.zeros(B, dtype=bool)
+            env.pending_active = np.zeros(B, dtype=bool)
+        env.current_active = np.empty(B, dtype=bool)  # never the pending feedback's array
+        if critic is not None:
+            if side.value is None:
+                side.value = np.zeros(B)
+            w, st = critic.params["w"], critic.rule_state
+            z, z_scale = st["z.w"], st["z_scale"]
+            gamma, decay, step = critic.gamma_step, critic.gamma_step * critic.critic.lam, critic.critic.step
+            value, critic_delta, critic_active = side.value, np.zeros(B), np.zeros(B, dtype=bool)
+        else:
+            w, z, z_scale, gamma, decay, step = self.no_param, self.no_trace, self.no_value, 0.0, 0.0, 0.0
+            value = critic_delta = self.no_value
+            critic_active = np.zeros(0, dtype=bool)
+        rule_arrays = [self._rule_arrays(u) for u in units]
+        counts = np.zeros((U, 6), dtype=np.int64)
+        close_stamp, close_delta = np.full((U, B), -1, dtype=np.int64), np.zeros((U, B))
+        last_executed = np.zeros((U, B), dtype=bool)
+        error = np.empty(4, dtype=np.int64)
+        limit = grid.single.max_steps
+        m = env.network.ticks_per_step
+        end = k.run(
+            t0, ticks, pending, env.obs_changed, m, book.episodes, units[0].gamma_atomic,
+            grid._next, grid.cells, grid.steps, grid.single.goal, grid.single.start, -1 if limit is None else limit,
+            env.obs, side.obs,
+            critic is not None, w, z, z_scale, gamma, decay, step, value, critic_delta, critic_active,
+            book.active, book.returns, book.lengths, book.count, book.running, book.steps, env.current_active,
+            env.pending_reward, env.pending_ended, env.pending_active,
+            self.unit_ints, self.unit_floats, self.inputs, self.keys, self.action_unit,
+            tuple(u.params["W"] for u in units), tuple(r[0] for r in rule_arrays), tuple(r[1] for r in rule_arrays),
+            tuple(r[2] for r in rule_arrays), self.decays, self.initials, tuple(u.output for u in units),
+            tuple(u.executed_this_episode for u in units), tuple(u.last_execution_tick for u in units),
+            tuple(u.episode_tick for u in units), tuple(u.env_tick for u in units), tuple(u.env_ids for u in units),
+            tuple(u.stream_reward for u in units), tuple(u.stream_discount for u in units),
+            counts, close_stamp, close_delta, last_executed, np.empty(B, dtype=np.int64), np.empty(1, dtype=np.int64),
+            self.phi, self.probs, np.empty(U, dtype=np.int64), np.empty(1), error)
+        for i, unit in enumerate(units):
+            c = counts[i]
+            for name, j in (("executions", k.EXECUTIONS), ("ticks", k.TICKS), ("updates", k.UPDATES),
+                            ("episodes", k.EPISODES)):
+                unit.counters[name] += int(c[j])
+            unit.intervals["count"] += int(c[k.INTERVALS])
+            unit.intervals["ticks"] += int(c[k.INTERVAL_TICKS])
+        if error[0] >= 0:
+            self._raise(*error[1:])
+        for i, unit in enumerate(units):
+            unit.last_executed = last_executed[i]
+            latest = close_stamp[i].max()
+            if latest >= 0:  # the rule's last update: the rows that closed at the latest call that closed any
+                unit._last_update = (close_delta[i], close_stamp[i] == latest)
+        if critic is not None and any((t + 1) % m == 0 for t in range(t0, min(end, t0 + m))):
+            critic.last_delta = (critic_delta, critic_active)
+        env.tick = end
+        env.obs_changed = end % m == 0
+        side.active, side.current_tick = env.current_active, end - 1
+        side.lookup = {}
+        if book.finished:
+            env.phase = "flush"
+        return end - t0
+
+    def _rule_arrays(self, unit):
+        if unit.kernel.rule == self.k.FROZEN:
+            return self.no_trace, self.no_value, self.no_value
+        st = unit.rule_state
+        return st["z.W"], st["z_scale"], st["v_last"]
+
+    def _raise(self, unit_index, code, row):
+        k = self.k
+        if code == k.CRITIC_DIVERGED:
+            self.env.critic._diverged()
+        if code == k.CRITIC_RANGE:
+            raise IndexError(f"the shared critic: an observation is out of range 0..{self.env.critic.encoder.size - 1}")
+        unit = self.units[unit_index]
+        if code == k.LOCAL_STATE:
+            raise IndexError(f"coagent {unit.name!r}: a local state is out of range 0..{unit.encoder.size - 1} "
+                             f"(environment {int(unit.env_ids[row])})")
+        unit.raise_non_finite({k.TD_ERROR: "TD error", k.POLICY_OUTPUT: "policy output"}[code], row)
+        raise NonFiniteError(f"coagent {unit.name!r}: error {code}")  # not reached
+
+
+def warm_up() -> None:
+    """Compile (or load) the block kernel: a few ticks of the paper network."""
+    from .engine import InProcessEngine
+    from .examples import paper_network
+
+    InProcessEngine(paper_network(), "distcoagent/GridWorld-v0", {"size": 3, "max_steps": 5}, trials=2).train(2)

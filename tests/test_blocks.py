@@ -1,0 +1,103 @@
+"""Blocks of ticks run trial by trial (``blocks``) against the tick-by-tick calls: same results, same
+metrics, and the same state at every tick a block ends on."""
+import numpy as np
+import pytest
+
+pytest.importorskip("numba")
+
+from distcoagent import InProcessEngine  # noqa: E402
+from distcoagent.blocks import TickBlocks  # noqa: E402
+from distcoagent.coagent import Coagent  # noqa: E402
+from distcoagent.contract import Observer  # noqa: E402
+from distcoagent.examples import paper_network  # noqa: E402
+from distcoagent.execution import Constant, Driven  # noqa: E402
+from distcoagent.network import Network, SharedCritic  # noqa: E402
+from distcoagent.policies import Bernoulli, Softmax  # noqa: E402
+from distcoagent.rules import ActorCritic  # noqa: E402
+
+GRID = "distcoagent/GridWorld-v0"
+SHARED = ActorCritic(actor_step=0.2, lam=0.7, critic="shared")
+
+
+class EveryTick(Observer):
+    """Wants every tick: the engine then runs tick by tick."""
+
+    wants_ticks = True
+
+    def on_tick(self, event):
+        pass
+
+
+def recurrent() -> Network:
+    """Previous-tick inputs (from itself, from a later coagent) and two ticks per environment step."""
+    beta = Constant(0.5)
+    return Network([Coagent("mem", ["obs", "prev:act"], Softmax(2), beta, SHARED),
+                    Coagent("gate", ["mem", "prev:gate"], Softmax(2), beta, SHARED),
+                    Coagent("act", ["obs", "gate", "prev:mem"], Softmax(4), beta, SHARED)],
+                   action="act", gamma=0.95, ticks_per_step=2, critic=SharedCritic(0.1, 0.7))
+
+
+def mixed() -> Network:
+    """A bernoulli coagent, a frozen one, a given U_{-1} distribution."""
+    return Network([Coagent("a", ["obs"], Bernoulli(), Constant(0.6), SHARED),
+                    Coagent("b", ["obs", "prev:a"], Softmax(2), Constant(0.3), init_scale=0.5),
+                    Coagent("act", ["a", "b"], Softmax(4), Constant(0.7), SHARED, initial=(0.1, 0.2, 0.3, 0.4))],
+                   action="act", gamma=0.9, critic=SharedCritic(0.1, 0.5))
+
+
+CASES = {
+    "paper": (paper_network, {"size": 4, "max_steps": 20}, dict(trials=30)),
+    "paper, three micro-batches": (paper_network, {"size": 5}, dict(trials=7, micro_batches=3)),
+    "recurrent, two ticks per step": (recurrent, {"size": 4, "max_steps": 15}, dict(trials=9)),
+    "bernoulli, frozen, given U_-1": (mixed, {"size": 3}, dict(trials=5)),
+}
+
+
+def build(case) -> InProcessEngine:
+    make, env_kwargs, options = CASES[case]
+    return InProcessEngine(make(), GRID, env_kwargs, seed=4, **options)
+
+
+def differences(a, b, path="") -> list[str]:
+    if isinstance(a, dict):
+        return [d for k in a for d in differences(a[k], b[k], f"{path}.{k}")]
+    if isinstance(a, (list, tuple)):
+        return [d for i, (x, y) in enumerate(zip(a, b)) for d in differences(x, y, f"{path}[{i}]")]
+    if isinstance(a, np.ndarray):
+        same = isinstance(b, np.ndarray) and a.shape == b.shape and np.array_equal(a, b, equal_nan=a.dtype.kind == "f")
+        return [] if same else [path]
+    return [] if a == b or path == ".seconds" else [f"{path}: {a!r} != {b!r}"]
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_blocks_run_the_numbers_of_the_tick_by_tick_calls(case):
+    blocked, ticked = build(case), build(case)
+    assert all(TickBlocks.of(env, side) is not None for env, side in zip(blocked.env_sides, blocked.batches))
+    a, b = blocked.train(9), ticked.train(9, observers=[EveryTick()])
+    assert np.array_equal(a.returns, b.returns) and np.array_equal(a.lengths, b.lengths)
+    assert a.counters == b.counters and a.ticks == b.ticks
+    assert not differences(a.params, b.params)
+    ma, mb = blocked.metrics(), ticked.metrics()
+    for name in ma.coagents:
+        assert ma.coagents[name].last_update == mb.coagents[name].last_update
+    assert ma.critic_last_update == mb.critic_last_update
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_a_block_ends_in_the_state_the_tick_by_tick_calls_reach(case):
+    for target in (1, 2, 5, 12, 40):
+        blocked = build(case)
+        blocked.train(9, stop=lambda: blocked.tick_count >= target)
+        ticked = build(case)
+        ticked.train(9, observers=[EveryTick()], stop=lambda: ticked.tick_count >= blocked.tick_count)
+        assert ticked.tick_count == blocked.tick_count
+        assert not differences(blocked.state(), ticked.state()), target
+
+
+def test_other_kinds_run_tick_by_tick():
+    driven = Network([Coagent("term", ["obs"], Softmax(2), Constant(1.0), SHARED),
+                      Coagent("act", ["obs"], Softmax(4), Driven("term", when=1), SHARED)],
+                     action="act", critic=SharedCritic(0.1, 0.7))
+    for network, options in ((paper_network(), dict(envs_per_trial=2)), (driven, {})):
+        engine = InProcessEngine(network, GRID, {"size": 3}, trials=2, **options)
+        assert TickBlocks.of(engine.env_sides[0], engine.batches[0]) is None
