@@ -430,6 +430,7 @@ class FreeCoagent:
         self.inputs: list[dict] = [{} for _ in slices]
         self.loops = 0
         self.looping = False
+        self.loop_seconds, self.loop_started = 0.0, 0.0  # time spent in ``run`` (for loops per second)
 
     def ready(self) -> dict:
         from .ray_engine.actors import where
@@ -449,6 +450,7 @@ class FreeCoagent:
         """Loop over this group's micro-batches until all are done (or ``stop``); returns the loops."""
         period = None if not self.rate else 1.0 / self.rate
         self.stopped, self.looping = False, True
+        self.loop_started = time.monotonic()
         try:
             while not self.stopped and not all(self.done):
                 started = time.monotonic()
@@ -463,6 +465,7 @@ class FreeCoagent:
                         time.sleep(left)
         finally:
             self.looping = False
+            self.loop_seconds += time.monotonic() - self.loop_started
         return self.loops
 
     def iterate(self, k: int, wait: float = 0.2) -> None:
@@ -542,6 +545,12 @@ class FreeCoagent:
                     self.progress.acquire()
         with self.locks[k]:
             return self.sides[k].state_dict()
+
+    def clock(self) -> dict:
+        """Times round the loop and seconds spent looping (this group's own clock)."""
+        seconds = self.loop_seconds + (time.monotonic() - self.loop_started if self.looping else 0.0)
+        return {"names": list(self.names), "loops": self.loops, "seconds": seconds,
+                "loops_per_second": self.loops / seconds if seconds > 0 else None}
 
     def metrics(self) -> list[dict]:
         out = []

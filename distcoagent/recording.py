@@ -91,7 +91,8 @@ class MetricsLog(Observer):
                      "ticks_per_second": _number(metrics.ticks_per_second), "env_ticks_per_second": _number(env_ticks),
                      "episodes_done": metrics.episodes_done, "episodes_finished": metrics.episodes_finished,
                      "episodes_total": target, "eta_seconds": _number(eta), "coagents": coagents,
-                     "critic_last_update": _number(metrics.critic_last_update)})
+                     "critic_last_update": _number(metrics.critic_last_update),
+                     **({"clock": metrics.extra} if metrics.extra else {})})
         self._write_curve(metrics)
         self._write_raster(metrics)
         self.previous, self.previous_time = metrics, now

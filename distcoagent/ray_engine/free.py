@@ -26,7 +26,7 @@ import numpy as np
 
 from ..contract import STATE_FORMAT, MetricsClock, Observer, RunMetrics, TrainResult, combine_metrics
 from ..engine import check_episodes, check_state, result_from_state
-from ..freerun import FreeCoagent, FreeEnvironment, check_free_options
+from ..freerun import FreeCoagent, FreeEnvironment, check_free_options, warm_up
 from ..network import SpecError
 from ..replay import ExecutionLog
 from .engine import ActorLost, RayEngine, log
@@ -77,6 +77,7 @@ class FreeRunningEngine(RayEngine):
         self.free_counters: dict = {}
         self.steps = 0
         options.setdefault("export_metrics", False)
+        warm_up()  # compiled here once, every actor loads the kernels from numba's cache
         super().__init__(network, env_id, env_kwargs, **options)
 
     # ------------------------------------------------------------------ construction (RayEngine's placement)
@@ -299,7 +300,8 @@ class FreeRunningEngine(RayEngine):
         extra = {"clock": "free", "env_rate": self.env_rate, "coagents": self.coagent_options,
                  "groups": [list(g) for g in self.groups], "replicas": self.replicas,
                  "micro_batches": len(self.slices), "placement": self.placement, "namespace": self.namespace,
-                 "free_counters": self.free_counters, "steps": self.steps, "recoveries": self.recoveries}
+                 "free_counters": self.free_counters, "steps": self.steps, "recoveries": self.recoveries,
+                 "loops": self._clocks()}
         return TrainResult(returns, lengths, counters, params, self.tick_count, self.seconds, self.name, extra,
                            finished=all(p["finished"] for p in envs))
 
@@ -313,8 +315,15 @@ class FreeRunningEngine(RayEngine):
         seconds = self.seconds + (time.perf_counter() - self._started if self._started is not None else 0.0)
         metrics = combine_metrics(envs, coagents, seconds=seconds, episodes_target=self.episodes,
                                   order=self.network.order)
-        metrics.extra = {"clock": "free", "env_steps": self.steps, "coagents": self.free_counters}
+        metrics.extra = {"clock": "free", "env_steps": self.steps, "coagents": self.free_counters,
+                         "loops": self._clocks()}
         return metrics
+
+    def _clocks(self) -> list[dict]:
+        """Each coagent actor's loop: times round and loops per second."""
+        import ray
+
+        return ray.get([a.clock.remote() for a in self.actors], timeout=self.timeout)
 
     def _recover(self, lost, state) -> None:
         log.warning("free-running: an actor was lost; every actor restarts from the snapshot of atomic tick %d",
