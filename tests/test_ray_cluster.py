@@ -112,3 +112,22 @@ def test_replicas_that_cannot_be_placed_name_the_missing_resource(cluster):
                   replica_resources=[{"node_a": 0.1}, {"node_c": 0.1}])
     with pytest.raises(SpecError, match="replicas: 3 replicas need at least 3 micro-batches"):
         RayEngine(paper(), GRID, {"size": 3}, trials=4, micro_batches=2, replicas=3)
+
+
+def test_free_running_replicas_on_two_nodes_replay_bit_for_bit(cluster, tmp_path):
+    """--clock free with the same placement options: two replicas, one per node, each with its own
+    environment actors; the record replays in-process to the same parameters."""
+    from distcoagent.replay import replay
+    from distcoagent.training import train
+
+    out = tmp_path / "free"
+    result = train(paper(), GRID, env_kwargs={"size": 4}, episodes=4, trials=4, seed=2, micro_batches=2,
+                   engine="ray", clock="free", free_options={"env_rate": 60}, out=out, checkpoint_every="never",
+                   ray_options={"replicas": 2, "replica_resources": [{"node_a": 0.05}, {"node_b": 0.05}],
+                                "cpus_per_actor": 0.05})
+    assert result.finished and result.extra["replicas"] == 2
+    where = {name: p["node_id"] for name, p in result.extra["placement"].items()}
+    assert where["coagent:bit_a/0"] != where["coagent:bit_a/1"] and where["env:0"] != where["env:1"]
+    assert all(c["executions"] > 0 for c in result.counters.values()), result.counters
+    report = replay(out, network=paper())
+    assert report.identical, (report.parameter_differences, report.output_mismatches)
