@@ -23,6 +23,13 @@ def test_fig5_and_fig6_write_png_and_json(tmp_path):
         json.loads((tmp_path / f"{name}.json").read_text())
     assert s5["episodes"][0] == 1 and s5["episodes"][-1] == 8
     assert all(0 <= d <= 2 for d in s5["mean_cosine_distance"])
+    written = json.loads((tmp_path / "fig5.json").read_text())
+    assert set(written["lines"]) == {"acpgt_vs_fd", "acpgt_vs_exact", "fd_vs_exact"}
+    for line in written["lines"].values():  # each line: a mean and band per count, and where it ends
+        assert len(line["mean"]) == len(line["ci95_halfwidth"]) == len(written["episodes"])
+        assert np.array(line["per_trial"]).shape == (2, len(written["episodes"]))
+        assert line["end"] == {"episodes": 8, "mean": line["mean"][-1], "ci95_halfwidth": line["ci95_halfwidth"][-1],
+                               "median": line["median"][-1]}
     assert s6["optimal_return"] == -8.0 and len(s6["mean_return"]) == 4
 
 
@@ -87,3 +94,17 @@ def test_reproduce_command(cli, tmp_path):
     assert cli(["reproduce", "fig6", "--trials", "2", "--episodes", "2", "--out", str(tmp_path),
                 "--workers", "1"]) == 0
     assert (tmp_path / "fig6.png").exists()
+
+
+def test_reproduce_fig5_command_prints_where_each_line_ends(cli, tmp_path, capsys):
+    assert cli(["reproduce", "fig5", "--trials", "2", "--episodes", "20", "--out", str(tmp_path),
+                "--workers", "1"]) == 0
+    out = capsys.readouterr().out
+    for label in ("ACPGT vs finite differences", "ACPGT vs exact", "finite differences vs exact"):
+        assert f"ends: {label}: " in out
+    assert len(json.loads((tmp_path / "fig5.json").read_text())["lines"]) == 3
+    assert cli(["reproduce", "fig5", "--trials", "2", "--episodes", "5", "--out", str(tmp_path / "no"),
+                "--workers", "1", "--no-exact"]) == 0
+    assert list(json.loads((tmp_path / "no" / "fig5.json").read_text())["lines"]) == ["acpgt_vs_fd"]
+    assert cli(["reproduce", "fig5", "--step", "0", "--out", str(tmp_path)]) == 2
+    assert "--step" in capsys.readouterr().err
