@@ -437,7 +437,7 @@ class CoagentSide:
             inputs = [self.obs if i == "obs" else lookup[i] for i in unit.coagent.inputs]
             drivers = {d: lookup[d] for d in unit.coagent.execution.drivers}
             out[name] = lookup[name] = unit.act(inputs, self.active, drivers, self.value,
-                                                None if forced is None else forced.get(name))
+                                                forced=None if forced is None else forced.get(name))
             if self.raster is not None:
                 self.raster.record(self.current_tick, self.env_index, name, unit.last_executed)
         return out

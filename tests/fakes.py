@@ -85,8 +85,8 @@ def count_every_tick(engine) -> None:
         for unit in nb.units.values():
             original = unit.act
 
-            def act(values, active, drivers=None, shared_value=None, unit=unit, original=original):
-                out = original(values, active, drivers, shared_value)
+            def act(values, active, drivers=None, shared_value=None, forced=None, unit=unit, original=original):
+                out = original(values, active, drivers, shared_value, forced=forced)
                 held = active & ~unit.last_executed
                 if held.any():
                     x = unit.encoder(values)
