@@ -124,6 +124,14 @@ def _train(args) -> int:
         print(f"  {key:<{width}}  {value}")
     for name, counters in result.counters.items():
         print(f"  coagent {name}: " + ", ".join(f"{k} {v}" for k, v in counters.items()))
+    if result.extra.get("clock") == "free":  # what the free clocks realised (see docs/free-running.md)
+        loops = {n: c for c in result.extra["loops"] for n in c["names"]}
+        print(f"  free-running: {result.extra['steps']} environment steps in {result.seconds:.1f} s; record "
+              f"{out / 'executions.msgpack'} (check it: distcoagent replay {out})")
+        for name, c in result.extra["free_counters"].items():
+            rate = loops[name]["loops_per_second"]
+            print(f"  coagent {name}: {rate or 0:.0f} loops/s, chances {c['opportunities']}, published "
+                  f"{c['published']}, retried {c['retried']}, late {c['late']}")
     if dashboard is not None:
         print(f"dashboard still at {dashboard.url} (Ctrl-C to stop)", flush=True)
         try:
