@@ -152,3 +152,37 @@ def test_large_run_stays_responsive(browser, tmp_path):
         assert len(raster["envs"]) == 8 and len(raster["coagents"]) == 100 and shown["curvePoints"] <= 1000
         page.close()
     assert not errors, errors
+
+
+def test_a_free_running_run_shows_its_clocks(browser, tmp_path):
+    """A metrics record with the free-running clock's figures fills the clocks panel; a logical-tick run
+    keeps it hidden."""
+    run = FakeRun(tmp_path / "free")
+    run.start()
+    run.step()
+    errors = []
+    with start_background(run.run_dir, port=0) as server:
+        page = open_page(browser, server.url, errors)
+        wait_for(page, lambda s: len(s["rows"]) == len(run.names), "the coagent rows")
+        assert page.eval_on_selector("#clock-panel", "e => e.hidden")
+        names = run.names
+        clock = {"clock": "free", "env_steps": 1234,
+                 "coagents": {n: {"opportunities": 100 + i, "published": 60 + i, "retried": i, "late": 7 * i}
+                              for i, n in enumerate(names)},
+                 "loops": [{"names": [n], "loops": 500, "seconds": 10.0, "loops_per_second": 50.0 + i}
+                           for i, n in enumerate(names)]}
+        record = dict(run.of_kind("metrics")[-1], clock=clock, tick=run.tick + 1)
+        run.append(record)
+        deadline = time.monotonic() + 10
+        rows = []
+        while time.monotonic() < deadline and len(rows) < len(names):
+            page.wait_for_timeout(100)
+            rows = page.eval_on_selector_all("#clock-table tbody tr", "rows => rows.map(r => [...r.cells]"
+                                             ".map(c => c.textContent))")
+        assert not page.eval_on_selector("#clock-panel", "e => e.hidden")
+        assert page.inner_text("#clock-steps") == "1,234"
+        assert [[r[0], *r[2:]] for r in rows] == [[n, str(100 + i), str(60 + i), str(i), str(7 * i)]
+                                                  for i, n in enumerate(names)], rows
+        assert [float(r[1]) for r in rows] == [50.0 + i for i in range(len(names))]  # loops per second
+        page.close()
+    assert not errors, errors

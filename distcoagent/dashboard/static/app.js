@@ -89,9 +89,34 @@ function buildTable(names = view.names) {
   }));
 }
 
+function renderClock(clock) {
+  const panel = $("clock-panel");
+  panel.hidden = !clock || clock.clock !== "free";
+  if (panel.hidden) return;
+  $("clock-steps").textContent = fmtInt(clock.env_steps);
+  const loops = new Map();
+  for (const c of clock.loops || []) for (const name of c.names) loops.set(name, c.loops_per_second);
+  const rows = Object.entries(clock.coagents || {}).map(([name, c]) => {
+    const tr = document.createElement("tr");
+    tr.dataset.coagent = name;
+    const cells = [loops.get(name), c.opportunities, c.published, c.retried, c.late];
+    const td = document.createElement("td");
+    td.className = "name";
+    td.textContent = name;
+    tr.append(td, ...cells.map((v, i) => {
+      const cell = document.createElement("td");
+      cell.textContent = i === 0 ? fmtNum(v) : fmtInt(v);
+      return cell;
+    }));
+    return tr;
+  });
+  document.querySelector("#clock-table tbody").replaceChildren(...rows);
+}
+
 function renderMetrics() {
   const m = view.metrics;
   if (!m) return;
+  renderClock(m.clock);
   const coagents = m.coagents || {};
   const body = document.querySelector("#coagent-table tbody");
   const shown = [...body.rows].map((r) => r.dataset.coagent);
