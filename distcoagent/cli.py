@@ -131,7 +131,7 @@ def _train(args) -> int:
         for name, c in result.extra["free_counters"].items():
             rate = loops[name]["loops_per_second"]
             print(f"  coagent {name}: {rate or 0:.0f} loops/s, chances {c['opportunities']}, published "
-                  f"{c['published']}, retried {c['retried']}, late {c['late']}")
+                  f"{c['published']}, retried {c['retried']}, late {c['late']}, revoked {c['revoked']}")
     if dashboard is not None:
         print(f"dashboard still at {dashboard.url} (Ctrl-C to stop)", flush=True)
         try:

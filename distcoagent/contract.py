@@ -214,6 +214,14 @@ class MetricsClock:
         self.now = now
         self.next = {id(o): now() + o.metrics_every for o in self.observers}
 
+    def tell(self, metrics: Callable[[], "RunMetrics"]) -> None:
+        """Give the observers whose period has passed the run's ``metrics()`` (asked for once)."""
+        due = self.due()
+        if due:
+            now = metrics()
+            for o in due:
+                o.on_metrics(now)
+
     def due(self) -> list[Observer]:
         if not self.observers:
             return []

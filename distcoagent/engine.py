@@ -195,11 +195,7 @@ class InProcessEngine(Engine):
                     if done > done_before:
                         progress(done - done_before)
                         done_before = done
-                due = clock.due()
-                if due:
-                    metrics = self.metrics()
-                    for o in due:
-                        o.on_metrics(metrics)
+                clock.tell(self.metrics)
                 if stop is not None and stop():
                     break
         except NonFiniteError:

@@ -20,21 +20,22 @@ environment worker (``FreeEnvironment``):
   begin and end as the environment's do).  At the newest step, if still open, it
   draws its execution as usual and, if it executes, publishes its output stamped with
   that step.
-- **Consistency** (optimistic, as in a database): a publication carries the versions of
-  the same-tick inputs the coagent read.  The board accepts it if the step is still
-  open, nobody's accepted output already depends on this coagent's entry, and none of
-  those inputs changed since the read; the inputs are then final for the step.  A
-  publication whose inputs changed is refused, and the coagent may try again at the
-  same step on the new inputs (its draws are keyed, so a retry on the same inputs
-  draws the same numbers); one that comes after the step was sealed, or after another
-  coagent's accepted output used its entry, is *late*, and the coagent holds at that
-  step.  Whenever a publication is refused, the coagent takes the step back (its state
-  before the step is restored).  Hence, per step, each coagent either executed on
-  exactly the inputs that every reader of its output also saw, or held: the realised
+- **Consistency** (optimistic, as in a database).  A publication names the versions of
+  the same-tick inputs it was computed from.  The board refuses it if the step is sealed
+  (*late*: the coagent holds at that step) or if one of those inputs changed since the
+  read (the coagent reads again and retries while the step is open).  Taking a
+  publication changes the publisher's outputs, so the board *revokes* every publication
+  made from their old versions (and, in turn, those made from the revoked ones): a
+  revoked coagent takes its step back and acts again on the new inputs if the step is
+  still open, else holds.  An upstream unit therefore never loses its step to a faster
+  reader; the reader redoes its own.  Whenever a step is taken back, the coagent's state
+  from before the step is restored.  Hence at the seal, every standing publication was
+  computed from its inputs' final values: per step, each coagent either executed on
+  exactly the inputs that every reader of its output also saw, or held.  The realised
   run is an execution of the ACPGT's network with some pattern E_t^i, where timing,
-  independent of the parameters, plays the part of the execution function.  With an
-  environment slow enough for every unit to act in every step, the run is the
-  logical-tick one.
+  independent of the parameters, plays the part of the execution function; with an
+  environment slow enough for every unit to act in every step, it is the logical-tick
+  run.
 
 **The record.**  When it seals a step the board records, for each coagent, on which
 environments it executed (all of them, bit-packed) and, for a few sampled
@@ -94,6 +95,22 @@ def check_free_options(network, env_rate=None, coagents: dict | None = None) -> 
     return env_rate, out
 
 
+def group_order(network: Network, groups) -> list[int]:
+    """Groups in an order where every group comes after the groups whose outputs it reads at the same
+    tick (the seal resolves publications in it); a cycle between groups is refused."""
+    group_of = {n: g for g, names in enumerate(groups) for n in names}
+    needs = {g: {group_of[s] for s in same_tick_reads(network, names)} for g, names in enumerate(groups)}
+    order: list[int] = []
+    while len(order) < len(groups):
+        ready = [g for g in range(len(groups)) if g not in order and needs[g] <= set(order)]
+        if not ready:
+            stuck = [list(groups[g]) for g in range(len(groups)) if g not in order]
+            raise SpecError(f"groups: in the free-running mode a group may not read, within a tick, a group that "
+                            f"reads it; these groups read each other: {stuck} (pack coagents in tick order)")
+        order.append(ready[0])
+    return order
+
+
 def warm_up() -> None:
     """Compile (or load) the kernels before a loop starts: a unit compiling in its first step would
     miss the steps the others take meanwhile."""
@@ -132,17 +149,20 @@ class View:
     inputs: dict[str, np.ndarray]
     done: bool
     versions: dict[str, int] = field(default_factory=dict)
+    resolution: tuple | None = None   # (tick, stood?) of the group's last publication: sealed, or revoked
 
 
 @dataclass
 class FreeCounters:
-    """Per coagent: opportunities (reads of an open step it may publish for), accepted publications,
-    refused ones whose inputs had changed (``retried``: the coagent may try again) and late ones."""
+    """Per coagent: opportunities (reads of an open step it had not published for), taken publications,
+    refused ones whose inputs had changed (``retried``), late ones (the step was sealed) and revoked
+    ones (an input changed after it was taken)."""
 
     opportunities: int = 0
     published: int = 0
     retried: int = 0
     late: int = 0
+    revoked: int = 0
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -157,9 +177,15 @@ class FreeEnvironment:
     """
 
     def __init__(self, index: int, network: Network, env_id: str, env_kwargs: dict, seed: int, trial_start: int,
-                 trial_stop: int, envs_per_trial: int, groups, rate: float | None = None, record_envs=()):
+                 trial_stop: int, envs_per_trial: int, groups, rate: float | None = None, record_envs=(),
+                 export_run: str | None = None):
         self.index, self.network = index, network
         warm_up()
+        self.exporter = None
+        if export_run is not None:
+            from .ray_engine.exporter import RunExporter
+
+            self.exporter = RunExporter(export_run)
         self.side = EnvironmentSide(network, env_id, env_kwargs, seed, trial_start, trial_stop, envs_per_trial)
         self.groups = [tuple(g) for g in groups]
         self.rate = rate
@@ -176,11 +202,10 @@ class FreeEnvironment:
         self.held: dict[str, np.ndarray] = {}     # U_{t-1} after this step's episode starts
         self.current: dict[str, np.ndarray] = {}  # this step's outputs so far (held, or published)
         self.open_tick: int | None = None
-        self.version: dict[str, int] = {}         # accepted publications per coagent at the open step
-        self.frozen: set[str] = set()             # entries an accepted output used: final for the step
-        self.published: set[int] = set()          # groups that published for the open step
-        self.executed: dict[str, np.ndarray] = {}
-        self.seen: dict[str, dict] = {}
+        self.version: dict[str, int] = {}         # publications per coagent at the open step (0: held)
+        self.publications: dict[int, dict] = {}   # per group, its last publication for the open step
+        self.unreported: dict[int, tuple] = {}    # per group: (tick, stood?) of its last publication, sealed
+        self.group_order = group_order(network, self.groups)
         self.records: list[dict] = []             # sealed steps, for the driver to drain
         self.counters = {n: FreeCounters() for n in network.order}
         self.pause_wanted = self.paused = self.stopped = self.looping = False
@@ -210,6 +235,7 @@ class FreeEnvironment:
             self.messages, self.sequence = {}, 0
             self.consumed = [0] * len(self.groups)
             self.open_tick, self.finished = None, self.side.phase == "done"
+            self.publications, self.unreported = {}, {}
 
     def _post(self, message) -> None:
         self.sequence += 1
@@ -272,35 +298,60 @@ class FreeEnvironment:
                     held = self.held[n] = self.held[n].copy()
                     held[rows] = initial_outputs(self.network.coagent(n), self.streams[n], self.env_ids[rows], ticks)
             self.current = dict(self.held)
-            self.open_tick, self.frozen, self.published = message.tick, set(), set()
+            self.open_tick, self.publications = message.tick, {}
             self.version = {n: 0 for n in self.network.order}
-            self.executed, self.seen = {}, {}
             self._post(message)
             return True
 
     def seal_step(self) -> None:
         """Seal the open step: the outputs are final, the environment acts, the step is recorded."""
         with self.cond:
-            tick, outputs = self.open_tick, self.current
+            tick, outputs, executed, seen = self.open_tick, dict(self.held), {}, {}
             self.open_tick = None
+            for g, publication in self.publications.items():  # each was made from the final inputs
+                self.unreported[g] = (tick, True)
+                for n in self.groups[g]:
+                    outputs[n], executed[n] = self.current[n], publication["executed"][n]
+                seen.update(publication["seen"])
             self.side.finish({a: outputs[a] for a in self.network.action_coagents})
             B, rows = self.side.batch, self.record_rows
             record = {"k": self.index, "tick": tick, "batch": B,
-                      "executed": {n: np.packbits(self.executed.get(n, np.zeros(B, bool))) for n in outputs},
+                      "executed": {n: np.packbits(executed.get(n, np.zeros(B, bool))) for n in outputs},
                       "rows": self.env_ids[rows].tolist(),
                       "outputs": {n: np.asarray(v)[rows].tolist() for n, v in outputs.items()},
-                      "seen": self.seen}
+                      "seen": seen}
             self.records.append(record)
             self.held = outputs
             self.steps += 1
+            if self.exporter is not None:
+                self.exporter.maybe_export(self.side)
             self.cond.notify_all()
 
     # ------------------------------------------------------------------ what the coagents call
+    def _news(self, group: int, after: int) -> bool:
+        """Something for ``group`` to act on: a new message, or the fate of its last publication."""
+        return self.sequence > after or group in self.unreported
+
+    def _revoke_readers(self, names, tick: int) -> None:
+        """Outputs ``names`` changed: revoke every publication made from their old versions (their
+        coagents hold again, which changes their outputs in turn)."""
+        for g, publication in list(self.publications.items()):
+            if g in self.publications and any(self.version[n] != publication["read"].get(n, self.version[n])
+                                              for n in names):
+                del self.publications[g]
+                self.unreported[g] = (tick, False)
+                for n in self.groups[g]:
+                    self.counters[n].revoked += 1
+                    self.current[n] = self.held[n]
+                    self.version[n] += 1
+                self._revoke_readers(self.groups[g], tick)
+
     def read(self, group: int, after: int, wait: float = 0.2) -> View:
-        """Messages since ``after`` and the newest inputs of ``group``; waits up to ``wait`` s for news."""
+        """Messages since ``after``, the newest inputs of ``group`` (with their versions), the fate of its
+        last publication once its step is sealed; waits up to ``wait`` s for news."""
         with self.cond:
             deadline = time.monotonic() + wait
-            while self.sequence <= after and not self.finished and not self.stopped:
+            while not self._news(group, after) and not self.finished and not self.stopped:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     break
@@ -309,46 +360,48 @@ class FreeEnvironment:
             self.consumed[group] = max(self.consumed[group], self.sequence)
             for s in [s for s in self.messages if s <= min(self.consumed)]:
                 del self.messages[s]
-            last = messages[-1] if messages else None
-            # while a step is open, its TickStart is the newest message
-            chance = (self.open_tick is not None and group not in self.published
-                      and not self.frozen.intersection(self.groups[group]))
             source = self.current if self.open_tick is not None else self.held
             inputs = {n: np.array(source[n]) for n in self.reads[group]}
             inputs.update({"prev:" + n: np.array(self.held[n]) for n in self.prev_reads[group]})
-            versions = {}
-            if chance:
-                versions = {n: self.version[n] for n in self.reads[group]}
+            versions = {n: self.version[n] for n in self.reads[group]} if self.open_tick is not None else {}
+            if self.open_tick is not None and group not in self.publications:
                 for n in self.groups[group]:
                     self.counters[n].opportunities += 1
-            return View(self.sequence, messages, self.open_tick if chance else None, inputs,
-                        self.finished and not self.stopped, versions)
+            return View(self.sequence, messages, self.open_tick, inputs, self.finished and not self.stopped,
+                        versions, self.unreported.pop(group, None))
 
     def publish(self, group: int, tick: int, outputs: dict[str, np.ndarray], executed: dict[str, np.ndarray],
                 seen: dict | None = None, versions: dict[str, int] | None = None) -> bool:
-        """Outputs of ``group`` for step ``tick``, computed from inputs of ``versions``: True if accepted
-        (see the module docstring; refused, the group may read again and retry while the step is open)."""
+        """Outputs of ``group`` for step ``tick``, computed from inputs of ``versions``: True if taken (it
+        may still be revoked at the seal, see the module docstring); False if the step is sealed or an
+        input has changed since (the group may read again and retry while the step is open)."""
         names = self.groups[group]
         versions = versions or {}
         with self.cond:
-            late = (tick != self.open_tick or group in self.published or bool(self.frozen.intersection(names)))
+            late = tick != self.open_tick
             stale = not late and any(self.version[n] != v for n, v in versions.items())
             for n in names:
                 counters = self.counters[n]
-                if late or stale:
-                    counters.late += late
-                    counters.retried += stale
-                    continue
-                counters.published += 1
-                self.current[n] = np.array(outputs[n])
-                self.executed[n] = np.array(executed[n], dtype=bool)
-                self.version[n] += 1
+                counters.late += late
+                counters.retried += stale
             if late or stale:
                 return False
-            self.published.add(group)
-            self.frozen.update(versions)
-            self.seen.update(seen or {})
+            for n in names:
+                self.counters[n].published += 1
+                self.current[n] = np.array(outputs[n])
+                self.version[n] += 1
+            self.publications[group] = {"read": dict(versions), "seen": dict(seen or {}),
+                                        "executed": {n: np.array(executed[n], dtype=bool) for n in names}}
+            self._revoke_readers(names, tick)
+            self.cond.notify_all()  # the revoked may act again
             return True
+
+    def publish_and_read(self, group: int, tick: int, outputs, executed, seen, versions, after: int,
+                         wait: float = 0.2) -> tuple[bool, View]:
+        """``publish``, then ``read`` from ``after`` (at once if refused: the step may be retried); one call
+        instead of two for a loop that goes straight round."""
+        accepted = self.publish(group, tick, outputs, executed, seen, versions)
+        return accepted, self.read(group, after, wait if accepted else 0.0)
 
     # ------------------------------------------------------------------ the driver's requests
     def pause(self, timeout: float = 30.0) -> int:
@@ -392,6 +445,8 @@ class FreeEnvironment:
 
     def result(self) -> dict:
         with self.cond:
+            if self.exporter is not None:
+                self.exporter.maybe_export(self.side, force=True)
             book, critic = self.side.book, self.side.critic
             return {"returns": book.returns.copy(), "lengths": book.lengths.copy(),
                     "critic": None if critic is None else critic.params["w"].copy(), "tick": self.side.tick,
@@ -411,9 +466,14 @@ class FreeCoagent:
 
     def __init__(self, network: Network, names, observation_space, action_space, slices, envs_per_trial: int,
                  seed: int, group: int, boards=None, delay: float = 0.0, rate: float | None = None,
-                 raster=None, record_envs=()):
+                 raster=None, record_envs=(), export_run: str | None = None):
         self.network, self.names, self.group = network, tuple(names), group
         warm_up()
+        self.exporter = None
+        if export_run is not None:  # Ray's metrics, as the logical-tick actors export them
+            from .ray_engine.exporter import CoagentExporter
+
+            self.exporter = CoagentExporter(export_run)
         self.sides = [CoagentSide(network, names, observation_space, action_space, b - a, envs_per_trial, seed, a,
                                   raster=raster) for a, b in slices]
         self.boards = list(boards or [])
@@ -427,6 +487,10 @@ class FreeCoagent:
                             for s in self.sides]
         self.holds = [{n: np.zeros(s.batch, dtype=bool) for n in self.names} for s in self.sides]
         self.pending: list[int | None] = [None] * len(slices)
+        self.taken: list[tuple | None] = [None] * len(slices)
+        self.next_view: list[View | None] = [None] * len(slices)
+        self.straight = not self.delay and not self.rate and len(slices) == 1  # see _try
+        self.wait = [0.2] * len(slices)  # each micro-batch's last read's wait
         self.inputs: list[dict] = [{} for _ in slices]
         self.loops = 0
         self.looping = False
@@ -443,7 +507,8 @@ class FreeCoagent:
     def restore(self, k: int, coagent_state: dict) -> None:
         with self.locks[k]:
             self.sides[k].load_state_dict(coagent_state)
-            self.sequence[k], self.done[k], self.pending[k] = 0, False, None
+            self.sequence[k], self.done[k], self.pending[k], self.next_view[k] = 0, False, None, None
+            self.taken[k] = None
 
     # ------------------------------------------------------------------ the loop
     def run(self, wait: float = 0.2) -> int:
@@ -469,12 +534,27 @@ class FreeCoagent:
         return self.loops
 
     def iterate(self, k: int, wait: float = 0.2) -> None:
-        """Once round the loop for micro-batch k: read, catch up (holds), maybe execute and publish."""
-        # a refused publication may be retried at once, while its step is open
-        view = self.boards[k].read(self.group, self.sequence[k], 0.0 if self.pending[k] is not None else wait)
+        """Once round the loop for micro-batch k: read; settle its last publication (revoked: taken back
+        and held; an input changed meanwhile: taken back and done again); catch up through the steps it
+        missed (holds); at the open step, maybe execute and publish."""
+        self.wait[k] = wait
+        view, self.next_view[k] = self.next_view[k], None  # read together with the last publication
+        if view is None or not (view.messages or view.resolution or view.done):
+            # nothing new came with it: read now (a refused publication may be retried at once)
+            view = self.boards[k].read(self.group, self.sequence[k], 0.0 if self.pending[k] is not None else wait)
         with self.locks[k]:
             side, holds = self.sides[k], self.holds[k]
-            pending = self.pending[k]  # a step received but not acted at (its publication was refused)
+            pending = self.pending[k]  # a step received but not acted at yet
+            taken = self.taken[k]      # (tick, state before it) of a publication not yet settled
+            if taken is not None and view.resolution is not None and view.resolution[0] == taken[0]:
+                tick, before = taken
+                taken = None
+                if not view.resolution[1]:  # revoked (an input changed): take the step back
+                    self._take_back(side, before)
+                    if view.open_tick == tick and not view.messages:
+                        pending = tick  # still open: act again on the new inputs
+                    else:
+                        side.act(None, self.inputs[k], holds)  # sealed meanwhile: a hold
             if pending is not None and (view.messages or view.open_tick != pending):
                 side.act(None, self.inputs[k], holds)  # it cannot execute there any more: a hold
                 pending = None
@@ -487,25 +567,37 @@ class FreeCoagent:
                     pending = message.tick
                 else:
                     side.act(None, view.inputs, holds)
-            if pending is not None and self._try(k, pending, view):
-                pending = None
-            self.pending[k], self.inputs[k] = pending, view.inputs
+            if pending is not None:
+                acted, taken = self._try(k, pending, view)
+                pending = None if acted else pending
+            self.pending[k], self.taken[k], self.inputs[k] = pending, taken, view.inputs
             self.sequence[k] = view.sequence
             flushed = any(isinstance(m, Flush) for m in view.messages)
-            self.done[k] = pending is None and (flushed or (view.done and not view.messages) or self.done[k])
+            self.done[k] = pending is None and taken is None and (
+                flushed or (view.done and not view.messages) or self.done[k])
             self.loops += 1
+            if self.exporter is not None and k == len(self.sides) - 1:
+                self.exporter.maybe_export(self.sides)
         with self.progress:
             self.progress.notify_all()
 
-    def _try(self, k: int, tick: int, view: View) -> bool:
-        """The newest step is open: draw, maybe execute and publish.  False: the publication was
-        refused, and the step is taken back (still to be acted at: a retry, or a hold)."""
+    @staticmethod
+    def _take_back(side, before: dict) -> None:
+        """Restore the units' states from before a step (the side's inputs of the step are rebuilt)."""
+        for n, u in side.units.items():
+            u.load_state_dict(before[n])
+        side.capture_previous()
+
+    def _try(self, k: int, tick: int, view: View) -> tuple[bool, tuple | None]:
+        """The open step: draw, maybe execute and publish.  Returns (acted, taken): acted False means
+        the publication was refused and the step is taken back (still to be acted at); taken is the
+        (tick, state before) to keep until the board says whether the publication stood."""
         side, inputs = self.sides[k], view.inputs
         before = {n: u.state_dict() for n, u in side.units.items()}
         outputs = side.act(None, inputs)
         executed = {n: u.last_executed.copy() for n, u in side.units.items()}
         if not any(e.any() for e in executed.values()):
-            return True  # every environment holds: exactly what the board assumes
+            return True, None  # every environment holds: exactly what the board assumes
         rows = self.record_rows[k]
         seen = {}
         if rows.size:
@@ -516,12 +608,16 @@ class FreeCoagent:
                                "executed": executed[n][rows].tolist(),
                                "inputs": {i: (side.obs if i == "obs" else local[i])[rows].tolist()
                                           for i in u.coagent.inputs}}
-        if self.boards[k].publish(self.group, tick, outputs, executed, seen, view.versions):
-            return True
-        for n, u in side.units.items():
-            u.load_state_dict(before[n])
-        side.capture_previous()
-        return False
+        board = self.boards[k]
+        if self.straight:  # nothing to wait for between two times round: read in the same call
+            accepted, self.next_view[k] = board.publish_and_read(self.group, tick, outputs, executed, seen,
+                                                                 view.versions, view.sequence, self.wait[k])
+        else:
+            accepted = board.publish(self.group, tick, outputs, executed, seen, view.versions)
+        if accepted:
+            return True, (tick, before)
+        self._take_back(side, before)
+        return False, None
 
     def stop(self) -> None:
         self.stopped = True
@@ -531,7 +627,7 @@ class FreeCoagent:
         """Micro-batch k's side once it has processed every message up to ``sequence``."""
         deadline = time.monotonic() + timeout
         with self.progress:
-            while self.sequence[k] < sequence or self.pending[k] is not None:
+            while self.sequence[k] < sequence or self.pending[k] is not None or self.taken[k] is not None:
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"coagent(s) {', '.join(self.names)} did not catch up with message "
                                        f"{sequence} of micro-batch {k} within {timeout:g} s")
@@ -560,6 +656,8 @@ class FreeCoagent:
         return out
 
     def result(self) -> list[dict]:
+        if self.exporter is not None:
+            self.exporter.maybe_export(self.sides, force=True)
         out = []
         for k, side in enumerate(self.sides):
             with self.locks[k]:

@@ -63,9 +63,16 @@ def test_train_returns_a_whole_result_and_reports_progress(kind):
         assert c["episodes"] == 3 * 2 * 5 and c["executions"] <= c["ticks"]
 
 
-@pytest.mark.parametrize("kind", ENGINES)
-@pytest.mark.parametrize("make,stops", [(paper, (1, 9, 40)), (recurrent, (7,)), (option_critic, (5,))],
-                         ids=["paper", "recurrent", "option-critic"])
+# stop points: the first tick, one in the first episodes, one near the end; on Ray (about 20 s per
+# stop point) the middle one runs by default and the other two with -m slow
+STOPS = [pytest.param("inprocess", paper, (1, 9, 40), id="paper-inprocess"),
+         pytest.param("ray", paper, (9,), id="paper-ray"),
+         pytest.param("ray", paper, (1, 40), id="paper-first-and-late-ticks-ray", marks=pytest.mark.slow),
+         *[pytest.param(kind, make, stops, id=f"{name}-{kind}") for kind in ENGINES
+           for name, make, stops in [("recurrent", recurrent, (7,)), ("option-critic", option_critic, (5,))]]]
+
+
+@pytest.mark.parametrize("kind,make,stops", STOPS)
 def test_a_run_stopped_saved_and_restored_in_a_fresh_engine_continues_bit_for_bit(kind, make, stops):
     options = dict(trials=4, envs_per_trial=2, seed=13, micro_batches=2)
     with build("inprocess", make(), **options) as reference:

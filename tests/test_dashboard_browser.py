@@ -167,7 +167,8 @@ def test_a_free_running_run_shows_its_clocks(browser, tmp_path):
         assert page.eval_on_selector("#clock-panel", "e => e.hidden")
         names = run.names
         clock = {"clock": "free", "env_steps": 1234,
-                 "coagents": {n: {"opportunities": 100 + i, "published": 60 + i, "retried": i, "late": 7 * i}
+                 "coagents": {n: {"opportunities": 100 + i, "published": 60 + i, "retried": i, "late": 7 * i,
+                                  "revoked": 3 * i}
                               for i, n in enumerate(names)},
                  "loops": [{"names": [n], "loops": 500, "seconds": 10.0, "loops_per_second": 50.0 + i}
                            for i, n in enumerate(names)]}
@@ -181,7 +182,7 @@ def test_a_free_running_run_shows_its_clocks(browser, tmp_path):
                                              ".map(c => c.textContent))")
         assert not page.eval_on_selector("#clock-panel", "e => e.hidden")
         assert page.inner_text("#clock-steps") == "1,234"
-        assert [[r[0], *r[2:]] for r in rows] == [[n, str(100 + i), str(60 + i), str(i), str(7 * i)]
+        assert [[r[0], *r[2:]] for r in rows] == [[n, str(100 + i), str(60 + i), str(i), str(7 * i), str(3 * i)]
                                                   for i, n in enumerate(names)], rows
         assert [float(r[1]) for r in rows] == [50.0 + i for i in range(len(names))]  # loops per second
         page.close()

@@ -43,13 +43,21 @@ def scrape(port: int) -> dict[tuple[str, str, str], float]:
     return out
 
 
-def test_per_coagent_metrics_reach_the_endpoint_with_the_engines_values(metrics_port):
-    engine = RayEngine(paper(), GRID, {"size": 5}, trials=16, seed=2, run_name="metrics-test")
+@pytest.mark.parametrize("clock", ["tick", "free"])
+def test_per_coagent_metrics_reach_the_endpoint_with_the_engines_values(metrics_port, clock):
+    run = f"metrics-{clock}"
+    if clock == "free":
+        from distcoagent.ray_engine.free import FreeRunningEngine
+
+        engine = FreeRunningEngine(paper(), GRID, {"size": 5}, trials=16, seed=2, run_name=run, env_rate=200)
+    else:
+        engine = RayEngine(paper(), GRID, {"size": 5}, trials=16, seed=2, run_name=run)
     try:
-        result = engine.train(20)
+        result = engine.train(20 if clock == "tick" else 4)
     finally:
         engine.close()
-    want = {(f"ray_distcoagent_coagent_{k}_total", name, "metrics-test"): float(c[k])
+    assert all(c["executions"] > 0 for c in result.counters.values())
+    want = {(f"ray_distcoagent_coagent_{k}_total", name, run): float(c[k])
             for name, c in result.counters.items() for k in ("executions", "ticks", "updates")}
     deadline, got = time.monotonic() + 40, {}
     while time.monotonic() < deadline:  # Ray's agent publishes every few seconds
@@ -58,9 +66,9 @@ def test_per_coagent_metrics_reach_the_endpoint_with_the_engines_values(metrics_
             break
         time.sleep(1)
     assert {k: got.get(k) for k in want} == want
-    assert got[("ray_distcoagent_run_episodes_total", "", "metrics-test")] == 16 * 20
+    assert got[("ray_distcoagent_run_episodes_total", "", run)] == 16 * result.returns.shape[-1]
     for name in result.counters:
-        rate = got[("ray_distcoagent_coagent_execution_rate", name, "metrics-test")]
+        rate = got[("ray_distcoagent_coagent_execution_rate", name, run)]
         assert rate == pytest.approx(result.counters[name]["executions"] / result.counters[name]["ticks"], rel=1e-9)
-        assert ("ray_distcoagent_coagent_param_norm", name, "metrics-test") in got
-        assert got[("ray_distcoagent_coagent_ticks_between_executions_count", name, "metrics-test")] >= 1
+        assert ("ray_distcoagent_coagent_param_norm", name, run) in got
+        assert got[("ray_distcoagent_coagent_ticks_between_executions_count", name, run)] >= 1

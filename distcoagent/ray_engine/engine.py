@@ -428,7 +428,7 @@ class RayEngine(Engine):
         for o in observers:
             o.on_start(self, int(episodes))
         state = {"pending": deque(), "finished": False, "done_before": self._done_reported}
-        try:
+        with self._accounting():
             if self._snapshot is None or self._snapshot["tick"] != self.tick_count:
                 self._snapshot = self.state()
             last_snapshot = time.monotonic()
@@ -446,6 +446,13 @@ class RayEngine(Engine):
                     last_snapshot = time.monotonic()
             with self._watch():
                 self._drain(state, tickers)
+        return self._finish(observers)
+
+    @contextlib.contextmanager
+    def _accounting(self):
+        """Around a ``train`` call: what a failed run had at its last snapshot, and the time spent."""
+        try:
+            yield
         except BaseException:
             if self._snapshot is not None:  # what the run had when last saved
                 self.partial = result_from_state(self._snapshot, self.network, self.name)
@@ -454,6 +461,9 @@ class RayEngine(Engine):
             if self._started is not None:
                 self.seconds += time.perf_counter() - self._started
                 self._started = None
+
+    def _finish(self, observers) -> TrainResult:
+        """The result of a ``train`` call, told to the observers; a finished run is forgotten."""
         result = self._result()
         if result.finished:
             self.episodes, self._snapshot = None, None

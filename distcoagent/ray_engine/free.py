@@ -25,7 +25,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from ..contract import STATE_FORMAT, MetricsClock, Observer, RunMetrics, TrainResult, combine_metrics
-from ..engine import check_episodes, check_state, result_from_state
+from ..engine import check_episodes, check_state
 from ..freerun import FreeCoagent, FreeEnvironment, check_free_options, warm_up
 from ..network import SpecError
 from ..replay import ExecutionLog
@@ -47,6 +47,12 @@ class BoardProxy:
         import ray
 
         return ray.get(self.actor.publish.remote(group, tick, outputs, executed, seen, versions))
+
+    def publish_and_read(self, group: int, tick: int, outputs, executed, seen, versions, after: int, wait: float):
+        import ray
+
+        return ray.get(self.actor.publish_and_read.remote(group, tick, outputs, executed, seen, versions, after,
+                                                          wait))
 
 
 class FreeRunningEngine(RayEngine):
@@ -76,7 +82,6 @@ class FreeRunningEngine(RayEngine):
         self._loops: list = []
         self.free_counters: dict = {}
         self.steps = 0
-        options.setdefault("export_metrics", False)
         warm_up()  # compiled here once, every actor loads the kernels from numba's cache
         super().__init__(network, env_id, env_kwargs, **options)
 
@@ -92,14 +97,16 @@ class FreeRunningEngine(RayEngine):
         delay, rate = self._group_clock(names)
         return ray.remote(FreeCoagent).options(max_concurrency=4, **options).remote(
             self.network, list(names), self.observation_space, self.action_space, shard, self.envs_per_trial,
-            self.seed, g, None, delay, rate, self.raster, self.record_envs)
+            self.seed, g, None, delay, rate, self.raster, self.record_envs,
+            (self.run_name or self.run_id) if self.export_metrics else None)
 
     def _env_actor(self, options: dict, k: int, trial_start: int, trial_stop: int):
         import ray
 
         return ray.remote(FreeEnvironment).options(max_concurrency=len(self.groups) + 6, **options).remote(
             k, self.network, self.env_id, self.env_kwargs, self.seed, trial_start, trial_stop, self.envs_per_trial,
-            self.groups, self.env_rate, self.record_envs)
+            self.groups, self.env_rate, self.record_envs,
+            (self.run_name or self.run_id) if self.export_metrics else None)
 
     def _graph(self, level, cur, prev, group_of):
         """No graph: each coagent actor gets its micro-batches' boards."""
@@ -142,7 +149,7 @@ class FreeRunningEngine(RayEngine):
         for o in observers:
             o.on_start(self, int(episodes))
         done_before = self._done_reported
-        try:
+        with self._accounting():
             if self._snapshot is None or self._snapshot["tick"] != self.tick_count:
                 self._snapshot = self._gather(running=False)
             self._start_loops()
@@ -157,11 +164,7 @@ class FreeRunningEngine(RayEngine):
                             done_before = done
                         if finished:
                             break
-                        due = clock.due()
-                        if due:
-                            metrics = self.metrics()
-                            for o in due:
-                                o.on_metrics(metrics)
+                        clock.tell(self.metrics)
                         if stop is not None and stop():
                             self._snapshot = self._gather(running=True, resume=False)
                             self._stop_loops()
@@ -173,20 +176,7 @@ class FreeRunningEngine(RayEngine):
                     self._recover(lost, {"pending": deque()})
                     self._start_loops()
                     last_snapshot = time.monotonic()
-        except BaseException:
-            if self._snapshot is not None:
-                self.partial = result_from_state(self._snapshot, self.network, self.name)
-            raise
-        finally:
-            if self._started is not None:
-                self.seconds += time.perf_counter() - self._started
-                self._started = None
-        result = self._result()
-        if result.finished:
-            self.episodes, self._snapshot = None, None
-        for o in observers:
-            o.on_end(result)
-        return result
+        return self._finish(observers)
 
     def _start_loops(self) -> None:
         self._loops = [a.run.remote() for a in self.env_actors] + [a.run.remote() for a in self.actors]

@@ -99,7 +99,7 @@ function renderClock(clock) {
   const rows = Object.entries(clock.coagents || {}).map(([name, c]) => {
     const tr = document.createElement("tr");
     tr.dataset.coagent = name;
-    const cells = [loops.get(name), c.opportunities, c.published, c.retried, c.late];
+    const cells = [loops.get(name), c.opportunities, c.published, c.retried, c.late, c.revoked];
     const td = document.createElement("td");
     td.className = "name";
     td.textContent = name;
