@@ -68,7 +68,7 @@ def paper() -> Network:
 
 def cartpole() -> Network:
     features = Fourier(order=2, low=(-2.4, -3.0, -0.21, -3.5), high=(2.4, 3.0, 0.21, 3.5))
-    rule = ActorCritic(actor_step=0.01, critic_step=0.02, lam=0.8, critic="own")
+    rule = ActorCritic(actor_step=0.001, critic_step=0.002, lam=0.8, critic="own")  # examples/cartpole_linear.toml
     return Network([Coagent("push", ["obs"], Softmax(2), rule=rule, features=features)], action="push", gamma=0.99)
 
 
@@ -184,14 +184,20 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=16)
     parser.add_argument("--slow", type=float, default=0.02, help="the slow unit's compute time (s)")
     parser.add_argument("--rate", type=float, default=100.0, help="the paced free mode's env steps per second")
+    parser.add_argument("--only", choices=["throughput", "learning"],
+                        help="run one part; the other part of an existing JSON is kept")
+    parser.add_argument("--tasks", nargs="+", default=["gridworld", "cartpole"], choices=["gridworld", "cartpole"],
+                        help="learning tasks to run (the others' curves in an existing JSON are kept)")
     args = parser.parse_args()
+    out = ROOT / "benchmarks" / "results" / "free_running.json"
+    old = json.loads(out.read_text()) if out.exists() else {"throughput": [], "learning": []}
     modes = ["tick", "free", f"free@{args.rate:g}"]
     widths = (3, 10) if args.quick else (3, 10, 30)
     ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
-    rows = []
+    rows = [] if args.only != "learning" else old["throughput"]
     print(f"{'mode':>10} {'coagents':>8} {'slow s':>6} {'env steps/s':>12} {'executions/s':>13} "
           f"{'exec/step':>9} {'slow unit':>9} {'build s':>8}")
-    for n in widths:
+    for n in widths if args.only != "learning" else ():
         for slow in (0.0, args.slow):
             for mode in modes:
                 r = throughput(mode, n, slow, args.trials, args.seconds)
@@ -200,11 +206,13 @@ def main() -> None:
                 print(f"{mode:>10} {n:>8} {slow:>6g} {r['env_steps_per_second']:>12.1f} "
                       f"{r['executions_per_second']:>13.1f} {r['execution_fraction_mean']:>9.3f} {slow_frac:>9} "
                       f"{r['build_seconds']:>8.1f}", flush=True)
-    curves = []
+    curves = [c for c in old["learning"] if c["task"] not in args.tasks] if args.only else []
     plan = [("gridworld", 16, 150 if not args.quick else 40, 90 if not args.quick else 30),
             ("cartpole", 8, 150 if not args.quick else 30, 90 if not args.quick else 30)]
     print(f"\n{'task':>10} {'mode':>10} {'episodes':>8} {'seconds':>8} {'env steps':>10} {'final return':>12}")
     for task, trials, episodes, limit in plan:
+        if args.only == "throughput" or task not in args.tasks:
+            continue
         for mode in modes:
             c = learning(mode, task, trials, episodes, limit)
             curves.append(c)
@@ -212,7 +220,8 @@ def main() -> None:
             print(f"{task:>10} {mode:>10} {c['episodes']:>8} {c['seconds']:>8.1f} {steps:>10.0f} "
                   f"{c['final_mean_return'] if c['final_mean_return'] is not None else float('nan'):>12.2f}", flush=True)
     ray.shutdown()
-    out = ROOT / "benchmarks" / "results" / "free_running.json"
+    if args.only == "throughput":
+        curves = old["learning"]
     out.write_text(json.dumps({"machine": platform.platform(), "time": time.time(), "args": vars(args),
                                "throughput": rows, "learning": curves}, indent=1) + "\n")
     png = ROOT / "docs" / "free_running_learning.png"

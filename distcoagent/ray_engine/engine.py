@@ -413,20 +413,9 @@ class RayEngine(Engine):
     def train(self, episodes: int, progress: Callable[[int], None] | None = None,
               observers: Sequence[Observer] = (), stop: Callable[[], bool] | None = None) -> TrainResult:
         """Run until every environment has finished ``episodes`` episodes (or ``stop()`` is true)."""
-        check_episodes(episodes)
-        if self._broken is not None:
-            raise RuntimeError(f"this engine failed earlier ({self._broken}); build a new one")
         tickers = [o for o in observers if o.wants_ticks]
-        if self.episodes is None:
-            self.episodes, self.seconds, self._done_reported = int(episodes), 0.0, 0
-            self._run(Command("begin", int(episodes), self.tick_count, bool(tickers)))
-        elif self.episodes != episodes:
-            raise SpecError(f"episodes: this engine holds an unfinished run of {self.episodes} episodes "
-                            f"(stopped or restored); call train({self.episodes}) to finish it")
-        self._started = time.perf_counter()
-        clock = MetricsClock(observers, time.perf_counter)
-        for o in observers:
-            o.on_start(self, int(episodes))
+        clock = self._open(episodes, observers,
+                           lambda: self._run(Command("begin", int(episodes), self.tick_count, bool(tickers))))
         state = {"pending": deque(), "finished": False, "done_before": self._done_reported}
         with self._accounting():
             if self._snapshot is None or self._snapshot["tick"] != self.tick_count:
@@ -447,6 +436,24 @@ class RayEngine(Engine):
             with self._watch():
                 self._drain(state, tickers)
         return self._finish(observers)
+
+    def _open(self, episodes: int, observers, begin: Callable[[], object]) -> MetricsClock:
+        """The start of a ``train`` call: a new run (``begin`` starts it in the actors) or the one in
+        progress; the clock starts and the observers hear of it."""
+        check_episodes(episodes)
+        if self._broken is not None:
+            raise RuntimeError(f"this engine failed earlier ({self._broken}); build a new one")
+        if self.episodes is None:
+            self.episodes, self.seconds, self._done_reported = int(episodes), 0.0, 0
+            begin()
+        elif self.episodes != episodes:
+            raise SpecError(f"episodes: this engine holds an unfinished run of {self.episodes} episodes "
+                            f"(stopped or restored); call train({self.episodes}) to finish it")
+        self._started = time.perf_counter()
+        clock = MetricsClock(observers, time.perf_counter)
+        for o in observers:
+            o.on_start(self, int(episodes))
+        return clock
 
     @contextlib.contextmanager
     def _accounting(self):

@@ -24,8 +24,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from ..contract import STATE_FORMAT, MetricsClock, Observer, RunMetrics, TrainResult, combine_metrics
-from ..engine import check_episodes, check_state
+from ..contract import STATE_FORMAT, Observer, RunMetrics, TrainResult, combine_metrics
+from ..engine import check_state
 from ..freerun import FreeCoagent, FreeEnvironment, check_free_options, warm_up
 from ..network import SpecError
 from ..replay import ExecutionLog
@@ -132,22 +132,11 @@ class FreeRunningEngine(RayEngine):
         """Run until every environment has finished ``episodes`` episodes (or ``stop()`` is true)."""
         import ray
 
-        check_episodes(episodes)
-        if self._broken is not None:
-            raise RuntimeError(f"this engine failed earlier ({self._broken}); build a new one")
         if any(o.wants_ticks for o in observers):
             raise SpecError("observers: the free-running mode has no ticks to report one by one; use "
                             "metrics (on_metrics) or the execution record")
-        if self.episodes is None:
-            self.episodes, self.seconds, self._done_reported = int(episodes), 0.0, 0
-            ray.get([e.begin.remote(int(episodes), self.tick_count) for e in self.env_actors])
-        elif self.episodes != episodes:
-            raise SpecError(f"episodes: this engine holds an unfinished run of {self.episodes} episodes "
-                            f"(stopped or restored); call train({self.episodes}) to finish it")
-        self._started = time.perf_counter()
-        clock = MetricsClock(observers, time.perf_counter)
-        for o in observers:
-            o.on_start(self, int(episodes))
+        clock = self._open(episodes, observers,
+                           lambda: ray.get([e.begin.remote(int(episodes), self.tick_count) for e in self.env_actors]))
         done_before = self._done_reported
         with self._accounting():
             if self._snapshot is None or self._snapshot["tick"] != self.tick_count:
