@@ -49,8 +49,8 @@ class ExecutionLog:
         self.append([{"kind": "restore", "k": int(k), "tick": int(tick)}])
 
 
-def read_records(path: str | Path) -> list[dict]:
-    """The step records that count, in order (restore markers applied)."""
+def read_records(path: str | Path, restores: list | None = None) -> list[dict]:
+    """The step records that count, in order (restore markers applied; appended to ``restores``)."""
     records: list[dict] = []
     with open(path, "rb") as f:
         for value in serialize.iter_loads(f):
@@ -59,6 +59,8 @@ def read_records(path: str | Path) -> list[dict]:
             if value.get("kind") == "restore":
                 k, tick = value["k"], value["tick"]
                 records = [r for r in records if r["k"] != k or r["tick"] < tick]
+                if restores is not None:
+                    restores.append(value)
             else:
                 records.append(value)
     return records
@@ -147,9 +149,15 @@ def replay(run_dir: str | Path, network=None) -> ReplayReport:
         if config.get("spec") is None:
             raise SpecError(f"replay: {run_dir} was started from Python; pass network= to replay()")
         network = parse(config["spec"], str(config_file)).network
-    records = read_records(record_file)
+    restores: list = []
+    records = read_records(record_file, restores)
     engine = InProcessEngine(network, env_id, env, trials=train["trials"], envs_per_trial=train["envs_per_trial"],
                              seed=train["seed"], micro_batches=train["micro_batches"], compact=False)
+    if restores and not all(getattr(side.env, "restorable", False) for side in engine.env_sides):
+        engine.close()
+        raise SpecError(f"replay: {run_dir} was resumed or recovered {len(restores)} time(s) on {env_id}, whose "
+                        "episodes restart at a restore (a gymnasium environment cannot be saved); a replay from "
+                        "the start cannot follow that. Built-in environments, and uninterrupted runs, replay")
     schedule = ExecutionSchedule.from_records(records, engine.slices, engine.envs_per_trial)
     engine.forced = schedule
     try:

@@ -238,3 +238,18 @@ def test_a_paused_run_is_a_logical_tick_state():
     for part in snapshot["coagents"]:
         for name, unit in part["coagents"].items():
             assert serialize.dumps(unit) == serialize.dumps(state["coagents"]["coagents"][name]), name
+
+
+def test_replay_refuses_a_resumed_run_on_an_environment_that_cannot_be_saved(tmp_path):
+    """A gymnasium environment restarts its episodes at a restore: a replay from the start could not
+    follow a resumed free run on it, and says so instead of reporting differences."""
+    from distcoagent.network import SpecError
+    from distcoagent.replay import FILE, ExecutionLog, replay
+    from distcoagent.training import train
+    from ray_networks import cartpole
+
+    out = tmp_path / "cartpole"
+    train(cartpole(), "CartPole-v1", episodes=1, trials=1, out=out)
+    ExecutionLog(out / FILE).mark_restore(0, 5)
+    with pytest.raises(SpecError, match="resumed or recovered 1 time.*CartPole-v1.*cannot be saved"):
+        replay(out, network=cartpole())
