@@ -29,11 +29,13 @@ from ..engine import check_state
 from ..freerun import FreeCoagent, FreeEnvironment, check_free_options, warm_up
 from ..network import SpecError
 from ..replay import ExecutionLog
-from .engine import ActorLost, RayEngine, log
+from .engine import ActorLost, RayEngine, log, owned
 
 
 class BoardProxy:
-    """A micro-batch's board as a coagent actor sees it: calls to the environment actor."""
+    """A micro-batch's board as a coagent actor sees it: calls to the environment actor.  What comes
+    back is copied into writable arrays: Ray's are read-only, and the compiled kernels would compile
+    again for read-only arguments in the middle of a run."""
 
     def __init__(self, actor):
         self.actor = actor
@@ -41,7 +43,7 @@ class BoardProxy:
     def read(self, group: int, after: int, wait: float):
         import ray
 
-        return ray.get(self.actor.read.remote(group, after, wait))
+        return owned(ray.get(self.actor.read.remote(group, after, wait)))
 
     def publish(self, group: int, tick: int, outputs, executed, seen=None, versions=None) -> bool:
         import ray
@@ -51,8 +53,8 @@ class BoardProxy:
     def publish_and_read(self, group: int, tick: int, outputs, executed, seen, versions, after: int, wait: float):
         import ray
 
-        return ray.get(self.actor.publish_and_read.remote(group, tick, outputs, executed, seen, versions, after,
-                                                          wait))
+        return owned(ray.get(self.actor.publish_and_read.remote(group, tick, outputs, executed, seen, versions,
+                                                                after, wait)))
 
 
 class FreeRunningEngine(RayEngine):
