@@ -199,6 +199,17 @@ class Engine(abc.ABC):
     def close(self) -> None:
         """Release environments and workers."""
 
+    def _state_of(self, batches: list) -> dict:
+        """A run state: this engine's run around each micro-batch's ``{"env": ..., "coagents": ...}``."""
+        return {"format": STATE_FORMAT, "engine": self.name, "tick": self.tick_count, "episodes": self.episodes,
+                "seconds": self.seconds, "trials": self.trials, "envs_per_trial": self.envs_per_trial,
+                "seed": self.seed, "slices": [list(s) for s in self.slices], "batches": batches}
+
+    def _restored(self, state: dict) -> None:
+        """The run's clock, time and target from a restored ``state``."""
+        self.tick_count, self.seconds = int(state["tick"]), float(state["seconds"])
+        self.episodes = None if state["episodes"] is None else int(state["episodes"])
+
     def __enter__(self):
         return self
 

@@ -298,19 +298,15 @@ class InProcessEngine(Engine):
     def state(self) -> dict:
         """The whole run (see ``contract``): between ticks (between ``train`` calls, or from an observer)."""
         self._expand(self._cuts)  # full-size arrays; the next environment step cuts them again
-        return {"format": STATE_FORMAT, "engine": self.name, "tick": self.tick_count, "episodes": self.episodes,
-                "seconds": self.seconds, "trials": self.trials, "envs_per_trial": self.envs_per_trial,
-                "seed": self.seed, "slices": [list(s) for s in self.slices],
-                "batches": [{"env": env.state_dict(), "coagents": side.state_dict()}
-                            for env, side in zip(self.env_sides, self.coagent_sides)]}
+        return self._state_of([{"env": env.state_dict(), "coagents": side.state_dict()}
+                               for env, side in zip(self.env_sides, self.coagent_sides)])
 
     def restore(self, state: dict) -> None:
         check_state(state, self)
         for part, env, side in zip(state["batches"], self.env_sides, self.coagent_sides):
             env.load_state_dict(part["env"])
             side.load_state_dict(part["coagents"])
-        self.tick_count, self.seconds = int(state["tick"]), float(state["seconds"])
-        self.episodes = None if state["episodes"] is None else int(state["episodes"])
+        self._restored(state)
 
     def metrics(self) -> RunMetrics:
         """Figures now.  While trials are cut out, the full-size arrays are put back first (the next

@@ -95,9 +95,9 @@ def check_free_options(network, env_rate=None, coagents: dict | None = None) -> 
     return env_rate, out
 
 
-def group_order(network: Network, groups) -> list[int]:
-    """Groups in an order where every group comes after the groups whose outputs it reads at the same
-    tick (the seal resolves publications in it); a cycle between groups is refused."""
+def check_groups(network: Network, groups) -> list[int]:
+    """Refuse groups that read each other within a tick (their revocations could chase each other for
+    ever); returns them in an order where each comes after those it reads."""
     group_of = {n: g for g, names in enumerate(groups) for n in names}
     needs = {g: {group_of[s] for s in same_tick_reads(network, names)} for g, names in enumerate(groups)}
     order: list[int] = []
@@ -205,7 +205,7 @@ class FreeEnvironment:
         self.version: dict[str, int] = {}         # publications per coagent at the open step (0: held)
         self.publications: dict[int, dict] = {}   # per group, its last publication for the open step
         self.unreported: dict[int, tuple] = {}    # per group: (tick, stood?) of its last publication, sealed
-        self.group_order = group_order(network, self.groups)
+        check_groups(network, self.groups)
         self.records: list[dict] = []             # sealed steps, for the driver to drain
         self.counters = {n: FreeCounters() for n in network.order}
         self.pause_wanted = self.paused = self.stopped = self.looping = False
@@ -306,12 +306,13 @@ class FreeEnvironment:
     def seal_step(self) -> None:
         """Seal the open step: the outputs are final, the environment acts, the step is recorded."""
         with self.cond:
-            tick, outputs, executed, seen = self.open_tick, dict(self.held), {}, {}
+            # what stands: every publication left was made from its inputs' final values (changing an
+            # output revokes those made from the old one), every other output is the held one
+            tick, outputs, executed, seen = self.open_tick, self.current, {}, {}
             self.open_tick = None
-            for g, publication in self.publications.items():  # each was made from the final inputs
+            for g, publication in self.publications.items():
                 self.unreported[g] = (tick, True)
-                for n in self.groups[g]:
-                    outputs[n], executed[n] = self.current[n], publication["executed"][n]
+                executed.update(publication["executed"])
                 seen.update(publication["seen"])
             self.side.finish({a: outputs[a] for a in self.network.action_coagents})
             B, rows = self.side.batch, self.record_rows
@@ -372,9 +373,10 @@ class FreeEnvironment:
 
     def publish(self, group: int, tick: int, outputs: dict[str, np.ndarray], executed: dict[str, np.ndarray],
                 seen: dict | None = None, versions: dict[str, int] | None = None) -> bool:
-        """Outputs of ``group`` for step ``tick``, computed from inputs of ``versions``: True if taken (it
-        may still be revoked at the seal, see the module docstring); False if the step is sealed or an
-        input has changed since (the group may read again and retry while the step is open)."""
+        """Outputs of ``group`` for step ``tick``, computed from inputs of ``versions``: True if taken (it is
+        revoked if one of those inputs is published again before the seal, see the module docstring);
+        False if the step is sealed or an input has changed since (the group may read again and retry
+        while the step is open)."""
         names = self.groups[group]
         versions = versions or {}
         with self.cond:
@@ -447,10 +449,7 @@ class FreeEnvironment:
         with self.cond:
             if self.exporter is not None:
                 self.exporter.maybe_export(self.side, force=True)
-            book, critic = self.side.book, self.side.critic
-            return {"returns": book.returns.copy(), "lengths": book.lengths.copy(),
-                    "critic": None if critic is None else critic.params["w"].copy(), "tick": self.side.tick,
-                    "finished": self.side.phase == "done"}
+            return self.side.result()
 
     def close(self) -> None:
         self.side.close()
@@ -661,7 +660,7 @@ class FreeCoagent:
         out = []
         for k, side in enumerate(self.sides):
             with self.locks[k]:
-                out.append({n: {"learned": u.learned(), "counters": dict(u.counters)} for n, u in side.units.items()})
+                out.append(side.result())
         return out
 
 

@@ -280,6 +280,13 @@ class EnvironmentSide:
         active = self.pending_active if self.pending_active is not None else cut
         self._set_pending(Feedback(reward, ended, active | cut))
 
+    def result(self) -> dict:
+        """Episode returns and lengths so far, the critic's weights, the clock, whether it finished."""
+        book, critic = self.book, self.critic
+        return {"returns": book.returns.copy(), "lengths": book.lengths.copy(),
+                "critic": None if critic is None else critic.params["w"].copy(), "tick": self.tick,
+                "finished": self.phase == "done"}
+
     def metrics(self) -> dict:
         book = self.book
         return {"tick": self.tick, "batch": self.batch,
@@ -448,6 +455,18 @@ class CoagentSide:
 
     def state_dict(self) -> dict:
         return {"coagents": {n: u.state_dict() for n, u in self.units.items()}, "side": batched.save(self)}
+
+    @staticmethod
+    def merged(parts: list[dict]) -> dict:
+        """One micro-batch's coagent state from the ``state_dict()``s of sides holding parts of it."""
+        out = {"coagents": {}, "side": parts[0]["side"]}
+        for part in parts:
+            out["coagents"].update(part["coagents"])
+        return out
+
+    def result(self) -> dict:
+        """Per coagent: what it learned and its counters."""
+        return {n: {"learned": u.learned(), "counters": dict(u.counters)} for n, u in self.units.items()}
 
     def load_state_dict(self, state: dict) -> None:
         """Restore this side's units (and the side's own fields) from a state that may hold more coagents."""

@@ -115,20 +115,14 @@ class EnvironmentWorker:
                 self.exporter.maybe_export(self.side)
             return status
         if kind == "state":
-            coagents = {"coagents": {}, "side": parts[0]["side"]}
-            for out in parts:
-                coagents["coagents"].update(out["coagents"])
-            return {"env": self.side.state_dict(), "coagents": coagents}
+            return {"env": self.side.state_dict(), "coagents": CoagentSide.merged(parts)}
         if kind == "result":
             if self.exporter is not None:
                 self.exporter.maybe_export(self.side, force=True)
-            book, critic = self.side.book, self.side.critic
             coagents = {}
             for out in parts:
                 coagents.update(out)
-            return {"returns": book.returns.copy(), "lengths": book.lengths.copy(), "coagents": coagents,
-                    "critic": None if critic is None else critic.params["w"].copy(), "tick": self.side.tick,
-                    "finished": self.side.phase == "done"}
+            return {**self.side.result(), "coagents": coagents}
         if kind == "metrics":
             return {"env": self.side.metrics(), "coagents": parts}
         return self.side.status()
@@ -191,7 +185,7 @@ class CoagentWorker:
             if kind == "result":
                 if self.exporter is not None and k == len(self.sides) - 1:
                     self.exporter.maybe_export(self.sides, force=True)
-                return {n: {"learned": u.learned(), "counters": dict(u.counters)} for n, u in side.units.items()}
+                return side.result()
             return side.metrics()
         if kind != "tick" or not isinstance(envelope.message, TickStart):
             return None

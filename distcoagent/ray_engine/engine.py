@@ -59,7 +59,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from ..coagent import NonFiniteError
-from ..contract import (STATE_FORMAT, Engine, MetricsClock, Observer, RunMetrics, TickEvent, TrainResult,
+from ..contract import (Engine, MetricsClock, Observer, RunMetrics, TickEvent, TrainResult,
                         combine_metrics)
 from ..engine import check_counts, check_episodes, check_state, result_from_state, trial_slices
 from ..envs import make_batch
@@ -582,38 +582,42 @@ class RayEngine(Engine):
 
     def _result(self) -> TrainResult:
         parts = self._run(Command("result"))
-        E = self.envs_per_trial
-        returns = np.concatenate([s["returns"] for s in parts]).reshape(self.trials, E, -1)
-        lengths = np.concatenate([s["lengths"] for s in parts]).reshape(self.trials, E, -1)
-        self.tick_count = max(s["tick"] for s in parts)
-        counters, params = {}, {}
-        for name in self.network.order:
-            units = [s["coagents"][name] for s in parts]
-            counters[name] = {k: sum(u["counters"][k] for u in units) for k in units[0]["counters"]}
-            params[name] = {k: np.concatenate([u["learned"][k] for u in units]) for k in units[0]["learned"]}
-        if parts[0]["critic"] is not None:
-            params["critic"] = {"w": np.concatenate([s["critic"] for s in parts])}
         extra = {"transport": self.transport, "groups": [list(g) for g in self.groups], "replicas": self.replicas,
                  "micro_batches": len(self.slices), "cpus_per_actor": self.cpus_per_actor,
                  "depth": self.depth, "placement": self.placement, "namespace": self.namespace}
+        return self._assemble(parts, [part["coagents"] for part in parts], extra)
+
+    def _assemble(self, envs: list[dict], units: list[dict], extra: dict) -> TrainResult:
+        """The result from each micro-batch's environment side (``EnvironmentSide.result``) and its
+        coagents' ``CoagentSide.result`` parts, merged."""
+        E = self.envs_per_trial
+        returns = np.concatenate([s["returns"] for s in envs]).reshape(self.trials, E, -1)
+        lengths = np.concatenate([s["lengths"] for s in envs]).reshape(self.trials, E, -1)
+        self.tick_count = max(s["tick"] for s in envs)
+        counters, params = {}, {}
+        for name in self.network.order:
+            parts = [batch[name] for batch in units]
+            counters[name] = {k: sum(u["counters"][k] for u in parts) for k in parts[0]["counters"]}
+            params[name] = {k: np.concatenate([u["learned"][k] for u in parts]) for k in parts[0]["learned"]}
+        if envs[0]["critic"] is not None:
+            params["critic"] = {"w": np.concatenate([s["critic"] for s in envs])}
         return TrainResult(returns, lengths, counters, params, self.tick_count, self.seconds, self.name, extra,
-                           finished=all(s["finished"] for s in parts))
+                           finished=all(s["finished"] for s in envs))
 
     def state(self) -> dict:
         """The whole run, gathered from the actors through the graph (see ``contract``)."""
-        return {"format": STATE_FORMAT, "engine": self.name, "tick": self.tick_count, "episodes": self.episodes,
-                "seconds": self.seconds, "trials": self.trials, "envs_per_trial": self.envs_per_trial,
-                "seed": self.seed, "slices": [list(s) for s in self.slices],
-                "batches": self._run(Command("state"))}
+        return self._state_of(self._run(Command("state")))
 
     def restore(self, state: dict) -> None:
         """Put a run's state back into the actors, through the graph."""
         check_state(state, self)
         self._run(Command("restore", state=state))
+        self._restored(state)
+
+    def _restored(self, state: dict) -> None:
         books = [part["env"]["book"] for part in state["batches"]]
         self._done_reported = min((int(np.min(b["count"])) for b in books if b is not None), default=0)
-        self.tick_count, self.seconds = int(state["tick"]), float(state["seconds"])
-        self.episodes = None if state["episodes"] is None else int(state["episodes"])
+        super()._restored(state)
 
     def metrics(self) -> RunMetrics:
         """Figures now, gathered through the graph (call it between ticks, as ``train`` does)."""

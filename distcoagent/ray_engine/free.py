@@ -22,13 +22,13 @@ import time
 from collections import deque
 from typing import Callable, Sequence
 
-import numpy as np
 
-from ..contract import STATE_FORMAT, Observer, RunMetrics, TrainResult, combine_metrics
+from ..contract import Observer, RunMetrics, TrainResult, combine_metrics
 from ..engine import check_state
 from ..freerun import FreeCoagent, FreeEnvironment, check_free_options, warm_up
 from ..network import SpecError
 from ..replay import ExecutionLog
+from ..tick import CoagentSide
 from .engine import ActorLost, RayEngine, log, owned
 
 
@@ -142,7 +142,7 @@ class FreeRunningEngine(RayEngine):
         done_before = self._done_reported
         with self._accounting():
             if self._snapshot is None or self._snapshot["tick"] != self.tick_count:
-                self._snapshot = self._gather(running=False)
+                self._snapshot = self._gather()
             self._start_loops()
             last_snapshot = time.monotonic()
             while True:
@@ -157,11 +157,11 @@ class FreeRunningEngine(RayEngine):
                             break
                         clock.tell(self.metrics)
                         if stop is not None and stop():
-                            self._snapshot = self._gather(running=True, resume=False)
+                            self._snapshot = self._gather(resume=False)
                             self._stop_loops()
                             break
                         if time.monotonic() - last_snapshot >= self.snapshot_every:
-                            self._snapshot, last_snapshot = self._gather(running=True), time.monotonic()
+                            self._snapshot, last_snapshot = self._gather(), time.monotonic()
                     time.sleep(self.poll)
                 except ActorLost as lost:
                     self._recover(lost, {"pending": deque()})
@@ -207,7 +207,7 @@ class FreeRunningEngine(RayEngine):
         self.free_counters = totals
 
     # ------------------------------------------------------------------ state: the snapshot protocol
-    def _gather(self, running: bool, resume: bool = True) -> dict:
+    def _gather(self, resume: bool = True) -> dict:
         """Pause every environment between steps, let the coagents catch up, take both sides' states."""
         import ray
 
@@ -219,21 +219,16 @@ class FreeRunningEngine(RayEngine):
                 actors, local = self._owner(k)
                 parts = ray.get([a.state.remote(local, sequences[k], self.timeout) for a in actors],
                                 timeout=self.timeout)
-                coagents = {"coagents": {}, "side": parts[0]["side"]}
-                for part in parts:
-                    coagents["coagents"].update(part["coagents"])
-                batches.append({"env": env_state, "coagents": coagents})
+                batches.append({"env": env_state, "coagents": CoagentSide.merged(parts)})
             self._drain()  # the record holds every step up to the snapshot
         finally:
             if resume:
                 ray.get([e.resume.remote() for e in self.env_actors])
-        return {"format": STATE_FORMAT, "engine": self.name, "tick": self.tick_count, "episodes": self.episodes,
-                "seconds": self.seconds, "trials": self.trials, "envs_per_trial": self.envs_per_trial,
-                "seed": self.seed, "slices": [list(s) for s in self.slices], "batches": batches}
+        return self._state_of(batches)
 
     def state(self) -> dict:
         """The whole run at a consistent cut (see the module docstring)."""
-        return self._gather(running=bool(self._loops))
+        return self._gather()
 
     def restore(self, state: dict) -> None:
         """Put a run's state back into the actors (the record forgets steps after it)."""
@@ -249,10 +244,7 @@ class FreeRunningEngine(RayEngine):
             if self.log is not None:
                 self.log.mark_restore(k, int(part["env"]["tick"]))
         ray.get(calls)
-        books = [part["env"]["book"] for part in state["batches"]]
-        self._done_reported = min((int(np.min(b["count"])) for b in books if b is not None), default=0)
-        self.tick_count, self.seconds = int(state["tick"]), float(state["seconds"])
-        self.episodes = None if state["episodes"] is None else int(state["episodes"])
+        self._restored(state)
 
     # ------------------------------------------------------------------ results and metrics
     def _result(self) -> TrainResult:
@@ -260,9 +252,6 @@ class FreeRunningEngine(RayEngine):
 
         envs = ray.get([e.result.remote() for e in self.env_actors])
         sides = ray.get([a.result.remote() for a in self.actors])
-        E = self.envs_per_trial
-        returns = np.concatenate([p["returns"] for p in envs]).reshape(self.trials, E, -1)
-        lengths = np.concatenate([p["lengths"] for p in envs]).reshape(self.trials, E, -1)
         per_batch = []
         for k in range(len(self.slices)):
             actors, local = self._owner(k)
@@ -270,21 +259,12 @@ class FreeRunningEngine(RayEngine):
             for a in actors:
                 merged.update(sides[self.actors.index(a)][local])
             per_batch.append(merged)
-        counters, params = {}, {}
-        for name in self.network.order:
-            units = [b[name] for b in per_batch]
-            counters[name] = {k: sum(u["counters"][k] for u in units) for k in units[0]["counters"]}
-            params[name] = {k: np.concatenate([u["learned"][k] for u in units]) for k in units[0]["learned"]}
-        if envs[0]["critic"] is not None:
-            params["critic"] = {"w": np.concatenate([p["critic"] for p in envs])}
-        self.tick_count = max(p["tick"] for p in envs)
         extra = {"clock": "free", "env_rate": self.env_rate, "coagents": self.coagent_options,
                  "groups": [list(g) for g in self.groups], "replicas": self.replicas,
                  "micro_batches": len(self.slices), "placement": self.placement, "namespace": self.namespace,
                  "free_counters": self.free_counters, "steps": self.steps, "recoveries": self.recoveries,
                  "loops": self._clocks()}
-        return TrainResult(returns, lengths, counters, params, self.tick_count, self.seconds, self.name, extra,
-                           finished=all(p["finished"] for p in envs))
+        return self._assemble(envs, per_batch, extra)
 
     def metrics(self) -> RunMetrics:
         """Figures now (the actors answer between their own steps; nothing pauses)."""
