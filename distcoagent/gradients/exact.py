@@ -216,6 +216,11 @@ class _Chain:
         d[reach] = spla.spsolve(A.T.tocsc(), mu0[reach])
         q = reward + self.gamma_atomic * np.bincount(row, weights=weight * v[c_next], minlength=len(p))
         w = d[c] * p * q
+        return ExactResult(J, self.weighted_scores(w, s, prev, outs, execs), len(reach))
+
+    def weighted_scores(self, w, s, prev, outs, execs) -> dict:
+        """Per coagent and parameter: the sum over (augmented state, choice) rows where it executes of
+        ``w[row] * grad ln pi(its output | its local state)`` (the gradient, for the right weights)."""
         grads = {}
         for i, name in enumerate(self.order):
             unit = self.batch.units[name]
@@ -233,7 +238,7 @@ class _Chain:
                 else:
                     total += g.sum(axis=0)
                 grads[name][k] = total
-        return ExactResult(J, grads, len(reach))
+        return grads
 
     def _initial(self):
         """mu0(c): d0 over states, U_{-1} ~ h_i independently, at the start phase."""

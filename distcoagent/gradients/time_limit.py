@@ -20,7 +20,6 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from ..features import FeatureState, TabularState
 from ..network import Network
 from .common import normalize_params
 from .exact import ExactResult, _Chain, exact
@@ -73,21 +72,4 @@ def exact_time_limited(network: Network, env_id: str, env_kwargs: dict | None = 
         w += d[c] * (reward + g * (successor @ v[H - t - 1]))
         d = g * (Tt @ d)
     w *= p
-    grads = {}
-    for i, name in enumerate(chain.order):
-        unit = chain.batch.units[name]
-        rows = np.flatnonzero(execs[:, i] & (w != 0))
-        x = unit.encoder(chain._inputs(name, s[rows], prev[rows], outs[rows]))
-        score = unit.policy.score(unit.policy.forward(unit.params, x), outs[rows, i])
-        grads[name] = {}
-        for k in unit.policy_param_names:
-            gk = score[k] * w[rows].reshape((-1,) + (1,) * (score[k].ndim - 1))
-            total = np.zeros(unit.params[k].shape[1:])
-            if k in unit.policy.linear_params and isinstance(x, TabularState):
-                np.add.at(total, x.index, gk)
-            elif k in unit.policy.linear_params and isinstance(x, FeatureState):
-                total += x.phi.T @ gk
-            else:
-                total += gk.sum(axis=0)
-            grads[name][k] = total
-    return ExactResult(J, grads, reach)
+    return ExactResult(J, chain.weighted_scores(w, s, prev, outs, execs), reach)
