@@ -24,11 +24,10 @@ import platform
 import pstats
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-from distcoagent import reproduce
+from distcoagent import kernels, reproduce
 from distcoagent.engine import InProcessEngine
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -71,16 +70,6 @@ def traced_worker_mib(trials: int, episodes: int, workers: int) -> float:
     return peak / 2**20
 
 
-def compile_times() -> dict:
-    """Compile every kernel into an empty cache, then load them from it, each in a fresh interpreter."""
-    code = "from distcoagent import kernels; print(kernels.compile_all())"
-    with tempfile.TemporaryDirectory() as cache:
-        env = {**os.environ, "NUMBA_CACHE_DIR": cache, "PYTHONPATH": str(ROOT)}
-        run = lambda: float(subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,  # noqa: E731
-                                           text=True, check=True, cwd=tempfile.gettempdir()).stdout.split()[-1])
-        return {"compile_cold_s": run(), "compile_cached_s": run()}
-
-
 def profile(trials: int, episodes: int) -> dict:
     """One process, cProfile: the engine's hot spots by own time."""
     network, env_id, env_kwargs = reproduce.paper_setup()
@@ -116,7 +105,7 @@ def main() -> None:
     report = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                           "processor": platform.processor() or platform.machine()},
               "trials": args.trials, "episodes": args.episodes, "workers": args.workers, "rounds": args.rounds,
-              **compile_times(), "runs": {}}
+              **kernels.compile_times(), "runs": {}}
     variants = {"kernels": True} if args.no_numpy else {"kernels": True, "numpy": False}
     for _ in range(args.rounds):
         for name, compiled in variants.items():

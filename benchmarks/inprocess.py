@@ -16,9 +16,6 @@ import json
 import os
 import platform
 import random
-import subprocess
-import sys
-import tempfile
 import time
 import tracemalloc
 from pathlib import Path
@@ -30,7 +27,6 @@ from distcoagent.envs import GridWorldEnv
 from distcoagent.examples import paper_network
 
 SIZE, MAX_STEPS, GAMMA, LAM, ALPHA, BETA = 5, 100, 0.95, 0.7, 0.2, 0.5
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def plain_loop(episodes: int, seed: int = 0) -> tuple[int, float]:
@@ -121,17 +117,6 @@ class _nothing:
         return False
 
 
-def compile_times() -> dict:
-    """Seconds to compile every kernel into an empty cache (a fresh install's first run), and to load
-    them from that cache (every later process), each in a fresh interpreter."""
-    code = "from distcoagent import kernels; print(kernels.compile_all())"
-    with tempfile.TemporaryDirectory() as cache:
-        env = {**os.environ, "NUMBA_CACHE_DIR": cache, "PYTHONPATH": str(ROOT)}
-        run = lambda: float(subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,  # noqa: E731
-                                           text=True, check=True, cwd=tempfile.gettempdir()).stdout.split()[-1])
-        return {"compile_cold_s": run(), "compile_cached_s": run()}
-
-
 def plain_rate(episodes: int, seed: int, at_least: float = 1.0) -> float:
     ticks = seconds = 0
     for k in range(1000):  # independent runs until the rate rests on at least ``at_least`` seconds
@@ -149,7 +134,7 @@ def main(argv=None):
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; the best of each is kept")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "inprocess.json"))
     args = parser.parse_args(argv)
-    compiled_in = compile_times()
+    compiled_in = kernels.compile_times()
     kernels.compile_all()  # this process: loaded from the cache, before anything is timed
     episodes = {b: max(10, min(200, 20000 // b)) for b in args.batches}  # enough ticks per size
     plain, best = 0.0, {}

@@ -62,6 +62,26 @@ def disabled():
         _enabled = before
 
 
+def compile_times() -> dict:
+    """Seconds to compile every kernel into an empty cache (a fresh install's first run), and to load
+    them from that cache (every later process), each in a fresh interpreter (benchmarks report them)."""
+    import os
+    import subprocess
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    code = "from distcoagent import kernels; print(kernels.compile_all())"
+    root = str(Path(__file__).resolve().parents[2])
+    with tempfile.TemporaryDirectory() as cache:
+        env = {**os.environ, "NUMBA_CACHE_DIR": cache, "PYTHONPATH": root}
+
+        def run() -> float:
+            return float(subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                                        check=True, cwd=tempfile.gettempdir()).stdout.split()[-1])
+        return {"compile_cold_s": run(), "compile_cached_s": run()}
+
+
 def compile_all() -> float:
     """Compile (or load from the on-disk cache) every kernel; returns the seconds it took."""
     start = time.perf_counter()
