@@ -14,6 +14,7 @@ from distcoagent.execution import Constant, Driven  # noqa: E402
 from distcoagent.network import Network, SharedCritic  # noqa: E402
 from distcoagent.policies import Bernoulli, Softmax  # noqa: E402
 from distcoagent.rules import ActorCritic  # noqa: E402
+from ray_networks import recurrent  # noqa: E402
 
 GRID = "distcoagent/GridWorld-v0"
 SHARED = ActorCritic(actor_step=0.2, lam=0.7, critic="shared")
@@ -26,15 +27,6 @@ class EveryTick(Observer):
 
     def on_tick(self, event):
         pass
-
-
-def recurrent() -> Network:
-    """Previous-tick inputs (from itself, from a later coagent) and two ticks per environment step."""
-    beta = Constant(0.5)
-    return Network([Coagent("mem", ["obs", "prev:act"], Softmax(2), beta, SHARED),
-                    Coagent("gate", ["mem", "prev:gate"], Softmax(2), beta, SHARED),
-                    Coagent("act", ["obs", "gate", "prev:mem"], Softmax(4), beta, SHARED)],
-                   action="act", gamma=0.95, ticks_per_step=2, critic=SharedCritic(0.1, 0.7))
 
 
 def mixed() -> Network:

@@ -10,12 +10,13 @@ from distcoagent import InProcessEngine, kernels  # noqa: E402
 from distcoagent.coagent import Coagent, NonFiniteError  # noqa: E402
 from distcoagent.envs.gridworld import GridWorldBatch  # noqa: E402
 from distcoagent.examples import paper_network  # noqa: E402
-from distcoagent.execution import Constant, Driven, Periodic, Table  # noqa: E402
+from distcoagent.execution import Constant, Periodic, Table  # noqa: E402
 from distcoagent.features import Fourier  # noqa: E402
 from distcoagent.network import Network, SharedCritic  # noqa: E402
 from distcoagent.policies import Bernoulli, Gaussian, Softmax  # noqa: E402
 from distcoagent.rng import Stream  # noqa: E402
 from distcoagent.rules import ActorCritic, LearningRule, Reinforce  # noqa: E402
+from ray_networks import option_critic  # noqa: E402
 
 GRID = "distcoagent/GridWorld-v0"
 OWN = ActorCritic(actor_step=0.2, critic_step=0.1, lam=0.7, critic="own")
@@ -28,13 +29,6 @@ def bernoulli_bits() -> Network:
                     Coagent("b", ["obs", "prev:a"], Bernoulli(), Table(tuple(np.linspace(0.2, 0.9, 32))), OWN),
                     Coagent("act", ["a", "b"], Softmax(4), Constant(0.7), SHARED, initial=(0.1, 0.2, 0.3, 0.4))],
                    action="act", gamma=0.9, ticks_per_step=2, critic=SharedCritic(0.1, 0.5))
-
-
-def option_critic() -> Network:
-    return Network([Coagent("term", ["obs", "prev:option"], Softmax(2), Constant(1.0), SHARED),
-                    Coagent("option", ["obs"], Softmax(2), Driven("term", when=1), SHARED),
-                    Coagent("act", ["obs", "option"], Softmax(4), Constant(1.0), SHARED)],
-                   action="act", gamma=0.95, critic=SharedCritic(0.1, 0.7))
 
 
 def frozen_and_numpy_only() -> Network:
