@@ -26,7 +26,7 @@ class TickBlocks:
 
     def __init__(self, env_side, coagent_side, units: list):
         from .kernels import block
-        from .kernels.coagent import _NO_PARAM, _NO_PHI, _NO_TRACE, _NO_VALUE
+        from .kernels.coagent import _NO_PARAM, _NO_TRACE, _NO_VALUE
 
         self.env, self.side, self.units = env_side, coagent_side, units
         self.k = block
@@ -34,12 +34,16 @@ class TickBlocks:
         order = [u.name for u in units]
         U = len(units)
         most = max(len(u.coagent.inputs) for u in units)
-        self.unit_ints = np.zeros((U, 4), dtype=np.int64)
+        self.unit_ints = np.zeros((U, 8), dtype=np.int64)
         self.unit_floats = np.zeros((U, 3))
         self.inputs = np.zeros((U, most, 3), dtype=np.int64)
+        offset = 0
         for i, unit in enumerate(units):
             kern = unit.kernel
-            self.unit_ints[i] = (kern.policy, kern.rule, unit.encoder.size, len(unit.coagent.inputs))
+            n, K = unit.params["W"].shape[1:]
+            self.unit_ints[i] = (kern.policy, kern.rule, n, len(unit.coagent.inputs), K, offset,
+                                 kern.decays.shape[0], kern.initial.shape[0])
+            offset += n * K
             self.unit_floats[i] = (float(kern.beta[0]), kern.actor_step, kern.decay_base)
             for j, (name, radix) in enumerate(zip(unit.coagent.inputs, unit.encoder.radix)):
                 kind, source = parse_input(name)
@@ -47,10 +51,17 @@ class TickBlocks:
                 self.inputs[i, j] = (code, order.index(source) if source else 0, radix)
         self.keys = np.array([u.kernel.key for u in units], dtype=np.uint64)
         self.action_unit = order.index(network.action_coagents[0])
-        self.decays = tuple(u.kernel.decays for u in units)
-        self.initials = tuple(u.kernel.initial for u in units)
-        self.probs = np.empty(max(u.params["W"].shape[2] for u in units))
-        self.no_param, self.no_trace, self.no_value, self.phi = _NO_PARAM, _NO_TRACE, _NO_VALUE, _NO_PHI
+        self.decays = np.zeros((U, max(u.kernel.decays.shape[0] for u in units)))
+        self.initials = np.zeros((U, max(u.kernel.initial.shape[0] for u in units)))
+        for i, unit in enumerate(units):
+            self.decays[i, :unit.kernel.decays.shape[0]] = unit.kernel.decays
+            self.initials[i, :unit.kernel.initial.shape[0]] = unit.kernel.initial
+        critic_size = env_side.critic.params["w"].shape[1] if env_side.critic is not None else 0
+        # a trial's copy of its state while its ticks run (``kernels.block.run``)
+        self.local = (np.empty(offset), np.empty(offset), np.empty((U, 4)), np.empty((U, 6), dtype=np.int64),
+                      np.empty(critic_size), np.empty(critic_size), np.empty(1),
+                      np.empty(max(u.params["W"].shape[2] for u in units)), np.empty(U, dtype=np.int64))
+        self.no_param, self.no_trace, self.no_value = _NO_PARAM, _NO_TRACE, _NO_VALUE
 
     @classmethod
     def of(cls, env_side, coagent_side) -> "TickBlocks | None":
@@ -114,14 +125,13 @@ class TickBlocks:
             critic is not None, w, z, z_scale, gamma, decay, step, value, critic_delta, critic_active,
             book.active, book.returns, book.lengths, book.count, book.running, book.steps, env.current_active,
             env.pending_reward, env.pending_ended, env.pending_active,
-            self.unit_ints, self.unit_floats, self.inputs, self.keys, self.action_unit,
-            tuple(u.params["W"] for u in units), tuple(r[0] for r in rule_arrays), tuple(r[1] for r in rule_arrays),
-            tuple(r[2] for r in rule_arrays), self.decays, self.initials, tuple(u.output for u in units),
-            tuple(u.executed_this_episode for u in units), tuple(u.last_execution_tick for u in units),
-            tuple(u.episode_tick for u in units), tuple(u.env_tick for u in units), tuple(u.env_ids for u in units),
-            tuple(u.stream_reward for u in units), tuple(u.stream_discount for u in units),
-            counts, close_stamp, close_delta, last_executed, np.empty(B, dtype=np.int64), np.empty(1, dtype=np.int64),
-            self.phi, self.probs, np.empty(U, dtype=np.int64), np.empty(1), error)
+            self.unit_ints, self.unit_floats, self.inputs, self.keys, self.action_unit, self.decays, self.initials,
+            (tuple(u.params["W"] for u in units), tuple(r[0] for r in rule_arrays), tuple(r[1] for r in rule_arrays),
+             tuple(r[2] for r in rule_arrays), tuple(u.output for u in units),
+             tuple(u.executed_this_episode for u in units), tuple(u.last_execution_tick for u in units),
+             tuple(u.episode_tick for u in units), tuple(u.env_tick for u in units), tuple(u.env_ids for u in units),
+             tuple(u.stream_reward for u in units), tuple(u.stream_discount for u in units)),
+            counts, close_stamp, close_delta, last_executed, np.empty(B, dtype=np.int64), self.local, error)
         for i, unit in enumerate(units):
             c = counts[i]
             for name, j in (("executions", k.EXECUTIONS), ("ticks", k.TICKS), ("updates", k.UPDATES),

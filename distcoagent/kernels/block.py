@@ -23,123 +23,148 @@ from .draws import uniform
 from .gridworld import REWARD, step_row
 
 # a unit's codes in ``unit_ints[u]``, its numbers in ``unit_floats[u]``, an input in ``inputs[u, k]``
-POLICY, RULE, SIZE, N_INPUTS = 0, 1, 2, 3
+POLICY, RULE, SIZE, N_INPUTS, OUTPUTS, OFFSET, DECAYS, INITIALS = range(8)
 BETA, ACTOR_STEP, DECAY_BASE = 0, 1, 2
 OBS, CURRENT, PREVIOUS = 0, 1, 2  # an input's kind; then its source unit and its radix
 # counters per unit, as ``CoagentUnit.counters`` and ``intervals``
 EXECUTIONS, TICKS, UPDATES, EPISODES, INTERVALS, INTERVAL_TICKS = range(6)
 CRITIC_RANGE, CRITIC_DIVERGED = 5, 6  # error codes of the critic (a state out of range, weights not finite)
+# a trial's unit state while its ticks run, in ``reals[u]`` and ``ints[u]`` (its tables in ``Wl``, ``zl``)
+Z_SCALE, V_LAST, STREAM_REWARD, STREAM_DISCOUNT = range(4)
+OUTPUT, EXECUTED, LAST_EXECUTION, EPISODE_TICK, ENV_TICK, ENV_ID = range(6)
 
 
-# ---------------------------------------------------------------------- one row of a coagent
+# ---------------------------------------------------------------------- a trial's tables, flat
 @inline
-def observe_row(b, reward, ended, active, rule, W, zW, z_scale, v_last, actor_step, gamma_atomic,
-                executed, stream_reward, stream_discount, env_tick, episode_tick):
-    """``coagent.observe`` for row ``b``: returns (episode ended, interval closed, TD error); a
-    non-finite TD error leaves the clocks where they were (the caller stops)."""
-    stream_reward[b] += stream_discount[b] * reward
-    stream_discount[b] *= gamma_atomic
+def apply_flat(param, z, start, stop, weight):
+    """``param += weight * z`` over entries ``start:stop`` (``traces.apply_one``, entry by entry)."""
+    for j in range(start, stop):
+        param[j] += weight * z[j]
+
+
+@inline
+def scale_flat(z, start, stop, factor):
+    for j in range(start, stop):
+        z[j] *= factor
+
+
+@inline
+def reset_flat(z, start, stop):
+    for j in range(start, stop):
+        z[j] = 0.0
+
+
+# ---------------------------------------------------------------------- one trial of a coagent
+@inline
+def observe_unit(u, reward, ended, active, rule, K, n, off, Wl, zl, reals, ints, actor_step, gamma_atomic):
+    """``coagent.observe`` for unit ``u`` of this trial: returns (episode ended, interval closed, TD error);
+    a non-finite TD error leaves the clocks where they were (the caller stops)."""
+    reals[u, STREAM_REWARD] += reals[u, STREAM_DISCOUNT] * reward
+    reals[u, STREAM_DISCOUNT] *= gamma_atomic
     ends = ended and active
-    closes = ends and executed[b] and rule != FROZEN
+    closes = ends and ints[u, EXECUTED] != 0 and rule != FROZEN
     d = 0.0
     if closes:
-        d = (stream_reward[b] + stream_discount[b] * 0.0) - v_last[b]
+        d = (reals[u, STREAM_REWARD] + reals[u, STREAM_DISCOUNT] * 0.0) - reals[u, V_LAST]
         if not np.isfinite(d):
             return ends, closes, d
-        traces.apply_one(W, zW, b, (actor_step * d) * z_scale[b])
-    env_tick[b] += 1
-    episode_tick[b] += 1
+        apply_flat(Wl, zl, off, off + n * K, (actor_step * d) * reals[u, Z_SCALE])
+    ints[u, ENV_TICK] += 1
+    ints[u, EPISODE_TICK] += 1
     return ends, closes, d
 
 
 @inline
-def begin_row(b, key, initial, rule, zW, z_scale, env_ids, env_tick, output, executed, stream_reward,
-              stream_discount, episode_tick):
-    """``coagent.begin_episode`` for row ``b``: U_{-1} drawn, traces and stream reset."""
-    output[b] = policies.sample(policies.SOFTMAX, initial, initial.shape[0],
-                                uniform(key, env_ids[b], env_tick[b], INITIAL_OUTPUT_SLOT))
+def begin_unit(u, key, initials, n_initial, rule, K, n, off, zl, reals, ints):
+    """``coagent.begin_episode`` for unit ``u`` of this trial: U_{-1} drawn, traces and stream reset."""
+    ints[u, OUTPUT] = policies.sample(policies.SOFTMAX, initials[u], n_initial,
+                                      uniform(key, ints[u, ENV_ID], ints[u, ENV_TICK], INITIAL_OUTPUT_SLOT))
     if rule != FROZEN:
-        traces.reset_row(zW, b, 0)
-        z_scale[b] = 1.0
-    stream_reward[b] = 0.0
-    stream_discount[b] = 1.0
-    executed[b] = False
-    episode_tick[b] = 0
+        reset_flat(zl, off, off + n * K)
+        reals[u, Z_SCALE] = 1.0
+    reals[u, STREAM_REWARD] = 0.0
+    reals[u, STREAM_DISCOUNT] = 1.0
+    ints[u, EXECUTED] = 0
+    ints[u, EPISODE_TICK] = 0
 
 
 @inline
-def act_row(b, active, index, policy, rule, beta, key, W, zW, z_scale, v_last, value, actor_step, decays,
-            decay_base, env_ids, env_tick, output, executed, last_execution_tick, episode_tick, stream_reward,
-            stream_discount, ix, phi, probs):
-    """``coagent.act`` for row ``b`` with local state ``index``: returns (error code, executed, interval
-    closed, its ticks, TD error)."""
-    n, K = W.shape[1], W.shape[2]
+def act_unit(u, active, index, policy, rule, beta, key, K, n, off, Wl, zl, reals, ints, value, actor_step,
+             decays, n_decays, decay_base, probs):
+    """``coagent.act`` for unit ``u`` of this trial with local state ``index``: returns (error code,
+    executed, interval closed, its ticks, TD error)."""
     if not 0 <= index < n:
         return LOCAL_STATE, False, False, 0, 0.0
-    ex = active and uniform(key, env_ids[b], env_tick[b], EXECUTION_SLOT) < beta
+    ex = active and uniform(key, ints[u, ENV_ID], ints[u, ENV_TICK], EXECUTION_SLOT) < beta
     if not ex:
         return OK, False, False, 0, 0.0
-    closes = executed[b]
+    closes = ints[u, EXECUTED] != 0
     interval = 0
     d = 0.0
     if closes:
-        interval = episode_tick[b] - last_execution_tick[b]
+        interval = ints[u, EPISODE_TICK] - ints[u, LAST_EXECUTION]
         if rule != FROZEN:
-            d = (stream_reward[b] + stream_discount[b] * value) - v_last[b]
+            d = (reals[u, STREAM_REWARD] + reals[u, STREAM_DISCOUNT] * value) - reals[u, V_LAST]
             if not np.isfinite(d):
                 return TD_ERROR, ex, closes, interval, d
-            traces.apply_one(W, zW, b, (actor_step * d) * z_scale[b])
-    ix[0] = index
+            apply_flat(Wl, zl, off, off + n * K, (actor_step * d) * reals[u, Z_SCALE])
     outputs = K if policy == policies.SOFTMAX else 2
     row = probs[:K]
-    policies.logits(policy, W, b, True, ix, phi, 0, row)
+    first = off + index * K
+    for k in range(K):
+        row[k] = Wl[first + k]
     if not policies.normalize(policy, row):
         return POLICY_OUTPUT, ex, closes, interval, d
-    chosen = policies.sample(policy, row, outputs, uniform(key, env_ids[b], env_tick[b], POLICY_SLOT))
+    chosen = policies.sample(policy, row, outputs, uniform(key, ints[u, ENV_ID], ints[u, ENV_TICK], POLICY_SLOT))
     if rule != FROZEN:
         policies.score(policy, row, outputs, chosen, row)
-        if executed[b]:  # a first execution finds its traces reset
-            elapsed = episode_tick[b] - last_execution_tick[b]
-            factor = decays[elapsed] if elapsed < decays.shape[0] else decay_base ** np.float64(elapsed)
-            z_scale[b] = z_scale[b] * factor
-            if z_scale[b] < traces.FLOOR:
-                traces.scale_row(zW, b, 0, z_scale[b])
-                z_scale[b] = 1.0
-        traces.add_row(zW, b, 0, True, ix, phi, 0, row, z_scale[b])
-        v_last[b] = value
-    output[b] = chosen
-    stream_reward[b] = 0.0
-    stream_discount[b] = 1.0
-    last_execution_tick[b] = episode_tick[b]
-    executed[b] = True
+        scale = reals[u, Z_SCALE]
+        if closes:  # a first execution finds its traces reset
+            elapsed = ints[u, EPISODE_TICK] - ints[u, LAST_EXECUTION]
+            factor = decays[u, elapsed] if elapsed < n_decays else decay_base ** np.float64(elapsed)
+            scale = scale * factor
+            if scale < traces.FLOOR:
+                scale_flat(zl, off, off + n * K, scale)
+                scale = 1.0
+            reals[u, Z_SCALE] = scale
+        for k in range(K):
+            zl[first + k] += row[k] / scale
+        reals[u, V_LAST] = value
+    ints[u, OUTPUT] = chosen
+    reals[u, STREAM_REWARD] = 0.0
+    reals[u, STREAM_DISCOUNT] = 1.0
+    ints[u, LAST_EXECUTION] = ints[u, EPISODE_TICK]
+    ints[u, EXECUTED] = 1
     return OK, ex, closes, interval, d
 
 
-# ---------------------------------------------------------------------- one row of the shared critic
+# ---------------------------------------------------------------------- one trial of the shared critic
 @inline
-def critic_row(b, state, next_state, reward, ended, active, w, z, z_scale, gamma, decay, step, ix, phi, one):
-    """``critic.update`` for row ``b``: returns (error code, TD error)."""
-    n = w.shape[1]
+def critic_trial(state, next_state, reward, ended, active, wl, zl, scale, gamma, decay, step):
+    """``critic.update`` for this trial: returns (error code, TD error, trace scale)."""
+    n = wl.shape[0]
     if not (0 <= state < n and 0 <= next_state < n):
-        return CRITIC_RANGE, 0.0
-    v = w[b, state, 0]
-    v_next = 0.0 if ended else w[b, next_state, 0]
+        return CRITIC_RANGE, 0.0, scale
+    v = wl[state]
+    v_next = 0.0 if ended else wl[next_state]
     delta = (reward + gamma * v_next) - v if active else 0.0
     if active:
-        z_scale[b] = z_scale[b] * decay
-        if z_scale[b] < traces.FLOOR:
-            traces.scale_row(z, b, 0, z_scale[b])
-            z_scale[b] = 1.0
-        ix[0] = state
-        one[0] = 1.0
-        traces.add_row(z, b, 0, True, ix, phi, 0, one, z_scale[b])
-        traces.apply_one(w, z, b, (step * delta) * z_scale[b])
-        if not traces.finite(w, b):
-            return CRITIC_DIVERGED, delta
+        scale = scale * decay
+        if scale < traces.FLOOR:
+            scale_flat(zl, 0, n, scale)
+            scale = 1.0
+        zl[state] += 1.0 / scale
+        weight = (step * delta) * scale
+        bad = False
+        for j in range(n):
+            wl[j] += weight * zl[j]
+            bad |= not np.abs(wl[j]) < np.inf
+        if bad:
+            return CRITIC_DIVERGED, delta, scale
     if ended and active:
-        traces.reset_row(z, b, 0)
-        z_scale[b] = 1.0
-    return OK, delta
+        reset_flat(zl, 0, n)
+        scale = 1.0
+    return OK, delta, scale
 
 
 # ---------------------------------------------------------------------- a block
@@ -149,13 +174,15 @@ def run(t0, ticks, pending0, changed0, m, episodes, gamma_atomic,
         critic_on, w, z, z_scale, gamma, critic_decay, critic_step, value, critic_delta, critic_active,
         book_active, returns, lengths, count, running, book_steps, current_active,
         pending_reward, pending_ended, pending_active,
-        unit_ints, unit_floats, inputs, keys, action_unit,
-        Ws, zWs, z_scales, v_lasts, decays, initials, outputs, executeds, last_execution_ticks, episode_ticks,
-        env_ticks, env_idss, stream_rewards, stream_discounts,
-        counts, close_stamp, close_delta, last_executed, stop_at, ix, phi, probs, prev, one, error):
+        unit_ints, unit_floats, inputs, keys, action_unit, decays, initials, state,
+        counts, close_stamp, close_delta, last_executed, stop_at, local, error):
     """Ticks ``t0 ..`` of every row, trial by trial: up to ``ticks`` ticks, fewer if every trial finishes
     (then the block ends at the tick the last one finished).  Returns the tick the block ended at;
-    ``error`` = [stage key, unit, code, row] of the failure met first (key -1: none)."""
+    ``error`` = [stage key, unit, code, row] of the failure met first (key -1: none).
+
+    ``state``: each unit's arrays (a tuple per field, a unit per entry); ``local``: a trial's copy of
+    them while its ticks run (its tables flat, its numbers per unit), so that a tick reads a few small
+    arrays, not a dozen per unit."""
     B = cells.shape[0]
     U = unit_ints.shape[0]
     stages = 3 * U + 3
@@ -163,15 +190,11 @@ def run(t0, ticks, pending0, changed0, m, episodes, gamma_atomic,
     last = end = t0 + ticks
     # calls take at most 30 arguments (more become *args, which numba does not inline): packed in tuples
     grid, grid_consts = (next_cells, cells, env_steps, obs, side_obs), (goal, start, limit)
-    critic, critic_consts = (w, z, z_scale, value, critic_delta, critic_active), (critic_on, gamma, critic_decay,
-                                                                                    critic_step)
+    critic_consts = (critic_on, gamma, critic_decay, critic_step)
     book = (book_active, returns, lengths, count, running, book_steps, current_active, pending_reward, pending_ended,
             pending_active)
     static = (unit_ints, unit_floats, inputs, keys, decays, initials)
-    state = (Ws, zWs, z_scales, v_lasts, outputs, executeds, last_execution_ticks, episode_ticks, env_ticks, env_idss,
-             stream_rewards, stream_discounts)
     record = (counts, close_stamp, close_delta, last_executed)
-    work = (ix, phi, probs, prev, one, error)
     # pass 0: every trial until it finishes or the block ends; pass 1: finished trials tick on, inactive,
     # until the last one finishes (or the block ends), as they do tick by tick
     for part in range(2):
@@ -186,15 +209,86 @@ def run(t0, ticks, pending0, changed0, m, episodes, gamma_atomic,
             first = t0 if part == 0 else stop_at[b]
             if part == 0:
                 stop_at[b] = t0
+                if not book_active[b]:
+                    continue
+            if first >= end:
+                continue
+            _load(b, critic_on, w, z, z_scale, unit_ints, state, local)
             for t in range(first, end):
                 if (part == 0 and not book_active[b]) or (error[0] >= 0 and t > error[0] // (stages * B)):
                     break
                 if not _tick(b, t, t0, pending0, changed0, m, episodes, gamma_atomic, action_unit, B, U, stages,
-                             grid, grid_consts, critic, critic_consts, book, static, state, record, work):
+                             grid, grid_consts, (value, critic_delta, critic_active), critic_consts, book, static,
+                             local, record, error):
                     break
                 if part == 0:
                     stop_at[b] = t + 1
+            _store(b, critic_on, w, z, z_scale, unit_ints, state, local)
     return end
+
+
+@inline
+def _load(b, critic_on, w, z, z_scale, unit_ints, state, local):
+    """Trial ``b``'s state into ``local``."""
+    (Ws, zWs, z_scales, v_lasts, outputs, executeds, last_execution_ticks, episode_ticks, env_ticks, env_idss,
+     stream_rewards, stream_discounts) = state
+    Wl, zl, reals, ints, wl, zcl, scale, probs, prev = local
+    for u in range(unit_ints.shape[0]):
+        off, K = unit_ints[u, OFFSET], unit_ints[u, OUTPUTS]
+        W = Ws[u]
+        for i in range(W.shape[1]):
+            for k in range(K):
+                Wl[off + i * K + k] = W[b, i, k]
+        if unit_ints[u, RULE] != FROZEN:
+            zW = zWs[u]
+            for i in range(W.shape[1]):
+                for k in range(K):
+                    zl[off + i * K + k] = zW[b, 0, i, k]
+            reals[u, Z_SCALE] = z_scales[u][b]
+            reals[u, V_LAST] = v_lasts[u][b]
+        reals[u, STREAM_REWARD] = stream_rewards[u][b]
+        reals[u, STREAM_DISCOUNT] = stream_discounts[u][b]
+        ints[u, OUTPUT] = outputs[u][b]
+        ints[u, EXECUTED] = executeds[u][b]
+        ints[u, LAST_EXECUTION] = last_execution_ticks[u][b]
+        ints[u, EPISODE_TICK] = episode_ticks[u][b]
+        ints[u, ENV_TICK] = env_ticks[u][b]
+        ints[u, ENV_ID] = env_idss[u][b]
+    if critic_on:
+        for i in range(w.shape[1]):
+            wl[i] = w[b, i, 0]
+            zcl[i] = z[b, 0, i, 0]
+        scale[0] = z_scale[b]
+
+
+@inline
+def _store(b, critic_on, w, z, z_scale, unit_ints, state, local):
+    """``local`` back into trial ``b``'s state."""
+    (Ws, zWs, z_scales, v_lasts, outputs, executeds, last_execution_ticks, episode_ticks, env_ticks, env_idss,
+     stream_rewards, stream_discounts) = state
+    Wl, zl, reals, ints, wl, zcl, scale, probs, prev = local
+    for u in range(unit_ints.shape[0]):
+        off, K = unit_ints[u, OFFSET], unit_ints[u, OUTPUTS]
+        if unit_ints[u, RULE] != FROZEN:
+            W, zW = Ws[u], zWs[u]
+            for i in range(W.shape[1]):
+                for k in range(K):
+                    W[b, i, k] = Wl[off + i * K + k]
+                    zW[b, 0, i, k] = zl[off + i * K + k]
+            z_scales[u][b] = reals[u, Z_SCALE]
+            v_lasts[u][b] = reals[u, V_LAST]
+        stream_rewards[u][b] = reals[u, STREAM_REWARD]
+        stream_discounts[u][b] = reals[u, STREAM_DISCOUNT]
+        outputs[u][b] = ints[u, OUTPUT]
+        executeds[u][b] = ints[u, EXECUTED] != 0
+        last_execution_ticks[u][b] = ints[u, LAST_EXECUTION]
+        episode_ticks[u][b] = ints[u, EPISODE_TICK]
+        env_ticks[u][b] = ints[u, ENV_TICK]
+    if critic_on:
+        for i in range(w.shape[1]):
+            w[b, i, 0] = wl[i]
+            z[b, 0, i, 0] = zcl[i]
+        z_scale[b] = scale[0]
 
 
 @inline
@@ -207,37 +301,34 @@ def _fail(error, t, t0, stage, stages, B, b, u, code):
 
 @inline
 def _tick(b, t, t0, pending0, changed0, m, episodes, gamma_atomic, action_unit, B, U, stages,
-          grid, grid_consts, critic, critic_consts, book, static, state, record, work):
-    """Atomic tick ``t`` of row ``b``; False if it failed (recorded in ``error``)."""
+          grid, grid_consts, critic, critic_consts, book, static, local, record, error):
+    """Atomic tick ``t`` of trial ``b`` (its state in ``local``); False if it failed (recorded in ``error``)."""
     next_cells, cells, env_steps, obs, side_obs = grid
     goal, start, limit = grid_consts
-    w, z, z_scale, value, critic_delta, critic_active = critic
+    value, critic_delta, critic_active = critic
     critic_on, gamma, critic_decay, critic_step = critic_consts
     (book_active, returns, lengths, count, running, book_steps, current_active, pending_reward, pending_ended,
      pending_active) = book
     unit_ints, unit_floats, inputs, keys, decays, initials = static
-    (Ws, zWs, z_scales, v_lasts, outputs, executeds, last_execution_ticks, episode_ticks, env_ticks, env_idss,
-     stream_rewards, stream_discounts) = state
+    Wl, zl, reals, ints, wl, zcl, scale, probs, prev = local
     counts, close_stamp, close_delta, last_executed = record
-    ix, phi, probs, prev, one, error = work
     # the environment side starts the tick: who takes part, the value of a new observation
     active = book_active[b]
     current_active[b] = active
     if (changed0 if t == t0 else t % m == 0):
         side_obs[b] = obs[b]
         if critic_on:
-            if not 0 <= obs[b] < w.shape[1]:
+            if not 0 <= obs[b] < wl.shape[0]:
                 return _fail(error, t, t0, 0, stages, B, b, -1, CRITIC_RANGE)
-            value[b] = w[b, obs[b], 0]
+            value[b] = wl[obs[b]]
     # the coagents receive the last tick's feedback: rewards into the streams, ended episodes begin again
     if pending0 or t > t0:
         reward, ended, was_active = pending_reward[b], pending_ended[b], pending_active[b]
         for u in range(U):
             rule = unit_ints[u, RULE]
-            ends, closes, d = observe_row(b, reward, ended, was_active, rule, Ws[u], zWs[u], z_scales[u], v_lasts[u],
-                                          unit_floats[u, ACTOR_STEP], gamma_atomic,
-                                          executeds[u], stream_rewards[u], stream_discounts[u], env_ticks[u],
-                                          episode_ticks[u])
+            ends, closes, d = observe_unit(u, reward, ended, was_active, rule, unit_ints[u, OUTPUTS],
+                                           unit_ints[u, SIZE], unit_ints[u, OFFSET], Wl, zl, reals, ints,
+                                           unit_floats[u, ACTOR_STEP], gamma_atomic)
             counts[u, EPISODES] += ends
             if closes:
                 if not np.isfinite(d):
@@ -247,23 +338,22 @@ def _tick(b, t, t0, pending0, changed0, m, episodes, gamma_atomic, action_unit, 
                 close_delta[u, b] = d
         if ended:
             for u in range(U):
-                begin_row(b, keys[u], initials[u], unit_ints[u, RULE], zWs[u], z_scales[u], env_idss[u], env_ticks[u],
-                          outputs[u], executeds[u], stream_rewards[u], stream_discounts[u], episode_ticks[u])
+                begin_unit(u, keys[u], initials, unit_ints[u, INITIALS], unit_ints[u, RULE], unit_ints[u, OUTPUTS],
+                           unit_ints[u, SIZE], unit_ints[u, OFFSET], zl, reals, ints)
     for u in range(U):
-        prev[u] = outputs[u][b]
+        prev[u] = ints[u, OUTPUT]
     # the coagents act in order
     for u in range(U):
         index = 0
         for k in range(unit_ints[u, N_INPUTS]):
             kind, source, radix = inputs[u, k, 0], inputs[u, k, 1], inputs[u, k, 2]
-            x = side_obs[b] if kind == OBS else outputs[source][b] if kind == CURRENT else prev[source]
+            x = side_obs[b] if kind == OBS else ints[source, OUTPUT] if kind == CURRENT else prev[source]
             index += x * radix
         rule = unit_ints[u, RULE]
-        code, ex, closes, interval, d = act_row(
-            b, active, index, unit_ints[u, POLICY], rule, unit_floats[u, BETA], keys[u], Ws[u], zWs[u],
-            z_scales[u], v_lasts[u], value[b] if critic_on else 0.0, unit_floats[u, ACTOR_STEP], decays[u],
-            unit_floats[u, DECAY_BASE], env_idss[u], env_ticks[u], outputs[u], executeds[u],
-            last_execution_ticks[u], episode_ticks[u], stream_rewards[u], stream_discounts[u], ix, phi, probs)
+        code, ex, closes, interval, d = act_unit(
+            u, active, index, unit_ints[u, POLICY], rule, unit_floats[u, BETA], keys[u], unit_ints[u, OUTPUTS],
+            unit_ints[u, SIZE], unit_ints[u, OFFSET], Wl, zl, reals, ints, value[b] if critic_on else 0.0,
+            unit_floats[u, ACTOR_STEP], decays, unit_ints[u, DECAYS], unit_floats[u, DECAY_BASE], probs)
         if code != OK:
             return _fail(error, t, t0, 1 + U + 2 * u + (code == POLICY_OUTPUT), stages, B, b, u, code)
         counts[u, TICKS] += active
@@ -280,13 +370,14 @@ def _tick(b, t, t0, pending0, changed0, m, episodes, gamma_atomic, action_unit, 
     reward, ended = 0.0, False
     if (t + 1) % m == 0:
         state = obs[b]
-        next_state, term, trunc = step_row(next_cells, cells, env_steps, b, outputs[action_unit][b], goal, start,
+        next_state, term, trunc = step_row(next_cells, cells, env_steps, b, ints[action_unit, OUTPUT], goal, start,
                                            limit)
         reward = REWARD if active else 0.0
         ended = term or trunc
         if critic_on:
-            code, d = critic_row(b, state, next_state, reward, ended, active, w, z, z_scale, gamma, critic_decay,
-                                 critic_step, ix, phi, one)
+            code, d, decayed = critic_trial(state, next_state, reward, ended, active, wl, zcl, scale[0], gamma,
+                                            critic_decay, critic_step)
+            scale[0] = decayed
             critic_delta[b] = d
             critic_active[b] = active
             if code != OK:
