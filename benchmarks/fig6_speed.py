@@ -65,6 +65,8 @@ def traced_worker_mib(trials: int, episodes: int, workers: int) -> float:
 
     network, env_id, env_kwargs = reproduce.paper_setup()
     job = reproduce.learning_jobs(network, env_id, env_kwargs, trials, episodes, 0, workers)[0]
+    # the kernels loaded first, untraced: numba's own objects are not the job's arrays
+    InProcessEngine(network, env_id, env_kwargs, trials=2, seed=0).train(1)
     tracemalloc.start()
     reproduce._learning_slice(job)
     peak = tracemalloc.get_traced_memory()[1]
