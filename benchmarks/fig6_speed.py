@@ -59,12 +59,16 @@ def fig6_run(compiled: bool, trials: int, episodes: int, workers: int, out: str,
 
 
 def traced_worker_mib(trials: int, episodes: int, workers: int) -> float:
-    """Peak traced memory of worker 0's share of the trials, run here as the worker runs it."""
+    """Peak traced memory of a worker's first job, run here as the worker runs it (a worker runs its
+    jobs one after the other)."""
     import tracemalloc
 
     network, env_id, env_kwargs = reproduce.paper_setup()
+    job = reproduce.learning_jobs(network, env_id, env_kwargs, trials, episodes, 0, workers)[0]
+    # the kernels loaded first, untraced: numba's own objects are not the job's arrays
+    InProcessEngine(network, env_id, env_kwargs, trials=2, seed=0).train(1)
     tracemalloc.start()
-    reproduce._learning_slice((network, env_id, env_kwargs, trials, episodes, 0, workers, 0))
+    reproduce._learning_slice(job)
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     return peak / 2**20

@@ -18,6 +18,7 @@ and tick, so the numbers do not depend on the number of workers.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -29,12 +30,11 @@ import numpy as np
 
 from .engine import InProcessEngine, trial_slices
 from .envs import GridWorldEnv
-from .gradients.common import cosine_distance, flatten
-from .gradients.compiled import Compiled
-from .gradients.estimators import acpgt_samples, fd_samples, trained_params
-from .gradients.time_limit import exact_time_limited
 from .network import Network
 from .plotting import mean_and_band, plot_band
+
+# Figure 5's modules (scipy among them, about 24 MiB) are imported where Figure 5 uses them: Figure
+# 6's workers are forked from this process and every page it holds counts in each worker's RSS.
 
 PAPER_SPEC = Path(__file__).resolve().parents[1] / "examples" / "paper_gridworld.toml"
 TRAIN_EPISODES = 5  # SPEC §4: the gradient check happens after 5 training episodes
@@ -61,24 +61,43 @@ def _pool(workers: int):
 
 
 # ------------------------------------------------------------------------------ figure 6
+CHUNK_TRIALS = 1000  # trials per job of a learning curve: a worker's arrays, not its share, set its memory
+
+
 def _learning_slice(job) -> np.ndarray:
-    """(trials of slice w, episodes) returns: worker w's share of the trials, each the same trial
-    it would be in a one-process run."""
-    network, env_id, env_kwargs, trials, episodes, seed, workers, w = job
-    a, b = trial_slices(trials, workers)[w]
-    engine = InProcessEngine(network, env_id, env_kwargs, trials=b - a, seed=seed, first_trial=a)
+    """(trials first..last-1, episodes) returns: one job's trials, each the same trial it would be in a
+    one-process run."""
+    network, env_id, env_kwargs, first, last, episodes, seed = job
+    engine = InProcessEngine(network, env_id, env_kwargs, trials=last - first, seed=seed, first_trial=first)
     return engine.train(episodes).returns[:, 0, :]
+
+
+def learning_jobs(network: Network, env_id: str, env_kwargs: dict, trials: int, episodes: int, seed: int,
+                  workers: int) -> list[tuple]:
+    """The jobs of a learning curve: at least one per worker, at most ``CHUNK_TRIALS`` trials each.
+
+    A job's engine holds its trials' parameters, traces and books (about 12 KiB a trial, more while
+    finished trials are cut out), so a worker running its 5,000 trials of Figure 6 as five jobs of 1,000
+    peaks about 40 MiB lower than as one; the jobs also balance the load of the workers, and every
+    trial is the same whatever the jobs (randomness is keyed by trial)."""
+    jobs = max(workers, -(-trials // CHUNK_TRIALS))
+    return [(network, env_id, env_kwargs, a, b, episodes, seed) for a, b in trial_slices(trials, jobs)]
 
 
 def learning_curves(network: Network, env_id: str, env_kwargs: dict, trials: int, episodes: int, seed: int = 0,
                     workers: int | None = None) -> np.ndarray:
     """Undiscounted returns, shape (trials, episodes), trials spread over worker processes."""
     workers = min(workers or default_workers(), trials)
-    jobs = [(network, env_id, env_kwargs, trials, episodes, seed, workers, w) for w in range(workers)]
-    if workers == 1:
-        return _learning_slice(jobs[0])
-    with _pool(workers) as pool:
-        return np.concatenate(list(pool.map(_learning_slice, jobs)))
+    jobs = learning_jobs(network, env_id, env_kwargs, trials, episodes, seed, workers)
+    returns = None
+    with contextlib.ExitStack() as stack:
+        parts = (map(_learning_slice, jobs) if workers == 1
+                 else stack.enter_context(_pool(workers)).map(_learning_slice, jobs))
+        for job, part in zip(jobs, parts):  # in order; each job's part goes in as it comes
+            if returns is None:
+                returns = np.empty((trials,) + part.shape[1:], dtype=part.dtype)
+            returns[job[3]:job[4]] = part
+    return returns
 
 
 def fig6(trials: int = 10_000, episodes: int = 200, seed: int = 0, out: Path | str = "figures",
@@ -129,6 +148,8 @@ def data_grid(max_episodes: int, points: int = 14) -> np.ndarray:
 
 def _cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """``cosine_distance`` between a[t, g] and b[t, g] (b may have one column g: broadcast)."""
+    from .gradients.common import cosine_distance
+
     b = np.broadcast_to(b, a.shape)
     out = np.empty(a.shape[:2])
     for t, g in np.ndindex(*out.shape):
@@ -142,6 +163,11 @@ def _curves_of_trials(job) -> tuple[dict, dict]:
     Trial t's estimates use episodes keyed (trial, episode) whatever the split over workers: ACPGT
     from seed + 1, finite differences (every coordinate, common random numbers) from seed + 2; the
     exact gradient is that of the time-limited episodes both estimators sample."""
+    from .gradients.common import flatten
+    from .gradients.compiled import Compiled
+    from .gradients.estimators import acpgt_samples, fd_samples
+    from .gradients.time_limit import exact_time_limited
+
     network, env_id, env_kwargs, params, first_trial, episodes, grid, step, seed, with_exact = job
     timing = {"acpgt": 0.0, "fd": 0.0, "exact": 0.0, "fd_ticks_unperturbed": 0, "fd_ticks_branches": 0,
               "acpgt_ticks": 0}
@@ -177,6 +203,8 @@ def fig5_curves(network: Network, env_id: str, env_kwargs: dict, trials: int, ep
                 exact: bool = True) -> tuple[np.ndarray, dict[str, np.ndarray], dict]:
     """SPEC §4's protocol, with the exact gradient: (grid, {line: cosine distances of shape (trials,
     len(grid))}, timing).  Lines: ACPGT vs finite differences, and (``exact``) each vs exact dJ/dtheta."""
+    from .gradients.estimators import trained_params
+
     params = trained_params(network, env_id, env_kwargs, train_episodes, trials, seed)
     grid = data_grid(episodes)
     workers = min(workers or default_workers(), trials)
@@ -195,6 +223,8 @@ def fig5_curves(network: Network, env_id: str, env_kwargs: dict, trials: int, ep
 
 
 def _warm_up(network, env_id, env_kwargs, theta) -> None:
+    from .gradients.compiled import Compiled
+
     plan = Compiled.of(network, env_id, env_kwargs)
     if plan is not None:
         plan.acpgt_sums([theta], [1], 0, [0])
@@ -227,6 +257,10 @@ def fig5(trials: int = 20, episodes: int = 1000, seed: int = 0, out: Path | str 
     ``exact`` between each and the exact gradient of the time-limited episodes.  ``lines[name]``
     holds the mean, the 95% half-width over trials, every trial's values and ``end``: the mean and
     half-width at ``episodes``.  (``distcoagent reproduce fig5`` runs 100 trials x 30,000 episodes.)"""
+    from .gradients.common import flatten
+    from .gradients.compiled import Compiled
+    from .gradients.estimators import trained_params
+
     network, env_id, env_kwargs = paper_setup()
     start = time.perf_counter()
     grid, lines, timing = fig5_curves(network, env_id, env_kwargs, trials, episodes, seed, step, workers,

@@ -15,6 +15,17 @@ def test_learning_curves_do_not_depend_on_the_number_of_workers():
     assert one.shape == (5, 3)
 
 
+def test_learning_curves_do_not_depend_on_the_jobs(monkeypatch):
+    """Trials cut into jobs of at most ``CHUNK_TRIALS`` (several per worker): the same returns."""
+    network, env_id, env_kwargs = reproduce.paper_setup()
+    whole = reproduce.learning_curves(network, env_id, env_kwargs, trials=7, episodes=3, seed=4, workers=1)
+    monkeypatch.setattr(reproduce, "CHUNK_TRIALS", 2)
+    assert len(reproduce.learning_jobs(network, env_id, env_kwargs, 7, 3, 4, 2)) == 4
+    for workers in (1, 2):
+        jobs = reproduce.learning_curves(network, env_id, env_kwargs, trials=7, episodes=3, seed=4, workers=workers)
+        np.testing.assert_array_equal(whole, jobs)
+
+
 def test_fig5_and_fig6_write_png_and_json(tmp_path):
     s5 = reproduce.fig5(trials=2, episodes=8, out=tmp_path, workers=1)
     s6 = reproduce.fig6(trials=3, episodes=4, out=tmp_path, workers=1)
