@@ -59,6 +59,7 @@ class TickBlocks:
         critic_size = env_side.critic.params["w"].shape[1] if env_side.critic is not None else 0
         # a trial's copy of its state while its ticks run (``kernels.block.run``)
         self.local = (np.empty(offset), np.empty(offset), np.empty((U, 4)), np.empty((U, 6), dtype=np.int64),
+                      np.empty(U, dtype=np.uint64),
                       np.empty(critic_size), np.empty(critic_size), np.empty(1),
                       np.empty(max(u.params["W"].shape[2] for u in units)), np.empty(U, dtype=np.int64))
         self.no_param, self.no_trace, self.no_value = _NO_PARAM, _NO_TRACE, _NO_VALUE

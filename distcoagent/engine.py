@@ -36,7 +36,9 @@ from .tick import (EnvironmentSide, EpisodeBook, EpisodeKeys, Feedback, Flush, N
 
 __all__ = ["EpisodeBook", "InProcessEngine", "TrainResult", "check_reward", "trial_slices"]
 
-BLOCK_SECONDS = 0.05  # a block of ticks grows until it takes about this long (stops, progress, metrics between)
+# a block of ticks grows (fourfold at most) until it takes about this long: stops, progress and metrics
+# happen between blocks; a block also loads and stores every trial's state once (kernels.block)
+BLOCK_SECONDS = 0.2
 
 
 def trial_slices(trials: int, micro_batches: int) -> list[tuple[int, int]]:
@@ -160,14 +162,14 @@ class InProcessEngine(Engine):
         cuts = self._cuts
         done_before = self._episodes_done()
         blocks = None if tickers or self.forced is not None else self._tick_blocks()  # forced: tick by tick
-        block_ticks = 1  # ticks per block: doubling, up to about BLOCK_SECONDS of work
+        block_ticks = 1  # ticks per block: growing, up to about BLOCK_SECONDS of work
         try:
             while not all(env.phase == "done" for env in self.env_sides):
                 if blocks is not None and kernels.enabled():
                     started = time.perf_counter()
                     self._run_blocks(blocks, block_ticks)
                     spent = time.perf_counter() - started
-                    block_ticks = max(1, min(2 * block_ticks, int(block_ticks * BLOCK_SECONDS / max(spent, 1e-9))))
+                    block_ticks = max(1, min(4 * block_ticks, int(block_ticks * BLOCK_SECONDS / max(spent, 1e-9))))
                 for k, (env, side) in enumerate(zip(self.env_sides, self.coagent_sides)):
                     if blocks is not None and kernels.enabled() and env.phase == "running":
                         continue  # ran as a block above

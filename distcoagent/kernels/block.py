@@ -19,7 +19,7 @@ from . import traces
 from ._jit import inline, kernel
 from .coagent import (EXECUTION_SLOT, FROZEN, INITIAL_OUTPUT_SLOT, LOCAL_STATE, OK, POLICY_OUTPUT, POLICY_SLOT,
                       TD_ERROR)
-from .draws import uniform
+from .draws import seed, seeded_uniform
 from .gridworld import REWARD, step_row
 
 # a unit's codes in ``unit_ints[u]``, its numbers in ``unit_floats[u]``, an input in ``inputs[u, k]``
@@ -37,21 +37,25 @@ OUTPUT, EXECUTED, LAST_EXECUTION, EPISODE_TICK, ENV_TICK, ENV_ID = range(6)
 # ---------------------------------------------------------------------- a trial's tables, flat
 @inline
 def apply_flat(param, z, start, stop, weight):
-    """``param += weight * z`` over entries ``start:stop`` (``traces.apply_one``, entry by entry)."""
-    for j in range(start, stop):
-        param[j] += weight * z[j]
+    """``param += weight * z`` over entries ``start:stop`` (``traces.apply_one``, entry by entry; on
+    slices, so that the indices are known not to be negative and the loop vectorises)."""
+    p, q = param[start:stop], z[start:stop]
+    for j in range(p.shape[0]):
+        p[j] += weight * q[j]
 
 
 @inline
 def scale_flat(z, start, stop, factor):
-    for j in range(start, stop):
-        z[j] *= factor
+    q = z[start:stop]
+    for j in range(q.shape[0]):
+        q[j] *= factor
 
 
 @inline
 def reset_flat(z, start, stop):
-    for j in range(start, stop):
-        z[j] = 0.0
+    q = z[start:stop]
+    for j in range(q.shape[0]):
+        q[j] = 0.0
 
 
 # ---------------------------------------------------------------------- one trial of a coagent
@@ -75,10 +79,10 @@ def observe_unit(u, reward, ended, active, rule, K, n, off, Wl, zl, reals, ints,
 
 
 @inline
-def begin_unit(u, key, initials, n_initial, rule, K, n, off, zl, reals, ints):
+def begin_unit(u, seeds, initials, n_initial, rule, K, n, off, zl, reals, ints):
     """``coagent.begin_episode`` for unit ``u`` of this trial: U_{-1} drawn, traces and stream reset."""
     ints[u, OUTPUT] = policies.sample(policies.SOFTMAX, initials[u], n_initial,
-                                      uniform(key, ints[u, ENV_ID], ints[u, ENV_TICK], INITIAL_OUTPUT_SLOT))
+                                      seeded_uniform(seeds[u], ints[u, ENV_TICK], INITIAL_OUTPUT_SLOT))
     if rule != FROZEN:
         reset_flat(zl, off, off + n * K)
         reals[u, Z_SCALE] = 1.0
@@ -89,13 +93,13 @@ def begin_unit(u, key, initials, n_initial, rule, K, n, off, zl, reals, ints):
 
 
 @inline
-def act_unit(u, active, index, policy, rule, beta, key, K, n, off, Wl, zl, reals, ints, value, actor_step,
+def act_unit(u, active, index, policy, rule, beta, seeds, K, n, off, Wl, zl, reals, ints, value, actor_step,
              decays, n_decays, decay_base, probs):
     """``coagent.act`` for unit ``u`` of this trial with local state ``index``: returns (error code,
     executed, interval closed, its ticks, TD error)."""
     if not 0 <= index < n:
         return LOCAL_STATE, False, False, 0, 0.0
-    ex = active and uniform(key, ints[u, ENV_ID], ints[u, ENV_TICK], EXECUTION_SLOT) < beta
+    ex = active and seeded_uniform(seeds[u], ints[u, ENV_TICK], EXECUTION_SLOT) < beta
     if not ex:
         return OK, False, False, 0, 0.0
     closes = ints[u, EXECUTED] != 0
@@ -115,7 +119,7 @@ def act_unit(u, active, index, policy, rule, beta, key, K, n, off, Wl, zl, reals
         row[k] = Wl[first + k]
     if not policies.normalize(policy, row):
         return POLICY_OUTPUT, ex, closes, interval, d
-    chosen = policies.sample(policy, row, outputs, uniform(key, ints[u, ENV_ID], ints[u, ENV_TICK], POLICY_SLOT))
+    chosen = policies.sample(policy, row, outputs, seeded_uniform(seeds[u], ints[u, ENV_TICK], POLICY_SLOT))
     if rule != FROZEN:
         policies.score(policy, row, outputs, chosen, row)
         scale = reals[u, Z_SCALE]
@@ -213,7 +217,7 @@ def run(t0, ticks, pending0, changed0, m, episodes, gamma_atomic,
                     continue
             if first >= end:
                 continue
-            _load(b, critic_on, w, z, z_scale, unit_ints, state, local)
+            _load(b, critic_on, w, z, z_scale, unit_ints, keys, state, local)
             for t in range(first, end):
                 if (part == 0 and not book_active[b]) or (error[0] >= 0 and t > error[0] // (stages * B)):
                     break
@@ -228,11 +232,11 @@ def run(t0, ticks, pending0, changed0, m, episodes, gamma_atomic,
 
 
 @inline
-def _load(b, critic_on, w, z, z_scale, unit_ints, state, local):
+def _load(b, critic_on, w, z, z_scale, unit_ints, keys, state, local):
     """Trial ``b``'s state into ``local``."""
     (Ws, zWs, z_scales, v_lasts, outputs, executeds, last_execution_ticks, episode_ticks, env_ticks, env_idss,
      stream_rewards, stream_discounts) = state
-    Wl, zl, reals, ints, wl, zcl, scale, probs, prev = local
+    Wl, zl, reals, ints, seeds, wl, zcl, scale, probs, prev = local
     for u in range(unit_ints.shape[0]):
         off, K = unit_ints[u, OFFSET], unit_ints[u, OUTPUTS]
         W = Ws[u]
@@ -254,6 +258,7 @@ def _load(b, critic_on, w, z, z_scale, unit_ints, state, local):
         ints[u, EPISODE_TICK] = episode_ticks[u][b]
         ints[u, ENV_TICK] = env_ticks[u][b]
         ints[u, ENV_ID] = env_idss[u][b]
+        seeds[u] = seed(keys[u], env_idss[u][b])
     if critic_on:
         for i in range(w.shape[1]):
             wl[i] = w[b, i, 0]
@@ -266,7 +271,7 @@ def _store(b, critic_on, w, z, z_scale, unit_ints, state, local):
     """``local`` back into trial ``b``'s state."""
     (Ws, zWs, z_scales, v_lasts, outputs, executeds, last_execution_ticks, episode_ticks, env_ticks, env_idss,
      stream_rewards, stream_discounts) = state
-    Wl, zl, reals, ints, wl, zcl, scale, probs, prev = local
+    Wl, zl, reals, ints, seeds, wl, zcl, scale, probs, prev = local
     for u in range(unit_ints.shape[0]):
         off, K = unit_ints[u, OFFSET], unit_ints[u, OUTPUTS]
         if unit_ints[u, RULE] != FROZEN:
@@ -310,7 +315,7 @@ def _tick(b, t, t0, pending0, changed0, m, episodes, gamma_atomic, action_unit, 
     (book_active, returns, lengths, count, running, book_steps, current_active, pending_reward, pending_ended,
      pending_active) = book
     unit_ints, unit_floats, inputs, keys, decays, initials = static
-    Wl, zl, reals, ints, wl, zcl, scale, probs, prev = local
+    Wl, zl, reals, ints, seeds, wl, zcl, scale, probs, prev = local
     counts, close_stamp, close_delta, last_executed = record
     # the environment side starts the tick: who takes part, the value of a new observation
     active = book_active[b]
@@ -338,7 +343,7 @@ def _tick(b, t, t0, pending0, changed0, m, episodes, gamma_atomic, action_unit, 
                 close_delta[u, b] = d
         if ended:
             for u in range(U):
-                begin_unit(u, keys[u], initials, unit_ints[u, INITIALS], unit_ints[u, RULE], unit_ints[u, OUTPUTS],
+                begin_unit(u, seeds, initials, unit_ints[u, INITIALS], unit_ints[u, RULE], unit_ints[u, OUTPUTS],
                            unit_ints[u, SIZE], unit_ints[u, OFFSET], zl, reals, ints)
     for u in range(U):
         prev[u] = ints[u, OUTPUT]
@@ -351,7 +356,7 @@ def _tick(b, t, t0, pending0, changed0, m, episodes, gamma_atomic, action_unit, 
             index += x * radix
         rule = unit_ints[u, RULE]
         code, ex, closes, interval, d = act_unit(
-            u, active, index, unit_ints[u, POLICY], rule, unit_floats[u, BETA], keys[u], unit_ints[u, OUTPUTS],
+            u, active, index, unit_ints[u, POLICY], rule, unit_floats[u, BETA], seeds, unit_ints[u, OUTPUTS],
             unit_ints[u, SIZE], unit_ints[u, OFFSET], Wl, zl, reals, ints, value[b] if critic_on else 0.0,
             unit_floats[u, ACTOR_STEP], decays, unit_ints[u, DECAYS], unit_floats[u, DECAY_BASE], probs)
         if code != OK:

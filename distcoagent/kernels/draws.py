@@ -26,17 +26,23 @@ def mix(z):
 
 
 @inline
-def bits(key, env, tick, slot):
-    """64 random bits for environment ``env`` at atomic tick ``tick``, draw ``slot`` (``key``: uint64)."""
+def seed(key, env):
+    """The half of a draw that depends on the stream and the environment only (a loop over ticks
+    computes it once)."""
+    return mix(key + GOLDEN * (np.uint64(env) + np.uint64(1)))
+
+
+@inline
+def seeded_uniform(z, tick, slot):
+    """``uniform(key, env, tick, slot)`` from ``z = seed(key, env)``."""
     counter = np.uint64(tick) * SLOTS + np.uint64(slot)
-    z = mix(key + GOLDEN * (np.uint64(env) + np.uint64(1)))
-    return mix(z ^ (counter * GOLDEN + M2))
+    return np.float64(mix(z ^ (counter * GOLDEN + M2)) >> np.uint64(11)) * UNIT
 
 
 @inline
 def uniform(key, env, tick, slot):
     """A float in [0, 1) with 53 random bits: ``rng.Stream.uniform`` for one environment."""
-    return np.float64(bits(key, env, tick, slot) >> np.uint64(11)) * UNIT
+    return seeded_uniform(seed(key, env), tick, slot)
 
 
 @kernel
