@@ -226,7 +226,7 @@ class InProcessEngine(Engine):
             if env.phase != "running":
                 continue
             if self.compact and env.obs_changed:  # after an environment step, as tick by tick
-                self._drop_finished(k, self._cuts[k])
+                self._drop_finished(k, self._cuts[k], feedback_pending=True)
             block.run(ticks)
 
     def _begin(self, episodes: int) -> None:
@@ -256,12 +256,18 @@ class InProcessEngine(Engine):
                 if attr in vars(holder):
                     setattr(holder, attr, value)
 
-    def _drop_finished(self, k: int, cuts: list) -> None:
+    def _drop_finished(self, k: int, cuts: list, feedback_pending: bool = False) -> None:
         """Cut micro-batch k down to its running trials once at most half of them still run
-        (only for environment batches that declare their state, ``restorable``)."""
+        (only for environment batches that declare their state, ``restorable``).  Tick by tick this
+        comes after the coagents observed the last step's feedback; between blocks
+        (``feedback_pending``) it comes before, so a trial whose last episode ended on the block's
+        last tick still runs: its coagents have yet to learn from that step."""
         env, E = self.env_sides[k], self.envs_per_trial
         P = env.book.active.shape[0] // E
-        running = np.flatnonzero(env.book.active.reshape(P, E).any(axis=1))
+        running = env.book.active
+        if feedback_pending and env.pending_active is not None:
+            running = running | env.pending_active
+        running = np.flatnonzero(running.reshape(P, E).any(axis=1))
         if not getattr(env.env, "restorable", False) or P < 16 or running.size * 2 > P or running.size == 0:
             return
         # rows relative to the full micro-batch, for observers

@@ -93,3 +93,25 @@ def test_other_kinds_run_tick_by_tick():
     for network, options in ((paper_network(), dict(envs_per_trial=2)), (driven, {})):
         engine = InProcessEngine(network, GRID, {"size": 3}, trials=2, **options)
         assert TickBlocks.of(engine.env_sides[0], engine.batches[0]) is None
+
+
+def test_trials_cut_between_blocks_first_learn_from_their_last_step(monkeypatch):
+    """Finished trials are cut out between blocks, before the next block's coagents observe the
+    last step's feedback: a trial whose last episode ended on a block's last tick must stay until
+    they did (tick by tick, the cut comes after).  One-tick blocks put every ending on a block's
+    last tick; 64 trials make the engine cut."""
+    from distcoagent import engine as engine_module
+
+    monkeypatch.setattr(engine_module, "BLOCK_SECONDS", 1e-9)
+
+    def build_paper():
+        return InProcessEngine(paper_network(), GRID, {"size": 4, "max_steps": 20}, trials=64, seed=3)
+
+    blocked, ticked = build_paper(), build_paper()
+    sizes, resize = [], blocked._resize
+    blocked._resize = lambda k, size: (sizes.append(size), resize(k, size))
+    a, b = blocked.train(6), ticked.train(6, observers=[EveryTick()])
+    assert any(size < 64 for size in sizes), "the engine cut no finished trials"
+    assert np.array_equal(a.returns, b.returns)
+    assert a.counters == b.counters
+    assert not differences(a.params, b.params)
