@@ -73,6 +73,7 @@ from .placement import (STRATEGIES, PlacementError, _fmt, check_resources, coage
 
 TRANSPORTS = ("compiled", "actors")
 EXECUTION_SECONDS = 0.25  # the driver sizes an execution (ticks) to take at most about this long
+NAP_SECONDS = 0.02  # the driver sleeps through executions expected to take longer (shorter: a late wake-up costs more)
 
 
 log = logging.getLogger("distcoagent")
@@ -519,9 +520,9 @@ class RayEngine(Engine):
         ref, ticks, submitted = pending.popleft()
         began = max(submitted, state.get("done", submitted))  # when the actors could start on it
         per_tick = state.get("per_tick")
-        if per_tick is not None:  # sleep through most of it: a waiting ray.get spins on a core
-            nap = began + 0.85 * ticks * per_tick - time.perf_counter()
-            if nap > 1e-3:
+        if per_tick is not None and ticks * per_tick > NAP_SECONDS:  # sleep through most of a long one:
+            nap = began + 0.85 * ticks * per_tick - time.perf_counter()  # a waiting ray.get spins on a core
+            if nap > 0:
                 time.sleep(nap)
         asked = time.perf_counter()
         answers = self._get(ref)
@@ -531,8 +532,8 @@ class RayEngine(Engine):
         elif done_at - asked > 1e-3 or per_tick is None:  # it was still running: its time is known
             spent = (done_at - began) / ticks
             state["per_tick"] = spent if per_tick is None or spent < per_tick else 0.7 * per_tick + 0.3 * spent
-        else:  # done before the nap ended, so faster than estimated
-            state["per_tick"] = 0.8 * per_tick
+        else:  # done before the nap ended: faster than estimated, by how much is unknown
+            state["per_tick"] = 0.5 * min(per_tick, (asked - began) / ticks)
         statuses = self._tick_done(answers, tickers)
         state["finished"] = all(s.done for s in statuses)
         done = min(s.episodes_done for s in statuses)
