@@ -1,12 +1,14 @@
-"""The distributed engine: coagent actors and environment actors on Ray, one graph execution per tick.
+"""The distributed engine: coagent actors and environment actors on Ray, a compiled graph of ticks.
 
 Ray stays at the edge: the actors are the plain ``actors.CoagentWorker`` and
 ``actors.EnvironmentWorker``, which hold the core's two sides of a tick (``tick``)
 unchanged, made remote here and named after what they hold (``coagent:NAME``,
-``env:K``; ``ray list actors`` shows them).  One execution of the tick graph runs one
-atomic tick of every micro-batch::
+``env:K``; ``ray list actors`` shows them).  One stage of the tick graph runs one
+atomic tick of every micro-batch, and the graph chains ``ticks_per_execution`` stages,
+so one execution runs up to that many ticks (``RayEngine``, "Ticks per execution")::
 
     command -> env_k.start -> [coagent.begin] -> coagent.act level 0 -> ... -> level L -> env_k.step
+            -> env_k.start (next stage) -> ... -> env_k.step (last stage) -> the driver
 
 The same graph carries the contract's control requests (``contract``): the whole
 run's state is gathered (``state``) and put back (``restore``) through it, and so are
@@ -70,6 +72,8 @@ from .placement import (STRATEGIES, PlacementError, _fmt, check_resources, coage
                         resource_requests, used_sources)
 
 TRANSPORTS = ("compiled", "actors")
+EXECUTION_SECONDS = 0.25  # the driver sizes an execution (ticks) to take at most about this long
+NAP_SECONDS = 0.02  # the driver sleeps through executions expected to take longer (shorter: a late wake-up costs more)
 
 
 log = logging.getLogger("distcoagent")
@@ -117,7 +121,9 @@ class RayEngine(Engine):
     placement: None, or a placement-group strategy ("PACK", "SPREAD", "STRICT_PACK",
         "STRICT_SPREAD") with one bundle per actor.
     transport: "compiled" (Ray Compiled Graph) or "actors" (ordinary actor calls).
-    max_inflight: tick executions in flight (default 2).
+    max_inflight: graph executions in flight (default 2).
+    ticks_per_execution: at most this many atomic ticks per graph execution (compiled transport; the
+        graph holds that many copies of the tick, see below).
     connect_timeout: seconds to wait for a cluster at ``address`` to answer.
     ready_timeout: seconds to wait for the actors to start before failing with what is missing.
     timeout: seconds one tick may take before the run fails.
@@ -143,6 +149,17 @@ class RayEngine(Engine):
     on.  Replay is deterministic, so the finished run is bit-identical to one with no
     failure; only time is lost (observers' ``on_tick`` sees the replayed ticks again).
     A tick that takes longer than ``timeout`` fails the run naming ``[ray] timeout``.
+
+    Ticks per execution.  The compiled graph holds ``ticks_per_execution`` copies of the tick
+    (stages), each starting from the last one's step inside the environment actor, so one
+    execution runs several ticks with one driver round trip, and no driver hop sits between two
+    ticks.  The driver asks for as many ticks as take about ``EXECUTION_SECONDS`` (from 1,
+    doubling; no longer than the shortest ``metrics_every`` of the observers, so metrics come as
+    often as asked), so a slow tick still answers within ``timeout``; the stages it does not use
+    pass (each costs a round of hops, about 1 ms on 2 cores, hence the default of 4).  It sleeps
+    through most of an execution instead of spinning in ``ray.get`` (a waiting compiled-graph
+    reader spins, taking a core from the actors).  Stops, metrics and snapshots come between
+    executions.
     """
 
     name = "ray"
@@ -156,7 +173,7 @@ class RayEngine(Engine):
                  connect_timeout: float = 3.0, ready_timeout: float = 60.0, timeout: float = 600.0,
                  raster=None, max_recoveries: int = 3, snapshot_every: float = 30.0, export_metrics: bool = True,
                  run_name: str | None = None, replicas: int = 1,
-                 replica_resources: list[dict[str, float]] | None = None):
+                 replica_resources: list[dict[str, float]] | None = None, ticks_per_execution: int = 4):
         check_counts(trials, envs_per_trial)
         if transport not in TRANSPORTS:
             raise SpecError(f"transport: expected one of {TRANSPORTS}, got {transport!r}")
@@ -164,6 +181,9 @@ class RayEngine(Engine):
             raise PlacementError(f"placement: expected None or one of {STRATEGIES}, got {placement!r}")
         if not isinstance(max_inflight, int) or max_inflight < 1:
             raise SpecError(f"max_inflight: expected a positive integer, got {max_inflight!r}")
+        if isinstance(ticks_per_execution, bool) or not isinstance(ticks_per_execution, int) or ticks_per_execution < 1:
+            raise SpecError(f"ticks_per_execution: expected a positive integer, got {ticks_per_execution!r}")
+        self.ticks_per_execution = ticks_per_execution
         if cpus_per_actor is not None and not (isinstance(cpus_per_actor, (int, float)) and cpus_per_actor >= 0):
             raise PlacementError(f"cpus_per_actor: expected a number >= 0, got {cpus_per_actor!r}")
         self.network, self.env_id, self.env_kwargs = network, env_id, dict(env_kwargs or {})
@@ -328,31 +348,37 @@ class RayEngine(Engine):
         def actor(g, k):  # group g's actor of micro-batch k's replica, and k's index there
             return self.actors[self.replica_of[k] * G + g], self.local_index[k]
 
-        for k in K:
-            nodes.append((("start", k), self.env_actors[k], "start", [("input",)]))
-        for g, plan in enumerate(self.plans):
-            if plan["prev_exports"]:
-                for k in K:
-                    worker, local = actor(g, k)
-                    nodes.append((("begin", g, k), worker, "begin", [local, ("node", ("start", k))]))
-        acts = {k: [] for k in K}
-        for lv in sorted({level[n] for n in net.order}):
+        stages = self.ticks_per_execution if self.transport == "compiled" else 1
+        for s in range(stages):  # the tick, repeated: stage s starts from stage s - 1's step
+            last = s == stages - 1
             for k in K:
-                for g, plan in enumerate(self.plans):
-                    if lv not in plan["levels"]:
-                        continue
-                    deps = []
-                    for n in plan["levels"][lv]:
-                        deps += [("act", group_of[s], level[s], k) for s in sorted(cur[n]) if group_of[s] != g]
-                        deps += [("begin", group_of[s], k) for s in sorted(prev[n]) if group_of[s] != g]
-                    deps = list(dict.fromkeys(deps))
-                    worker, local = actor(g, k)
-                    nodes.append((("act", g, lv, k), worker, "act",
-                                  [local, lv, ("node", ("start", k))] + [("node", d) for d in deps]))
-                    acts[k].append(("node", ("act", g, lv, k)))
-        for k in K:
-            nodes.append((("step", k), self.env_actors[k], "step", [("node", ("start", k))] + acts[k]))
-        self.nodes, self.outputs = nodes, [("step", k) for k in K]
+                source = ("input",) if s == 0 else ("node", ("step", s - 1, k))
+                nodes.append((("start", s, k), self.env_actors[k], "start", [source, s, last]))
+            for g, plan in enumerate(self.plans):
+                if plan["prev_exports"]:
+                    for k in K:
+                        worker, local = actor(g, k)
+                        nodes.append((("begin", s, g, k), worker, "begin", [local, ("node", ("start", s, k))]))
+            acts = {k: [] for k in K}
+            for lv in sorted({level[n] for n in net.order}):
+                for k in K:
+                    for g, plan in enumerate(self.plans):
+                        if lv not in plan["levels"]:
+                            continue
+                        deps = []
+                        for n in plan["levels"][lv]:
+                            deps += [("act", s, group_of[src], level[src], k) for src in sorted(cur[n])
+                                     if group_of[src] != g]
+                            deps += [("begin", s, group_of[src], k) for src in sorted(prev[n]) if group_of[src] != g]
+                        deps = list(dict.fromkeys(deps))
+                        worker, local = actor(g, k)
+                        nodes.append((("act", s, g, lv, k), worker, "act",
+                                      [local, lv, ("node", ("start", s, k))] + [("node", d) for d in deps]))
+                        acts[k].append(("node", ("act", s, g, lv, k)))
+            for k in K:
+                nodes.append((("step", s, k), self.env_actors[k], "step", [("node", ("start", s, k))] + acts[k]))
+        self.stages = stages
+        self.nodes, self.outputs = nodes, [("step", stages - 1, k) for k in K]
         self.depth = 1 + max(level.values())  # coagent levels per tick
         if self.transport == "compiled":
             from ray.dag import InputNode, MultiOutputNode
@@ -396,13 +422,17 @@ class RayEngine(Engine):
                 raise cause from None
             raise
 
-    def _tick_done(self, statuses: list, tickers: list) -> list:
-        self.tick_count = max(self.tick_count, max(s.tick for s in statuses))
-        for k, s in enumerate(statuses):
-            if s.feedback is not None:
-                feedback, s.feedback = owned(s.feedback), None
-                for o in tickers:
-                    o.on_tick(TickEvent(k, s.tick - 1, feedback))
+    def _tick_done(self, answers: list, tickers: list) -> list:
+        """Take a tick execution's answers (per micro-batch, the statuses of its ticks); the last statuses."""
+        statuses = []
+        for j in range(len(answers[0])):
+            statuses = [a[j] for a in answers]
+            self.tick_count = max(self.tick_count, max(s.tick for s in statuses))
+            for k, s in enumerate(statuses):
+                if s.feedback is not None:
+                    feedback, s.feedback = owned(s.feedback), None
+                    for o in tickers:
+                        o.on_tick(TickEvent(k, s.tick - 1, feedback))
         return statuses
 
     def _run(self, command: Command) -> list:
@@ -416,7 +446,9 @@ class RayEngine(Engine):
         tickers = [o for o in observers if o.wants_ticks]
         clock = self._open(episodes, observers,
                            lambda: self._run(Command("begin", int(episodes), self.tick_count, bool(tickers))))
-        state = {"pending": deque(), "finished": False, "done_before": self._done_reported}
+        # an execution lasts at most about EXECUTION_SECONDS, and no longer than an observer's metrics period
+        seconds = min([EXECUTION_SECONDS] + [o.metrics_every for o in clock.observers])
+        state = {"pending": deque(), "finished": False, "done_before": self._done_reported, "seconds": seconds}
         with self._accounting():
             if self._snapshot is None or self._snapshot["tick"] != self.tick_count:
                 self._snapshot = self.state()
@@ -479,11 +511,30 @@ class RayEngine(Engine):
         return result
 
     def _advance(self, state, progress, tickers, clock, stop) -> bool:
-        """Keep ``max_inflight`` ticks in flight and take the oldest one's statuses; True to stop."""
+        """Keep ``max_inflight`` executions in flight and take the oldest one's statuses; True to stop."""
         pending = state["pending"]
         while len(pending) < self.max_inflight:
-            pending.append(self._execute(Command("tick", report_feedback=bool(tickers))))
-        statuses = self._tick_done(self._get(pending.popleft()), tickers)
+            ticks = self._ticks_next(state)
+            pending.append((self._execute(Command("tick", report_feedback=bool(tickers), ticks=ticks)), ticks,
+                            time.perf_counter()))
+        ref, ticks, submitted = pending.popleft()
+        began = max(submitted, state.get("done", submitted))  # when the actors could start on it
+        per_tick = state.get("per_tick")
+        if per_tick is not None and ticks * per_tick > NAP_SECONDS:  # sleep through most of a long one:
+            nap = began + 0.85 * ticks * per_tick - time.perf_counter()  # a waiting ray.get spins on a core
+            if nap > 0:
+                time.sleep(nap)
+        asked = time.perf_counter()
+        answers = self._get(ref)
+        state["done"] = done_at = time.perf_counter()
+        if not state.get("warm"):  # the first execution (actors warming up) says little
+            state["warm"] = True
+        elif done_at - asked > 1e-3 or per_tick is None:  # it was still running: its time is known
+            spent = (done_at - began) / ticks
+            state["per_tick"] = spent if per_tick is None or spent < per_tick else 0.7 * per_tick + 0.3 * spent
+        else:  # done before the nap ended: faster than estimated, by how much is unknown
+            state["per_tick"] = 0.5 * min(per_tick, (asked - began) / ticks)
+        statuses = self._tick_done(answers, tickers)
         state["finished"] = all(s.done for s in statuses)
         done = min(s.episodes_done for s in statuses)
         if progress is not None and done > state["done_before"]:
@@ -499,10 +550,21 @@ class RayEngine(Engine):
                     o.on_metrics(metrics)
         return stopping
 
+    def _ticks_next(self, state) -> int:
+        """Ticks for the next execution: doubling from 1, up to about ``state["seconds"]`` of them."""
+        per_tick, last = state.get("per_tick"), state.get("ticks", 0)
+        if per_tick is None:
+            ticks = 1
+        else:
+            ticks = max(1, min(self.stages, 2 * max(last, 1), int(state["seconds"] / max(per_tick, 1e-9))))
+        state["ticks"] = ticks
+        return ticks
+
     def _drain(self, state, tickers) -> None:
-        """Take every tick in flight: the graph is then idle between ticks."""
+        """Take every execution in flight: the graph is then idle between ticks."""
         while state["pending"]:
-            self._tick_done(self._get(state["pending"].popleft()), tickers)
+            self._tick_done(self._get(state["pending"].popleft()[0]), tickers)
+        state.pop("done", None)
 
     @contextlib.contextmanager
     def _watch(self):
