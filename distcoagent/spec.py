@@ -64,7 +64,7 @@ ENGINES = ("inprocess", "ray")
 CLOCKS = ("tick", "free")
 RAY_OPTIONS = {"coagents_per_actor", "groups", "resources", "env_resources", "cpus_per_actor", "placement",
                "transport", "max_inflight", "connect_timeout", "ready_timeout", "timeout", "replicas",
-               "replica_resources", "max_recoveries", "snapshot_every"}
+               "replica_resources", "max_recoveries", "snapshot_every", "ticks_per_execution"}
 MAX_SEED = 2**63 - 1
 # ranges that the kind classes do not check themselves: (kind, argument) -> lowest value
 LOWEST = {("fourier", "order"): 0, ("tile", "tilings"): 1, ("tile", "tiles"): 1, ("driven", "when"): 0}
@@ -361,6 +361,7 @@ def _check_ray(ray: dict) -> None:
 
     _check_keys(ray, RAY_OPTIONS, "ray")
     checks = {"coagents_per_actor": lambda v, w: integer(v, w, 1), "max_inflight": lambda v, w: integer(v, w, 1),
+              "ticks_per_execution": lambda v, w: integer(v, w, 1),
               "cpus_per_actor": lambda v, w: number(v, w, 0),
               "placement": lambda v, w: string(v, w, STRATEGIES),
               "transport": lambda v, w: string(v, w, ("compiled", "actors")),

@@ -100,6 +100,7 @@ FIELDS = [
     (("train", "micro_batches"), st.one_of(NOT_INT, ints_below(1), st.integers(2, 10**6)), r"train\.micro_batches"),
     (("train", "address"), st.one_of(st.integers(), st.floats(), st.booleans(), st.just("")), r"train\.address"),
     (("ray", "coagents_per_actor"), st.one_of(NOT_INT, ints_below(1)), r"ray\.coagents_per_actor"),
+    (("ray", "ticks_per_execution"), st.one_of(NOT_INT, ints_below(1)), r"ray\.ticks_per_execution"),
     (("ray", "placement"), st.one_of(NOT_STRING, st.just("ANYWHERE")), r"ray\.placement"),
     (("ray", "transport"), st.one_of(NOT_STRING, st.just("pigeon")), r"ray\.transport"),
     (("ray", "cpus_per_actor"), step_like(), r"ray\.cpus_per_actor"),
