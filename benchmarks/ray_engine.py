@@ -1,8 +1,8 @@
 """Atomic ticks per second versus batch size: the Ray engine against the in-process engine, same run.
 
 The paper's network (SPEC §4) on the 5x5 gridworld, one environment per trial, ``B`` trials.  For
-each batch size both engines train the same spec and seed (their results are checked to be
-identical), and we report per-tick latency (ms per atomic tick of the whole batch) and throughput
+each batch size both engines train the same spec and seed (their returns and parameters are
+checked to be identical), and we report per-tick latency (ms per atomic tick of the whole batch) and throughput
 (environment-ticks per second = B x ticks / seconds).  A raw Ray actor round trip and a one-hop
 compiled-graph round trip are measured alongside: the floor at batch 1 is (DAG depth + 1) raw round
 trips (the network has depth 2: the two bits, then the action).
@@ -100,7 +100,9 @@ def main(argv=None):
         for key, options in variants(B, micro):
             result, seconds = run(lambda: RayEngine(paper_network(), GRID, env_kwargs, trials=B, seed=0,
                                                     **options), args.episodes, args.repeats)
-            assert np.array_equal(result.returns, inproc.returns), "engines disagree"
+            assert np.array_equal(result.returns, inproc.returns), "engines disagree on returns"
+            assert all(np.array_equal(result.params[n][k], inproc.params[n][k])
+                       for n in inproc.params for k in inproc.params[n]), "engines disagree on parameters"
             row[f"{key}_ms_per_tick"] = 1e3 * seconds / result.ticks
             row[f"{key}_env_ticks_per_s"] = B * result.ticks / seconds
         rows.append(row)
