@@ -14,17 +14,22 @@ path.
 """
 from __future__ import annotations
 
+import os
+import weakref
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 
 from . import kernels
 from .coagent import NonFiniteError, parse_input
+from .network import SpecError
 
 
 class TickBlocks:
     """Runs blocks of ticks of one micro-batch (an ``EnvironmentSide`` and the ``CoagentSide`` of all
     its coagents) on ``kernels.block``; ``of`` says whether the micro-batch is of a kind it runs."""
 
-    def __init__(self, env_side, coagent_side, units: list):
+    def __init__(self, env_side, coagent_side, units: list, threads: int = 1):
         from .kernels import block
         from .kernels.coagent import _NO_PARAM, _NO_TRACE, _NO_VALUE
 
@@ -58,14 +63,17 @@ class TickBlocks:
             self.initials[i, :unit.kernel.initial.shape[0]] = unit.kernel.initial
         critic_size = env_side.critic.params["w"].shape[1] if env_side.critic is not None else 0
         # a trial's copy of its state while its ticks run (``kernels.block.run``)
-        self.local = (np.empty(offset), np.empty(offset), np.empty((U, 4)), np.empty((U, 6), dtype=np.int64),
-                      np.empty(U, dtype=np.uint64),
-                      np.empty(critic_size), np.empty(critic_size), np.empty(1),
-                      np.empty(max(u.params["W"].shape[2] for u in units)), np.empty(U, dtype=np.int64))
+        widest = max(u.params["W"].shape[2] for u in units)
+        self._local = lambda: (np.empty(offset), np.empty(offset), np.empty((U, 4)), np.empty((U, 6), dtype=np.int64),
+                               np.empty(U, dtype=np.uint64), np.empty(critic_size), np.empty(critic_size),
+                               np.empty(1), np.empty(widest), np.empty(U, dtype=np.int64))
+        self.local: list[tuple] = []  # one per range of trials run at once
+        self.threads = threads
+        self._executor, self._executor_pid = None, None
         self.no_param, self.no_trace, self.no_value = _NO_PARAM, _NO_TRACE, _NO_VALUE
 
     @classmethod
-    def of(cls, env_side, coagent_side) -> "TickBlocks | None":
+    def of(cls, env_side, coagent_side, threads: int = 1) -> "TickBlocks | None":
         """The blocks for this micro-batch, or None if it is of a kind they do not run."""
         from .envs.gridworld import GridWorldBatch
 
@@ -86,7 +94,7 @@ class TickBlocks:
             if (kern is None or not kern.tabular or kern.beta is None or kern.rule not in (FROZEN, SHARED)
                     or (kern.rule == SHARED and critic is None)):
                 return None
-        return cls(env_side, coagent_side, units)
+        return cls(env_side, coagent_side, units, threads)
 
     def run(self, ticks: int) -> int:
         """Run up to ``ticks`` atomic ticks (fewer if every trial finishes); returns how many ran."""
@@ -113,14 +121,13 @@ class TickBlocks:
             value = critic_delta = self.no_value
             critic_active = np.zeros(0, dtype=bool)
         rule_arrays = [self._rule_arrays(u) for u in units]
-        counts = np.zeros((U, 6), dtype=np.int64)
         close_stamp, close_delta = np.full((U, B), -1, dtype=np.int64), np.zeros((U, B))
         last_executed = np.zeros((U, B), dtype=bool)
-        error = np.empty(4, dtype=np.int64)
+        stop_at = np.empty(B, dtype=np.int64)
         limit = grid.single.max_steps
         m = env.network.ticks_per_step
-        end = k.run(
-            t0, ticks, pending, env.obs_changed, m, book.episodes, units[0].gamma_atomic,
+        shared = (
+            pending, env.obs_changed, m, book.episodes, units[0].gamma_atomic,
             grid._next, grid.cells, grid.steps, grid.single.goal, grid.single.start, -1 if limit is None else limit,
             env.obs, side.obs,
             critic is not None, w, z, z_scale, gamma, decay, step, value, critic_delta, critic_active,
@@ -132,7 +139,25 @@ class TickBlocks:
              tuple(u.executed_this_episode for u in units), tuple(u.last_execution_tick for u in units),
              tuple(u.episode_tick for u in units), tuple(u.env_tick for u in units), tuple(u.env_ids for u in units),
              tuple(u.stream_reward for u in units), tuple(u.stream_discount for u in units)),
-            counts, close_stamp, close_delta, last_executed, np.empty(B, dtype=np.int64), self.local, error)
+            close_stamp, close_delta, last_executed, stop_at)
+        ranges = trial_ranges(B, self.threads)
+        counts = np.zeros((len(ranges), U, 6), dtype=np.int64)
+        errors = np.full((len(ranges), 4), -1, dtype=np.int64)
+        locals_ = self._locals(len(ranges))
+        last = t0 + ticks
+        for part in (0, 1):
+            if part == 1:  # finished trials tick on (inactive) until the last trial finishes, or the block ends
+                end = last if book.active.any() else max(t0, int(stop_at.max()))
+            calls = [(part, lo, hi, t0, last if part == 0 else end, *shared, counts[c], locals_[c], errors[c])
+                     for c, (lo, hi) in enumerate(ranges)]
+            if len(calls) == 1:
+                k.run(*calls[0])
+            else:
+                for done in [self._pool().submit(k.run, *call) for call in calls]:
+                    done.result()
+        counts = counts.sum(axis=0)
+        failed = errors[errors[:, 0] >= 0]
+        error = failed[failed[:, 0].argmin()] if failed.size else errors[0]
         for i, unit in enumerate(units):
             c = counts[i]
             for name, j in (("executions", k.EXECUTIONS), ("ticks", k.TICKS), ("updates", k.UPDATES),
@@ -157,6 +182,19 @@ class TickBlocks:
             env.phase = "flush"
         return end - t0
 
+    def _locals(self, n: int) -> list[tuple]:
+        while len(self.local) < n:
+            self.local.append(self._local())
+        return self.local[:n]
+
+    def _pool(self) -> ThreadPoolExecutor:
+        """The threads that run ranges of trials at once (made again in a forked child: a fork copies
+        the executor, not its threads)."""
+        if self._executor is None or self._executor_pid != os.getpid():
+            self._executor, self._executor_pid = ThreadPoolExecutor(self.threads, "distcoagent-block"), os.getpid()
+            weakref.finalize(self, self._executor.shutdown, wait=False)
+        return self._executor
+
     def _rule_arrays(self, unit):
         if unit.kernel.rule == self.k.FROZEN:
             return self.no_trace, self.no_value, self.no_value
@@ -175,6 +213,30 @@ class TickBlocks:
                              f"(environment {int(unit.env_ids[row])})")
         unit.raise_non_finite({k.TD_ERROR: "TD error", k.POLICY_OUTPUT: "policy output"}[code], row)
         raise NonFiniteError(f"coagent {unit.name!r}: error {code}")  # not reached
+
+
+MIN_TRIALS_PER_THREAD = 64  # fewer trials per thread than this: fewer threads
+
+
+def trial_ranges(trials: int, threads: int) -> list[tuple[int, int]]:
+    """Contiguous, nearly equal ranges of trials, one per thread that runs them (at most ``threads``,
+    each of at least ``MIN_TRIALS_PER_THREAD`` trials, at least one range)."""
+    n = max(1, min(threads, trials // MIN_TRIALS_PER_THREAD))
+    edges = np.linspace(0, trials, n + 1).round().astype(int)
+    return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:])]
+
+
+def default_threads() -> int:
+    """``DISTCOAGENT_THREADS`` if set, else the CPUs this process may run on."""
+    value = os.environ.get("DISTCOAGENT_THREADS", "").strip()
+    if value:
+        if not value.isdigit() or int(value) < 1:
+            raise SpecError(f"DISTCOAGENT_THREADS: expected a positive integer, got {value!r}")
+        return int(value)
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 def warm_up() -> None:

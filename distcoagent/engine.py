@@ -26,7 +26,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from . import batched, kernels
-from .blocks import TickBlocks
+from .blocks import TickBlocks, default_threads
 from .contract import (STATE_FORMAT, Engine, MetricsClock, Observer, RunMetrics, TickEvent, TrainResult,
                        combine_metrics)
 from .coagent import NonFiniteError
@@ -104,6 +104,8 @@ class InProcessEngine(Engine):
     ``raster``: record which coagents executed when, for a few environments (``tick.RasterSpec``).
     ``forced``: impose a recorded execution pattern instead of drawing executions
     (``replay.ExecutionSchedule``: a free-running run replayed).
+    ``threads``: threads that run the compiled blocks of ticks, each on its own range of trials (the
+    numbers do not change); default ``DISTCOAGENT_THREADS``, else every CPU this process may use.
     """
 
     name = "inprocess"
@@ -111,8 +113,13 @@ class InProcessEngine(Engine):
     def __init__(self, network: Network, env_id: str, env_kwargs: dict | None = None, *, trials: int = 1,
                  envs_per_trial: int = 1, seed: int = 0, micro_batches: int = 1, compact: bool = True,
                  first_trial: int = 0, episode_keys: EpisodeKeys | None = None, raster: RasterSpec | None = None,
-                 forced=None):
+                 forced=None, threads: int | None = None):
         check_counts(trials, envs_per_trial)
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, (int, np.integer))
+                                    or threads < 1):
+            raise SpecError(f"threads: expected a positive integer, got {threads!r}")
+        # threads that run a micro-batch's blocks, each on its own range of trials (no number changes)
+        self.threads = int(threads) if threads is not None else default_threads()
         self.forced = forced  # a recorded execution pattern to impose (``replay.ExecutionSchedule``)
         self.network, self.env_id, self.env_kwargs = network, env_id, dict(env_kwargs or {})
         self.trials, self.envs_per_trial, self.seed = int(trials), int(envs_per_trial), seed
@@ -216,7 +223,7 @@ class InProcessEngine(Engine):
     def _tick_blocks(self) -> list[TickBlocks] | None:
         """Every micro-batch's blocks (``blocks``), or None unless every micro-batch is of a kind they run."""
         if self._blocks is None:
-            made = [TickBlocks.of(env, side) for env, side in zip(self.env_sides, self.coagent_sides)]
+            made = [TickBlocks.of(env, side, self.threads) for env, side in zip(self.env_sides, self.coagent_sides)]
             self._blocks = made if all(b is not None for b in made) else []
         return self._blocks or None
 

@@ -67,8 +67,10 @@ CHUNK_TRIALS = 1000  # trials per job of a learning curve: a worker's arrays, no
 def _learning_slice(job) -> np.ndarray:
     """(trials first..last-1, episodes) returns: one job's trials, each the same trial it would be in a
     one-process run."""
-    network, env_id, env_kwargs, first, last, episodes, seed = job
-    engine = InProcessEngine(network, env_id, env_kwargs, trials=last - first, seed=seed, first_trial=first)
+    network, env_id, env_kwargs, first, last, episodes, seed, workers = job
+    # one thread per worker process: the workers already use every CPU
+    engine = InProcessEngine(network, env_id, env_kwargs, trials=last - first, seed=seed, first_trial=first,
+                             threads=1 if workers > 1 else None)
     return engine.train(episodes).returns[:, 0, :]
 
 
@@ -81,7 +83,7 @@ def learning_jobs(network: Network, env_id: str, env_kwargs: dict, trials: int, 
     peaks about 40 MiB lower than as one; the jobs also balance the load of the workers, and every
     trial is the same whatever the jobs (randomness is keyed by trial)."""
     jobs = max(workers, -(-trials // CHUNK_TRIALS))
-    return [(network, env_id, env_kwargs, a, b, episodes, seed) for a, b in trial_slices(trials, jobs)]
+    return [(network, env_id, env_kwargs, a, b, episodes, seed, workers) for a, b in trial_slices(trials, jobs)]
 
 
 def learning_curves(network: Network, env_id: str, env_kwargs: dict, trials: int, episodes: int, seed: int = 0,

@@ -6,6 +6,7 @@ import pytest
 pytest.importorskip("numba")
 
 from distcoagent import InProcessEngine  # noqa: E402
+from distcoagent import blocks  # noqa: E402
 from distcoagent.blocks import TickBlocks  # noqa: E402
 from distcoagent.coagent import Coagent  # noqa: E402
 from distcoagent.contract import Observer  # noqa: E402
@@ -45,9 +46,15 @@ CASES = {
 }
 
 
-def build(case) -> InProcessEngine:
+def build(case, threads=1) -> InProcessEngine:
     make, env_kwargs, options = CASES[case]
-    return InProcessEngine(make(), GRID, env_kwargs, seed=4, **options)
+    return InProcessEngine(make(), GRID, env_kwargs, seed=4, threads=threads, **options)
+
+
+@pytest.fixture
+def small_ranges(monkeypatch):
+    """Threads take ranges of a few trials (the cases are small batches)."""
+    monkeypatch.setattr(blocks, "MIN_TRIALS_PER_THREAD", 1)
 
 
 def differences(a, b, path="") -> list[str]:
@@ -61,9 +68,12 @@ def differences(a, b, path="") -> list[str]:
     return [] if a == b or path == ".seconds" else [f"{path}: {a!r} != {b!r}"]
 
 
+@pytest.mark.parametrize("threads", [1, 3])
 @pytest.mark.parametrize("case", list(CASES))
-def test_blocks_run_the_numbers_of_the_tick_by_tick_calls(case):
-    blocked, ticked = build(case), build(case)
+def test_blocks_run_the_numbers_of_the_tick_by_tick_calls(case, threads, small_ranges):
+    blocked, ticked = build(case, threads), build(case)
+    if threads > 1:
+        assert len(blocks.trial_ranges(blocked.batches[0].batch, threads)) > 1
     assert all(TickBlocks.of(env, side) is not None for env, side in zip(blocked.env_sides, blocked.batches))
     a, b = blocked.train(9), ticked.train(9, observers=[EveryTick()])
     assert np.array_equal(a.returns, b.returns) and np.array_equal(a.lengths, b.lengths)
@@ -75,10 +85,11 @@ def test_blocks_run_the_numbers_of_the_tick_by_tick_calls(case):
     assert ma.critic_last_update == mb.critic_last_update
 
 
+@pytest.mark.parametrize("threads", [1, 3])
 @pytest.mark.parametrize("case", list(CASES))
-def test_a_block_ends_in_the_state_the_tick_by_tick_calls_reach(case):
+def test_a_block_ends_in_the_state_the_tick_by_tick_calls_reach(case, threads, small_ranges):
     for target in (1, 2, 5, 12, 40):
-        blocked = build(case)
+        blocked = build(case, threads)
         blocked.train(9, stop=lambda: blocked.tick_count >= target)
         ticked = build(case)
         ticked.train(9, observers=[EveryTick()], stop=lambda: ticked.tick_count >= blocked.tick_count)
@@ -115,3 +126,48 @@ def test_trials_cut_between_blocks_first_learn_from_their_last_step(monkeypatch)
     assert np.array_equal(a.returns, b.returns)
     assert a.counters == b.counters
     assert not differences(a.params, b.params)
+
+
+def test_threads_split_trials_into_ranges_of_at_least_the_minimum():
+    assert blocks.trial_ranges(16384, 2) == [(0, 8192), (8192, 16384)]
+    assert blocks.trial_ranges(100, 2) == [(0, 100)]  # 50 a thread is below the minimum of 64
+    assert blocks.trial_ranges(1, 8) == [(0, 1)]
+    ranges = blocks.trial_ranges(1000, 7)
+    assert len(ranges) == 7 and ranges[0][0] == 0 and ranges[-1][1] == 1000
+    assert all(a[1] == b[0] for a, b in zip(ranges, ranges[1:]))
+
+
+def test_threads_are_checked(monkeypatch):
+    from distcoagent.network import SpecError
+
+    for bad in (0, -1, 1.5, True, "2"):
+        with pytest.raises(SpecError, match=r"threads: expected a positive integer, got"):
+            InProcessEngine(paper_network(), GRID, {"size": 3}, threads=bad)
+    monkeypatch.setenv("DISTCOAGENT_THREADS", "two")
+    with pytest.raises(SpecError, match=r"DISTCOAGENT_THREADS: expected a positive integer, got 'two'"):
+        InProcessEngine(paper_network(), GRID, {"size": 3})
+    monkeypatch.setenv("DISTCOAGENT_THREADS", "3")
+    assert InProcessEngine(paper_network(), GRID, {"size": 3}).threads == 3
+
+
+def _failure(threads: int, seed: int, observers=()) -> str:
+    """The message of the first failure of a network whose critic diverges."""
+    network = Network([Coagent("bit", ["obs"], Softmax(2), Constant(0.5), SHARED),
+                       Coagent("act", ["obs", "bit"], Softmax(4), Constant(0.5), ActorCritic(actor_step=1e150))],
+                      action="act", gamma=0.9, critic=SharedCritic(1e150, 0.9))
+    engine = InProcessEngine(network, GRID, {"size": 4, "max_steps": 30}, trials=12, seed=seed, threads=threads)
+    with pytest.raises(Exception) as caught:
+        engine.train(50, observers=observers)
+    return f"{type(caught.value).__name__}: {caught.value}"
+
+
+def test_threads_report_the_failure_the_tick_by_tick_order_meets_first(small_ranges):
+    """Each range of trials stops at its own first failure; the block reports the least of them, which
+    is the one the tick-by-tick calls meet first, whichever range it is in."""
+    rows = set()
+    for seed in range(4):
+        ticked = _failure(1, seed, observers=[EveryTick()])
+        assert _failure(1, seed) == ticked
+        assert _failure(4, seed) == ticked
+        rows.add(ticked)
+    assert len(rows) > 1, "every seed failed the same way: the test cannot tell ranges apart"

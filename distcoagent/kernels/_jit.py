@@ -23,6 +23,11 @@ def kernel(fn):
     return numba.njit(cache=True, error_model="numpy", **_NO_REFCOUNT)(fn)
 
 
+def kernel_nogil(fn):
+    """A kernel that releases the GIL while it runs (Python threads run it at once on disjoint rows)."""
+    return numba.njit(cache=True, error_model="numpy", nogil=True, **_NO_REFCOUNT)(fn)
+
+
 def inline(fn):
     """A per-row piece of a kernel, compiled into every kernel that calls it."""
     return numba.njit(cache=True, error_model="numpy", inline="always")(fn)

@@ -16,7 +16,7 @@ import numpy as np
 
 from . import policy as policies
 from . import traces
-from ._jit import inline, kernel
+from ._jit import inline, kernel_nogil
 from .coagent import (EXECUTION_SLOT, FROZEN, INITIAL_OUTPUT_SLOT, LOCAL_STATE, OK, POLICY_OUTPUT, POLICY_SLOT,
                       TD_ERROR)
 from .draws import seed, seeded_uniform
@@ -172,26 +172,29 @@ def critic_trial(state, next_state, reward, ended, active, wl, zl, scale, gamma,
 
 
 # ---------------------------------------------------------------------- a block
-@kernel
-def run(t0, ticks, pending0, changed0, m, episodes, gamma_atomic,
+@kernel_nogil
+def run(part, lo, hi, t0, end, pending0, changed0, m, episodes, gamma_atomic,
         next_cells, cells, env_steps, goal, start, limit, obs, side_obs,
         critic_on, w, z, z_scale, gamma, critic_decay, critic_step, value, critic_delta, critic_active,
         book_active, returns, lengths, count, running, book_steps, current_active,
         pending_reward, pending_ended, pending_active,
         unit_ints, unit_floats, inputs, keys, action_unit, decays, initials, state,
-        counts, close_stamp, close_delta, last_executed, stop_at, local, error):
-    """Ticks ``t0 ..`` of every row, trial by trial: up to ``ticks`` ticks, fewer if every trial finishes
-    (then the block ends at the tick the last one finished).  Returns the tick the block ended at;
-    ``error`` = [stage key, unit, code, row] of the failure met first (key -1: none).
+        close_stamp, close_delta, last_executed, stop_at, counts, local, error):
+    """Pass ``part`` of the block that starts at tick ``t0``, for trials ``lo .. hi-1``, up to tick ``end``.
 
-    ``state``: each unit's arrays (a tuple per field, a unit per entry); ``local``: a trial's copy of
-    them while its ticks run (its tables flat, its numbers per unit), so that a tick reads a few small
-    arrays, not a dozen per unit."""
+    Pass 0: every trial runs until it finishes or the block ends (``stop_at[b]``: the tick after its
+    last active one).  Pass 1: finished trials tick on, inactive, up to ``end`` (the tick the last trial
+    of the whole micro-batch finished at, or the block's end), as they do tick by tick.  Trials share
+    nothing, so disjoint ranges of trials run at once on several threads (the GIL is released); each
+    range has its own ``counts``, ``local`` and ``error``.
+
+    ``error`` = [stage key, unit, code, row] of the failure met first in this range (key -1: none; the
+    caller sets it before pass 0).  ``state``: each unit's arrays (a tuple per field, a unit per entry);
+    ``local``: a trial's copy of them while its ticks run (its tables flat, its numbers per unit), so
+    that a tick reads a few small arrays, not a dozen per unit."""
     B = cells.shape[0]
     U = unit_ints.shape[0]
     stages = 3 * U + 3
-    error[0] = -1
-    last = end = t0 + ticks
     # calls take at most 30 arguments (more become *args, which numba does not inline): packed in tuples
     grid, grid_consts = (next_cells, cells, env_steps, obs, side_obs), (goal, start, limit)
     critic_consts = (critic_on, gamma, critic_decay, critic_step)
@@ -199,36 +202,28 @@ def run(t0, ticks, pending0, changed0, m, episodes, gamma_atomic,
             pending_active)
     static = (unit_ints, unit_floats, inputs, keys, decays, initials)
     record = (counts, close_stamp, close_delta, last_executed)
-    # pass 0: every trial until it finishes or the block ends; pass 1: finished trials tick on, inactive,
-    # until the last one finishes (or the block ends), as they do tick by tick
-    for part in range(2):
-        if part == 1:
-            end = t0
-            for b in range(B):
-                if book_active[b]:
-                    end = last
-                    break
-                end = max(end, stop_at[b])
-        for b in range(B):
-            first = t0 if part == 0 else stop_at[b]
-            if part == 0:
-                stop_at[b] = t0
-                if not book_active[b]:
-                    continue
-            if first >= end:
+    for b in range(lo, hi):
+        first = t0 if part == 0 else stop_at[b]
+        if first < 0:
+            continue
+        if part == 0:
+            stop_at[b] = t0
+            if not book_active[b]:
                 continue
-            _load(b, critic_on, w, z, z_scale, unit_ints, keys, state, local)
-            for t in range(first, end):
-                if (part == 0 and not book_active[b]) or (error[0] >= 0 and t > error[0] // (stages * B)):
-                    break
-                if not _tick(b, t, t0, pending0, changed0, m, episodes, gamma_atomic, action_unit, B, U, stages,
-                             grid, grid_consts, (value, critic_delta, critic_active), critic_consts, book, static,
-                             local, record, error):
-                    break
-                if part == 0:
-                    stop_at[b] = t + 1
-            _store(b, critic_on, w, z, z_scale, unit_ints, state, local)
-    return end
+        if first >= end:
+            continue
+        _load(b, critic_on, w, z, z_scale, unit_ints, keys, state, local)
+        for t in range(first, end):
+            if (part == 0 and not book_active[b]) or (error[0] >= 0 and t - t0 > error[0] // (stages * B)):
+                break
+            if not _tick(b, t, t0, pending0, changed0, m, episodes, gamma_atomic, action_unit, B, U, stages,
+                         grid, grid_consts, (value, critic_delta, critic_active), critic_consts, book, static,
+                         local, record, error):
+                stop_at[b] = -1  # failed: pass 1 leaves it where it stopped (the error names its state)
+                break
+            if part == 0:
+                stop_at[b] = t + 1
+        _store(b, critic_on, w, z, z_scale, unit_ints, state, local)
 
 
 @inline
