@@ -5,7 +5,9 @@ each batch size both engines train the same spec and seed (their returns and par
 checked to be identical), and we report per-tick latency (ms per atomic tick of the whole batch) and throughput
 (environment-ticks per second = B x ticks / seconds).  A raw Ray actor round trip and a one-hop
 compiled-graph round trip are measured alongside: the floor at batch 1 is (DAG depth + 1) raw round
-trips (the network has depth 2: the two bits, then the action).
+trips (the network has depth 2: the two bits, then the action).  The in-process engine runs on one
+thread (the basis of the 30% goal: Ray's actors already share this machine's CPUs) and, beside it, on
+every CPU (its default).
 
     PYTHONPATH=. python3 benchmarks/ray_engine.py                 # 1, 16, 256, 4096, 16384
     PYTHONPATH=. python3 benchmarks/ray_engine.py --max-batch 256 # quick
@@ -22,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import ray
 
+from distcoagent.blocks import default_threads
 from distcoagent.engine import InProcessEngine
 from distcoagent.examples import paper_network
 from distcoagent.ray_engine import RayEngine
@@ -93,10 +96,16 @@ def main(argv=None):
     depth = 2
     rows = []
     for B in batches:
-        inproc, seconds = run(lambda: InProcessEngine(paper_network(), GRID, env_kwargs, trials=B, seed=0),
+        # the in-process engine on one thread (the basis the 30% goal was set on) and on every CPU (its default)
+        inproc, seconds = run(lambda: InProcessEngine(paper_network(), GRID, env_kwargs, trials=B, seed=0, threads=1),
                               args.episodes, args.repeats)
+        threaded, threaded_seconds = run(lambda: InProcessEngine(paper_network(), GRID, env_kwargs, trials=B, seed=0),
+                                         args.episodes, args.repeats)
+        assert np.array_equal(threaded.returns, inproc.returns), "threads changed the returns"
         row = {"batch": B, "ticks": inproc.ticks, "inprocess_ms_per_tick": 1e3 * seconds / inproc.ticks,
-               "inprocess_env_ticks_per_s": B * inproc.ticks / seconds}
+               "inprocess_env_ticks_per_s": B * inproc.ticks / seconds,
+               "inprocess_threads": default_threads(),
+               "inprocess_threads_env_ticks_per_s": B * threaded.ticks / threaded_seconds}
         for key, options in variants(B, micro):
             result, seconds = run(lambda: RayEngine(paper_network(), GRID, env_kwargs, trials=B, seed=0,
                                                     **options), args.episodes, args.repeats)
@@ -128,7 +137,10 @@ def main(argv=None):
         ratios = {r["batch"]: best[r["batch"]] / r["inprocess_env_ticks_per_s"] for r in big}
         goals["default_throughput_ratio_vs_inprocess"] = default
         goals["best_throughput_ratio_vs_inprocess"] = ratios
-        goals["throughput_goal_met (>= 0.3, default placement)"] = all(v >= 0.3 for v in default.values())
+        goals["default_throughput_ratio_vs_inprocess_on_every_cpu"] = {
+            r["batch"]: r["ray_env_ticks_per_s"] / r["inprocess_threads_env_ticks_per_s"] for r in big}
+        goals["throughput_goal_met (>= 0.3 of in-process on one thread, default placement)"] = all(
+            v >= 0.3 for v in default.values())
     report = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "ray": ray.__version__,
                           "numpy": np.__version__},
               "settings": {"network": "paper (SPEC §4)", "env": GRID, **env_kwargs, "episodes": args.episodes,
@@ -158,8 +170,10 @@ def variants(B: int, micro: list[int]):
 def _line(row, micro) -> str:
     labels = [k[:-len("_ms_per_tick")] for k in row if k.startswith("ray") and k.endswith("_ms_per_tick")]
     head = ["batch", "ticks", "inprocess"] + labels
+    head.insert(3, f"inprocess, {row['inprocess_threads']} threads")
     cells = [str(row["batch"]), str(row["ticks"]),
-             f"{row['inprocess_ms_per_tick']:.2f} ms, {row['inprocess_env_ticks_per_s']:.3g}/s"]
+             f"{row['inprocess_ms_per_tick']:.2f} ms, {row['inprocess_env_ticks_per_s']:.3g}/s",
+             f"{row['inprocess_threads_env_ticks_per_s']:.3g}/s"]
     cells += [f"{row[l + '_ms_per_tick']:.2f} ms, {row[l + '_env_ticks_per_s']:.3g}/s" for l in labels]
     return " | ".join(f"{h}: {c}" for h, c in zip(head, cells))
 
