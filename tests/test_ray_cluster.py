@@ -66,10 +66,11 @@ def test_a_removed_worker_node_loses_only_time(cluster):
             if self.calls == 3:
                 self.where = {name: p["node_id"] for name, p in self.engine.placement.items()}
                 cluster.remove_node(worker)
+                self.metrics_every = 3600.0  # done: metrics fetched every tick would cost most of the run
 
     observer = RemoveNode()
     engine = RayEngine(paper(), GRID, {"size": 5}, trials=4, seed=9, micro_batches=2, placement="SPREAD",
-                       cpus_per_actor=0.2, snapshot_every=0.0)
+                       cpus_per_actor=0.2, snapshot_every=0.5)
     try:
         on_worker = {name for name, p in engine.placement.items() if p["node_id"] == worker.node_id}
         assert on_worker  # SPREAD put some actors on the node that will go
@@ -82,7 +83,10 @@ def test_a_removed_worker_node_loses_only_time(cluster):
     assert_identical(expected, result)
 
 
-@pytest.mark.parametrize("replicas", [1, 2, 3])
+# two replicas, one per node, by default; one (the plain placement, checked above) and three (two on
+# one node) with -m slow
+@pytest.mark.parametrize("replicas", [pytest.param(1, marks=pytest.mark.slow), 2,
+                                      pytest.param(3, marks=pytest.mark.slow)])
 def test_replicas_on_two_nodes_are_bit_identical_to_in_process(cluster, replicas):
     """R copies of the coagent actors, each serving its own shard of trials, pinned to nodes by
     custom resources; any R gives the in-process engine's numbers."""

@@ -17,6 +17,9 @@ from ray_networks import GRID, assert_identical, in_process, paper  # noqa: E402
 
 OPTIONS = dict(trials=6, envs_per_trial=2, seed=21, micro_batches=2)
 EPISODES = 12
+# snapshots twice a second: a fault restores a recent tick (one every tick would fetch the whole state
+# from every actor every tick)
+SNAPSHOT_EVERY = 0.5
 
 
 pytestmark = pytest.mark.usefixtures("local_ray")
@@ -43,6 +46,8 @@ class Saboteur(Observer):
         if self.calls in self.at:
             self.ticks.append(metrics.tick)
             self.act(self.engine)
+        if self.calls >= max(self.at):
+            self.metrics_every = 3600.0  # done: metrics fetched every tick would cost most of the run
 
 
 def kill_actor(name):
@@ -57,7 +62,7 @@ def sigkill(name):
                          ids=["ray.kill a coagent actor", "SIGKILL the environment actor"])
 def test_a_lost_actor_is_replaced_and_the_run_is_bit_identical(expected, caplog, name, how):
     saboteur = Saboteur(how(name))
-    engine = RayEngine(paper(), GRID, {"size": 5}, snapshot_every=0.0, **OPTIONS)
+    engine = RayEngine(paper(), GRID, {"size": 5}, snapshot_every=SNAPSHOT_EVERY, **OPTIONS)
     try:
         with caplog.at_level(logging.WARNING, logger="distcoagent"):
             result = engine.train(EPISODES, observers=[saboteur])
@@ -75,7 +80,7 @@ def test_a_lost_actor_is_replaced_and_the_run_is_bit_identical(expected, caplog,
 
 def test_a_run_that_keeps_losing_actors_stops_with_a_clear_error():
     saboteur = Saboteur(kill_actor("coagent:act"), at=(2, 4, 6))
-    engine = RayEngine(paper(), GRID, {"size": 5}, max_recoveries=1, snapshot_every=0.0, **OPTIONS)
+    engine = RayEngine(paper(), GRID, {"size": 5}, max_recoveries=1, snapshot_every=SNAPSHOT_EVERY, **OPTIONS)
     try:
         with pytest.raises(RecoveryError, match=r"lost actors 2 times, more than max_recoveries = 1.*"
                                                 r"coagent:act \(coagent\(s\) act\) died at atomic tick"):
@@ -116,7 +121,7 @@ def test_a_failed_run_keeps_its_episodes_and_checkpoint_and_resumes(tmp_path):
     saboteur = Saboteur(kill_actor("coagent:bit_a"), at=(30,))
     with pytest.raises(RecoveryError):
         train(paper(), GRID, env_kwargs={"size": 5}, episodes=EPISODES, engine="ray", out=out,
-              ray_options={"max_recoveries": 0, "snapshot_every": 0.0}, metrics_every=0.0,
+              ray_options={"max_recoveries": 0, "snapshot_every": SNAPSHOT_EVERY}, metrics_every=0.0,
               observers=[saboteur], **OPTIONS)
     assert "RecoveryError" in (out / "error.txt").read_text()
     assert (out / checkpoint.FILE).is_file() and (out / "returns.csv").read_text().count("\n") > 1
