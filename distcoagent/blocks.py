@@ -195,6 +195,12 @@ class TickBlocks:
             weakref.finalize(self, self._executor.shutdown, wait=False)
         return self._executor
 
+    def close(self) -> None:
+        """Stop the threads (they are made again if the blocks run once more)."""
+        if self._executor is not None:
+            self._executor.shutdown(wait=False)
+            self._executor = None
+
     def _rule_arrays(self, unit):
         if unit.kernel.rule == self.k.FROZEN:
             return self.no_trace, self.no_value, self.no_value
@@ -230,7 +236,7 @@ def default_threads() -> int:
     """``DISTCOAGENT_THREADS`` if set, else the CPUs this process may run on."""
     value = os.environ.get("DISTCOAGENT_THREADS", "").strip()
     if value:
-        if not value.isdigit() or int(value) < 1:
+        if not value.isdecimal() or not value.isascii() or int(value) < 1:
             raise SpecError(f"DISTCOAGENT_THREADS: expected a positive integer, got {value!r}")
         return int(value)
     try:

@@ -335,6 +335,8 @@ class InProcessEngine(Engine):
     def close(self):
         for env in self.env_sides:
             env.close()
+        for block in self._blocks or []:
+            block.close()
 
 
 def _feedback_of(env: EnvironmentSide) -> Feedback:

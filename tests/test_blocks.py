@@ -143,21 +143,25 @@ def test_threads_are_checked(monkeypatch):
     for bad in (0, -1, 1.5, True, "2"):
         with pytest.raises(SpecError, match=r"threads: expected a positive integer, got"):
             InProcessEngine(paper_network(), GRID, {"size": 3}, threads=bad)
-    monkeypatch.setenv("DISTCOAGENT_THREADS", "two")
-    with pytest.raises(SpecError, match=r"DISTCOAGENT_THREADS: expected a positive integer, got 'two'"):
-        InProcessEngine(paper_network(), GRID, {"size": 3})
+    for bad in ("two", "0", "\u00b2", "-1"):
+        monkeypatch.setenv("DISTCOAGENT_THREADS", bad)
+        with pytest.raises(SpecError, match=r"DISTCOAGENT_THREADS: expected a positive integer, got "):
+            InProcessEngine(paper_network(), GRID, {"size": 3})
     monkeypatch.setenv("DISTCOAGENT_THREADS", "3")
     assert InProcessEngine(paper_network(), GRID, {"size": 3}).threads == 3
 
 
-def _failure(threads: int, seed: int, observers=()) -> str:
-    """The message of the first failure of a network whose critic diverges."""
+def _failure(threads: int, seed: int, observers=(), partial=None) -> str:
+    """The message of the first failure of a network whose critic diverges (``partial``: a list that
+    gets what the failed run had produced)."""
     network = Network([Coagent("bit", ["obs"], Softmax(2), Constant(0.5), SHARED),
                        Coagent("act", ["obs", "bit"], Softmax(4), Constant(0.5), ActorCritic(actor_step=1e150))],
                       action="act", gamma=0.9, critic=SharedCritic(1e150, 0.9))
     engine = InProcessEngine(network, GRID, {"size": 4, "max_steps": 30}, trials=12, seed=seed, threads=threads)
     with pytest.raises(Exception) as caught:
         engine.train(50, observers=observers)
+    if partial is not None:
+        partial.append(engine.partial)
     return f"{type(caught.value).__name__}: {caught.value}"
 
 
@@ -167,7 +171,12 @@ def test_threads_report_the_failure_the_tick_by_tick_order_meets_first(small_ran
     rows = set()
     for seed in range(4):
         ticked = _failure(1, seed, observers=[EveryTick()])
-        assert _failure(1, seed) == ticked
-        assert _failure(4, seed) == ticked
+        partial = []
+        assert _failure(1, seed, partial=partial) == ticked
+        assert _failure(4, seed, partial=partial) == ticked
         rows.add(ticked)
+        # what the failed run had produced (its counters, returns, parameters) does not depend on the threads
+        one, four = partial
+        assert one.counters == four.counters and np.array_equal(one.returns, four.returns, equal_nan=True)
+        assert not differences(one.params, four.params)
     assert len(rows) > 1, "every seed failed the same way: the test cannot tell ranges apart"

@@ -189,7 +189,9 @@ def run(part, lo, hi, t0, end, pending0, changed0, m, episodes, gamma_atomic,
     range has its own ``counts``, ``local`` and ``error``.
 
     ``error`` = [stage key, unit, code, row] of the failure met first in this range (key -1: none; the
-    caller sets it before pass 0).  ``state``: each unit's arrays (a tuple per field, a unit per entry);
+    caller sets it before pass 0).  A failed trial stops there; the others run on to the block's end
+    (not to the failure's tick, which another range cannot know), so what a failed block leaves is the
+    same on any number of threads.  ``state``: each unit's arrays (a tuple per field, a unit per entry);
     ``local``: a trial's copy of them while its ticks run (its tables flat, its numbers per unit), so
     that a tick reads a few small arrays, not a dozen per unit."""
     B = cells.shape[0]
@@ -214,7 +216,7 @@ def run(part, lo, hi, t0, end, pending0, changed0, m, episodes, gamma_atomic,
             continue
         _load(b, critic_on, w, z, z_scale, unit_ints, keys, state, local)
         for t in range(first, end):
-            if (part == 0 and not book_active[b]) or (error[0] >= 0 and t - t0 > error[0] // (stages * B)):
+            if part == 0 and not book_active[b]:
                 break
             if not _tick(b, t, t0, pending0, changed0, m, episodes, gamma_atomic, action_unit, B, U, stages,
                          grid, grid_consts, (value, critic_delta, critic_active), critic_consts, book, static,
