@@ -190,8 +190,8 @@ def run(part, lo, hi, t0, end, pending0, changed0, m, episodes, gamma_atomic,
 
     ``error`` = [stage key, unit, code, row] of the failure met first in this range (key -1: none; the
     caller sets it before pass 0).  A failed trial stops there; the others run on to the block's end
-    (not to the failure's tick, which another range cannot know), so what a failed block leaves is the
-    same on any number of threads.  ``state``: each unit's arrays (a tuple per field, a unit per entry);
+    (not to the failure's tick, which another range cannot know), so what a failed block leaves does
+    not depend on the threads.  ``state``: each unit's arrays (a tuple per field, a unit per entry);
     ``local``: a trial's copy of them while its ticks run (its tables flat, its numbers per unit), so
     that a tick reads a few small arrays, not a dozen per unit."""
     B = cells.shape[0]
