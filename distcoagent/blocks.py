@@ -227,9 +227,9 @@ MIN_TRIALS_PER_THREAD = 64  # fewer trials per thread than this: fewer threads
 def trial_ranges(trials: int, threads: int) -> list[tuple[int, int]]:
     """Contiguous, nearly equal ranges of trials, one per thread that runs them (at most ``threads``,
     each of at least ``MIN_TRIALS_PER_THREAD`` trials, at least one range)."""
-    n = max(1, min(threads, trials // MIN_TRIALS_PER_THREAD))
-    edges = np.linspace(0, trials, n + 1).round().astype(int)
-    return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:])]
+    from .engine import trial_slices  # the engine imports this module
+
+    return trial_slices(trials, max(1, min(threads, trials // MIN_TRIALS_PER_THREAD)))
 
 
 def default_threads() -> int:

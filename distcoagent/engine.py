@@ -49,8 +49,8 @@ def trial_slices(trials: int, micro_batches: int) -> list[tuple[int, int]]:
     return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:])]
 
 
-def check_counts(trials, envs_per_trial) -> None:
-    for field_name, value in (("trials", trials), ("envs_per_trial", envs_per_trial)):
+def check_counts(trials, envs_per_trial, threads=1) -> None:
+    for field_name, value in (("trials", trials), ("envs_per_trial", envs_per_trial), ("threads", threads)):
         if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
             raise SpecError(f"{field_name}: expected a positive integer, got {value!r}")
 
@@ -114,10 +114,7 @@ class InProcessEngine(Engine):
                  envs_per_trial: int = 1, seed: int = 0, micro_batches: int = 1, compact: bool = True,
                  first_trial: int = 0, episode_keys: EpisodeKeys | None = None, raster: RasterSpec | None = None,
                  forced=None, threads: int | None = None):
-        check_counts(trials, envs_per_trial)
-        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, (int, np.integer))
-                                    or threads < 1):
-            raise SpecError(f"threads: expected a positive integer, got {threads!r}")
+        check_counts(trials, envs_per_trial, 1 if threads is None else threads)
         # threads that run a micro-batch's blocks, each on its own range of trials (no number changes)
         self.threads = int(threads) if threads is not None else default_threads()
         self.forced = forced  # a recorded execution pattern to impose (``replay.ExecutionSchedule``)

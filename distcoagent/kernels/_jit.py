@@ -18,14 +18,14 @@ from numba.core.cpu import CPUTargetOptions
 _NO_REFCOUNT = {"_nrt": False} if hasattr(CPUTargetOptions, "_nrt") else {}
 
 
-def kernel(fn):
+def kernel(fn, nogil: bool = False):
     """A kernel called from Python: arrays in, numbers out, nothing allocated."""
-    return numba.njit(cache=True, error_model="numpy", **_NO_REFCOUNT)(fn)
+    return numba.njit(cache=True, error_model="numpy", nogil=nogil, **_NO_REFCOUNT)(fn)
 
 
 def kernel_nogil(fn):
     """A kernel that releases the GIL while it runs (Python threads run it at once on disjoint rows)."""
-    return numba.njit(cache=True, error_model="numpy", nogil=True, **_NO_REFCOUNT)(fn)
+    return kernel(fn, nogil=True)
 
 
 def inline(fn):
