@@ -148,6 +148,8 @@ class TickBlocks:
         for part in (0, 1):
             if part == 1:  # finished trials tick on (inactive) until the last trial finishes, or the block ends
                 end = last if book.active.any() else max(t0, int(stop_at.max()))
+                if not (stop_at[stop_at >= 0] < end).any():
+                    break  # no trial has inactive ticks to run
             calls = [(part, lo, hi, t0, last if part == 0 else end, *shared, counts[c], locals_[c], errors[c])
                      for c, (lo, hi) in enumerate(ranges)]
             if len(calls) == 1:
