@@ -69,6 +69,7 @@ class TickBlocks:
                                np.empty(1), np.empty(widest), np.empty(U, dtype=np.int64))
         self.local: list[tuple] = []  # one per range of trials run at once
         self.threads = threads
+        self._ranges: tuple[int, list] = (0, [])  # (batch size, its ranges of trials)
         self._executor, self._executor_pid = None, None
         self.no_param, self.no_trace, self.no_value = _NO_PARAM, _NO_TRACE, _NO_VALUE
 
@@ -140,7 +141,9 @@ class TickBlocks:
              tuple(u.episode_tick for u in units), tuple(u.env_tick for u in units), tuple(u.env_ids for u in units),
              tuple(u.stream_reward for u in units), tuple(u.stream_discount for u in units)),
             close_stamp, close_delta, last_executed, stop_at)
-        ranges = trial_ranges(B, self.threads)
+        if self._ranges[0] != B:  # the batch changed (finished trials cut out or put back)
+            self._ranges = (B, trial_ranges(B, self.threads))
+        ranges = self._ranges[1]
         counts = np.zeros((len(ranges), U, 6), dtype=np.int64)
         errors = np.full((len(ranges), 4), -1, dtype=np.int64)
         locals_ = self._locals(len(ranges))
