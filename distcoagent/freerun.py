@@ -491,6 +491,8 @@ class FreeCoagent:
         self.straight = not self.delay and not self.rate and len(slices) == 1  # see _try
         self.wait = [0.2] * len(slices)  # each micro-batch's last read's wait
         self.inputs: list[dict] = [{} for _ in slices]
+        self.settled: list[dict | None] = [None] * len(slices)  # figures to export (see _export_settled)
+        self.fresh: set[int] = set()
         self.loops = 0
         self.looping = False
         self.loop_seconds, self.loop_started = 0.0, 0.0  # time spent in ``run`` (for loops per second)
@@ -566,6 +568,8 @@ class FreeCoagent:
                     pending = message.tick
                 else:
                     side.act(None, view.inputs, holds)
+            if self.exporter is not None and taken is None and k not in self.fresh and self.exporter.due():
+                self._export_settled(k)
             if pending is not None:
                 acted, taken = self._try(k, pending, view)
                 pending = None if acted else pending
@@ -575,10 +579,19 @@ class FreeCoagent:
             self.done[k] = pending is None and taken is None and (
                 flushed or (view.done and not view.messages) or self.done[k])
             self.loops += 1
-            if self.exporter is not None and k == len(self.sides) - 1:
-                self.exporter.maybe_export(self.sides)
         with self.progress:
             self.progress.notify_all()
+
+    def _export_settled(self, k: int) -> None:
+        """Micro-batch k has no publication awaiting the board's word: note its figures, and export
+        once every micro-batch still running has noted its own since the last export.  Figures with
+        a step that may yet be taken back are never exported (Ray's counters only go up)."""
+        self.settled[k] = self.sides[k].metrics()
+        self.fresh.add(k)
+        if all(j in self.fresh or self.done[j] for j in range(len(self.sides))):
+            parts = [self.settled[j] if j in self.fresh else self.sides[j].metrics() for j in range(len(self.sides))]
+            self.exporter.maybe_export(self.sides, force=True, parts=parts)
+            self.fresh.clear()
 
     @staticmethod
     def _take_back(side, before: dict) -> None:

@@ -197,6 +197,40 @@ def test_an_output_computed_from_an_input_that_changed_before_the_seal_is_revoke
     assert unit.output[[0, 1]].tolist() == held
 
 
+class Recorder:
+    """Stands in for the Ray metrics exporter: notes the executions it would send, always due."""
+
+    def __init__(self):
+        self.sent = []
+
+    def due(self):
+        return True
+
+    def maybe_export(self, sides, force=False, parts=None):
+        parts = [s.metrics() for s in sides] if parts is None else parts
+        self.sent.append(sum(p["act"]["executions"] for p in parts))
+
+
+def test_a_step_that_may_be_taken_back_is_not_exported():
+    """Ray's counters only go up: an execution exported before its revocation would be counted
+    twice once done again (a CI run's endpoint read 166 executions where the run had 164)."""
+    run = Run(always())
+    act = run.coagents["act"]
+    act.exporter = recorder = Recorder()
+    run.step(["bit_a", "bit_b", "act"])
+    assert run.board.open_step()
+    for name in ("bit_a", "act", "bit_b"):  # act publishes on bit_b's old output: revoked at the seal
+        run.coagents[name].iterate(0, 0.0)
+    run.board.seal_step()
+    assert run.board.counters["act"].revoked == 1
+    act.iterate(0, 0.0)  # taken back: a hold
+    run.step(["bit_a", "bit_b", "act"])
+    act.iterate(0, 0.0)  # the last step settles
+    final = run.unit("act").counters["executions"]
+    assert final == 8 and recorder.sent  # two steps stood, 4 environments each
+    assert recorder.sent == sorted(recorder.sent) and recorder.sent[-1] == final
+
+
 @pytest.mark.parametrize("make", [paper, recurrent], ids=["paper", "recurrent"])
 def test_threads_replay_bit_for_bit(make):
     run = Run(make(), trials=6, episodes=6, rate=300)

@@ -46,14 +46,20 @@ class CoagentExporter:
                                  "mean atomic ticks between executions, per export", INTERVAL_BOUNDARIES, tags)
         self.sent: dict[str, dict] = {}
 
-    def maybe_export(self, sides, force: bool = False) -> None:
+    def due(self) -> bool:
+        return time.monotonic() >= self.next
+
+    def maybe_export(self, sides, force: bool = False, parts: list[dict] | None = None) -> None:
+        """Export the sides' figures if a second has passed (or ``force``).  ``parts``: the sides'
+        ``metrics()`` taken earlier, in their stead (the free-running loop passes settled figures:
+        a counter sent to Ray cannot go down if a tentative step is taken back)."""
         now = time.monotonic()
         if not force and now < self.next:
             return
         self.next = now + self.every
         # the same sums as the dashboard's (contract.combine_metrics), over this actor's micro-batches
-        totals = combine_metrics([], [side.metrics() for side in sides], seconds=0.0, episodes_target=None,
-                                 order=list(sides[0].units)).coagents
+        parts = [side.metrics() for side in sides] if parts is None else parts
+        totals = combine_metrics([], parts, seconds=0.0, episodes_target=None, order=list(sides[0].units)).coagents
         for name, m in totals.items():
             t = {"executions": m.executions, "ticks": m.ticks, "updates": m.updates, "intervals": m.intervals,
                  "interval_ticks": m.interval_ticks}
