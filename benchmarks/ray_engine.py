@@ -5,7 +5,9 @@ each batch size both engines train the same spec and seed (their returns and par
 checked to be identical), and we report per-tick latency (ms per atomic tick of the whole batch) and throughput
 (environment-ticks per second = B x ticks / seconds).  A raw Ray actor round trip and a one-hop
 compiled-graph round trip are measured alongside: the floor at batch 1 is (DAG depth + 1) raw round
-trips (the network has depth 2: the two bits, then the action).  The in-process engine runs on one
+trips (the network has depth 2: the two bits, then the action).  It also measures what a waiting
+compiled-graph reader costs: the CPU an actor burns while the stage before it sleeps (readers spin,
+so on a machine with fewer cores than actors the waiting ones take CPU from the working ones).  The in-process engine runs on one
 thread (the basis of the 30% goal: Ray's actors already share this machine's CPUs) and, beside it, on
 every CPU (its default).
 
@@ -63,6 +65,43 @@ def round_trips(n: int = 500) -> dict:
     return {"plain_ms": plain, "compiled_ms": compiled_ms}
 
 
+@ray.remote(num_cpus=0)
+class Sleeper:
+    def pid(self):
+        return os.getpid()
+
+    def nap(self, x):
+        time.sleep(0.05)
+        return x
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def reader_spin(n: int = 40) -> dict | None:
+    """CPU a compiled-graph reader burns while it waits: one stage sleeps 50 ms a call, the next
+    (an echo) waits for it; the waiting actor's CPU seconds over the wall seconds (Linux only)."""
+    from ray.dag import InputNode
+
+    if not Path("/proc/self/stat").exists():
+        return None
+    sleeper, echo = Sleeper.remote(), Echo.remote()
+    pid = ray.get(echo.__ray_call__.remote(lambda self: os.getpid()))
+    with InputNode() as inp:
+        dag = echo.echo.bind(sleeper.nap.bind(inp))
+    compiled = dag.experimental_compile()
+    ray.get(compiled.execute(0))
+    before, start = _cpu_seconds(pid), time.perf_counter()
+    for i in range(n):
+        ray.get(compiled.execute(i))
+    wall = time.perf_counter() - start
+    waiting_cpu = _cpu_seconds(pid) - before
+    compiled.teardown(kill_actors=True)
+    return {"wall_s": wall, "waiting_actor_cpu_s": waiting_cpu, "share_of_a_core": waiting_cpu / wall}
+
+
 def run(make, episodes: int, repeats: int) -> tuple[object, float]:
     """Train ``repeats`` fresh engines; the fastest run's seconds (2 shared cores make single runs noisy)."""
     best = None
@@ -93,6 +132,7 @@ def main(argv=None):
 
     ray.init(include_dashboard=False, logging_level="ERROR", log_to_driver=False)
     floor = round_trips()
+    spin = reader_spin()
     depth = 2
     rows = []
     for B in batches:
@@ -145,10 +185,14 @@ def main(argv=None):
                           "numpy": np.__version__},
               "settings": {"network": "paper (SPEC §4)", "env": GRID, **env_kwargs, "episodes": args.episodes,
                            "repeats": args.repeats},
-              "round_trip": floor, "rows": rows, "goals": goals}
+              "round_trip": floor, "reader_spin": spin, "rows": rows, "goals": goals}
     print(f"\nraw actor round trip {floor['plain_ms']:.3f} ms, compiled-graph round trip "
           f"{floor['compiled_ms']:.3f} ms; floor at batch 1 = (depth {depth} + 1) x raw = "
           f"{goals['floor_ms_at_batch_1']:.2f} ms")
+    if spin is not None:
+        print(f"a compiled-graph reader waiting on a stage that sleeps 50 ms a call burns "
+              f"{spin['share_of_a_core']:.0%} of a core ({spin['waiting_actor_cpu_s']:.2f} s of CPU in "
+              f"{spin['wall_s']:.2f} s)")
     for k, v in goals.items():
         print(f"  {k}: {v}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
