@@ -493,6 +493,7 @@ class FreeCoagent:
         self.inputs: list[dict] = [{} for _ in slices]
         self.settled: list[dict | None] = [None] * len(slices)  # figures to export (see _export_settled)
         self.fresh: set[int] = set()
+        self.exporting = threading.Lock()  # the notes and the exporter (the loop's thread, the driver's calls)
         self.loops = 0
         self.looping = False
         self.loop_seconds, self.loop_started = 0.0, 0.0  # time spent in ``run`` (for loops per second)
@@ -510,6 +511,9 @@ class FreeCoagent:
             self.sides[k].load_state_dict(coagent_state)
             self.sequence[k], self.done[k], self.pending[k], self.next_view[k] = 0, False, None, None
             self.taken[k] = None
+        with self.exporting:  # figures noted before the restore are not this run's any more
+            self.settled[k] = None
+            self.fresh.discard(k)
 
     # ------------------------------------------------------------------ the loop
     def run(self, wait: float = 0.2) -> int:
@@ -586,12 +590,14 @@ class FreeCoagent:
         """Micro-batch k has no publication awaiting the board's word: note its figures, and export
         once every micro-batch still running has noted its own since the last export.  Figures with
         a step that may yet be taken back are never exported (Ray's counters only go up)."""
-        self.settled[k] = self.sides[k].metrics()
-        self.fresh.add(k)
-        if all(j in self.fresh or self.done[j] for j in range(len(self.sides))):
-            parts = [self.settled[j] if j in self.fresh else self.sides[j].metrics() for j in range(len(self.sides))]
-            self.exporter.maybe_export(self.sides, force=True, parts=parts)
-            self.fresh.clear()
+        with self.exporting:
+            self.settled[k] = self.sides[k].metrics()
+            self.fresh.add(k)
+            if all(j in self.fresh or self.done[j] for j in range(len(self.sides))):
+                parts = [self.settled[j] if j in self.fresh else self.sides[j].metrics()
+                         for j in range(len(self.sides))]
+                self.exporter.maybe_export(self.sides, force=True, parts=parts)
+                self.fresh.clear()
 
     @staticmethod
     def _take_back(side, before: dict) -> None:
@@ -669,7 +675,9 @@ class FreeCoagent:
 
     def result(self) -> list[dict]:
         if self.exporter is not None:
-            self.exporter.maybe_export(self.sides, force=True)
+            with self.exporting:  # the run is settled here (finished, or stopped at a consistent cut)
+                self.exporter.maybe_export(self.sides, force=True)
+                self.fresh.clear()
         out = []
         for k, side in enumerate(self.sides):
             with self.locks[k]:

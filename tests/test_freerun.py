@@ -219,7 +219,9 @@ def test_a_step_that_may_be_taken_back_is_not_exported():
     act.exporter = recorder = Recorder()
     run.step(["bit_a", "bit_b", "act"])
     assert run.board.open_step()
-    for name in ("bit_a", "act", "bit_b"):  # act publishes on bit_b's old output: revoked at the seal
+    # act publishes on bit_b's old output, goes round again while that awaits the board's word (its
+    # figures then are not settled), and the publication is revoked at the seal
+    for name in ("bit_a", "act", "act", "bit_b"):
         run.coagents[name].iterate(0, 0.0)
     run.board.seal_step()
     assert run.board.counters["act"].revoked == 1
@@ -229,6 +231,31 @@ def test_a_step_that_may_be_taken_back_is_not_exported():
     final = run.unit("act").counters["executions"]
     assert final == 8 and recorder.sent  # two steps stood, 4 environments each
     assert recorder.sent == sorted(recorder.sent) and recorder.sent[-1] == final
+
+
+def test_the_exporter_does_not_count_again_figures_that_went_back_and_regrew():
+    """A restored run's counters go back, then regrow: only what passes the highest figure sent is
+    new (Ray's counters only go up)."""
+    from distcoagent.ray_engine.exporter import CoagentExporter
+
+    run = Run(always())
+    run.step(["bit_a", "bit_b", "act"])
+    side = run.coagents["act"].sides[0]
+    exporter, sent = CoagentExporter("test"), []
+
+    class Counter:
+        def __init__(self, key):
+            self.key = key
+
+        def inc(self, value, tags):
+            sent.append((self.key, tags["coagent"], value))
+
+    exporter.counters = {key: Counter(key) for key in exporter.counters}
+    for executions in (4, 2, 6):
+        parts = side.metrics()
+        parts["act"] = {**parts["act"], "executions": executions}
+        exporter.maybe_export([side], force=True, parts=[parts])
+    assert sum(v for key, name, v in sent if key == "executions" and name == "act") == 6
 
 
 @pytest.mark.parametrize("make", [paper, recurrent], ids=["paper", "recurrent"])

@@ -77,7 +77,9 @@ class CoagentExporter:
             closed = t["intervals"] - before["intervals"]
             if closed > 0:
                 self.between.observe((t["interval_ticks"] - before["interval_ticks"]) / closed, tags)
-            self.sent[name] = {k: t[k] for k in ("executions", "ticks", "updates", "intervals", "interval_ticks")}
+            # never lowered: figures that go back (a restored run) are not counted again as they regrow
+            self.sent[name] = {k: max(t[k], before[k])
+                               for k in ("executions", "ticks", "updates", "intervals", "interval_ticks")}
 
 
 class RunExporter:
