@@ -491,8 +491,8 @@ class FreeCoagent:
         self.straight = not self.delay and not self.rate and len(slices) == 1  # see _try
         self.wait = [0.2] * len(slices)  # each micro-batch's last read's wait
         self.inputs: list[dict] = [{} for _ in slices]
-        self.settled: list[dict | None] = [None] * len(slices)  # figures to export (see _export_settled)
-        self.fresh: set[int] = set()
+        # each micro-batch's figures noted since the last export (None: not yet; see _export_settled)
+        self.settled: list[dict | None] = [None] * len(slices)
         self.exporting = threading.Lock()  # the notes and the exporter (the loop's thread, the driver's calls)
         self.loops = 0
         self.looping = False
@@ -513,7 +513,6 @@ class FreeCoagent:
             self.taken[k] = None
         with self.exporting:  # figures noted before the restore are not this run's any more
             self.settled[k] = None
-            self.fresh.discard(k)
 
     # ------------------------------------------------------------------ the loop
     def run(self, wait: float = 0.2) -> int:
@@ -572,7 +571,7 @@ class FreeCoagent:
                     pending = message.tick
                 else:
                     side.act(None, view.inputs, holds)
-            if self.exporter is not None and taken is None and k not in self.fresh and self.exporter.due():
+            if self.exporter is not None and taken is None and self.settled[k] is None and self.exporter.due():
                 self._export_settled(k)
             if pending is not None:
                 acted, taken = self._try(k, pending, view)
@@ -592,12 +591,10 @@ class FreeCoagent:
         a step that may yet be taken back are never exported (Ray's counters only go up)."""
         with self.exporting:
             self.settled[k] = self.sides[k].metrics()
-            self.fresh.add(k)
-            if all(j in self.fresh or self.done[j] for j in range(len(self.sides))):
-                parts = [self.settled[j] if j in self.fresh else self.sides[j].metrics()
-                         for j in range(len(self.sides))]
+            if all(m is not None or done for m, done in zip(self.settled, self.done)):
+                parts = [side.metrics() if m is None else m for m, side in zip(self.settled, self.sides)]
                 self.exporter.maybe_export(self.sides, force=True, parts=parts)
-                self.fresh.clear()
+                self.settled = [None] * len(self.sides)
 
     @staticmethod
     def _take_back(side, before: dict) -> None:
@@ -677,7 +674,7 @@ class FreeCoagent:
         if self.exporter is not None:
             with self.exporting:  # the run is settled here (finished, or stopped at a consistent cut)
                 self.exporter.maybe_export(self.sides, force=True)
-                self.fresh.clear()
+                self.settled = [None] * len(self.sides)
         out = []
         for k, side in enumerate(self.sides):
             with self.locks[k]:

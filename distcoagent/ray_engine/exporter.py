@@ -53,10 +53,9 @@ class CoagentExporter:
         """Export the sides' figures if a second has passed (or ``force``).  ``parts``: the sides'
         ``metrics()`` taken earlier, in their stead (the free-running loop passes settled figures:
         a counter sent to Ray cannot go down if a tentative step is taken back)."""
-        now = time.monotonic()
-        if not force and now < self.next:
+        if not force and not self.due():
             return
-        self.next = now + self.every
+        self.next = time.monotonic() + self.every
         # the same sums as the dashboard's (contract.combine_metrics), over this actor's micro-batches
         parts = [side.metrics() for side in sides] if parts is None else parts
         totals = combine_metrics([], parts, seconds=0.0, episodes_target=None, order=list(sides[0].units)).coagents
