@@ -20,3 +20,14 @@ def local_ray():
              runtime_env={"env_vars": {"PYTHONPATH": path}})
     yield
     ray.shutdown()
+
+
+@pytest.hookimpl(trylast=True)  # after pytest's faulthandler plugin has disabled its own
+def pytest_unconfigure(config):
+    """Keep a fatal error after the last test visible: pytest's own faulthandler stops at unconfigure, and a
+    crash while the interpreter exits (Ray's and numba's threads are still being torn down) would otherwise
+    turn a passing run into a bare exit code 139. One such exit was seen once, after every test passed."""
+    import faulthandler
+
+    if not faulthandler.is_enabled():
+        faulthandler.enable(file=sys.__stderr__, all_threads=True)
