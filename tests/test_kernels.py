@@ -15,7 +15,8 @@ from distcoagent.features import Fourier  # noqa: E402
 from distcoagent.network import Network, SharedCritic  # noqa: E402
 from distcoagent.policies import Bernoulli, Gaussian, Softmax  # noqa: E402
 from distcoagent.rng import Stream  # noqa: E402
-from distcoagent.rules import ActorCritic, LearningRule, Reinforce  # noqa: E402
+from distcoagent.networks import option_critic as expected_option_critic  # noqa: E402
+from distcoagent.rules import ActorCritic, ExpectedActorCritic, LearningRule, Reinforce  # noqa: E402
 from ray_networks import option_critic  # noqa: E402
 
 GRID = "distcoagent/GridWorld-v0"
@@ -52,6 +53,10 @@ CASES = {
                                                                          micro_batches=2)),
     "bernoulli, own critics, two ticks per step": (bernoulli_bits, GRID, {"size": 4}, dict(trials=4)),
     "option-critic shape": (option_critic, GRID, {"size": 4}, dict(trials=4, envs_per_trial=2)),
+    # the expected actor-critic (one-step Q critics, a bernoulli termination with a cost of stopping, a
+    # driven policy over options): the sums over outputs are numpy's in another order, a few last bits
+    "expected actor-critic (option-critic, Four Rooms)": (expected_option_critic, "distcoagent/FourRooms-v0",
+                                                          {"max_steps": 200}, dict(trials=3, envs_per_trial=2)),
     "frozen beside numpy-only coagents": (frozen_and_numpy_only, GRID, {"size": 3}, dict(trials=3)),
     "linear features (gymnasium env)": (linear, "CartPole-v1", {}, dict(trials=2, envs_per_trial=2)),
 }
@@ -85,6 +90,10 @@ def test_kernels_and_numpy_run_the_same_episodes(case):
     with kernels.disabled():
         numpy_run = _train(case)
     assert_same_run(compiled, numpy_run, rtol=1e-7 if "linear" in case else 1e-9)
+    # the runs above ran on the kernels they test (a unit without one runs numpy in both)
+    engine = InProcessEngine(CASES[case][0](), CASES[case][1], CASES[case][2], trials=2)
+    assert any(unit.kernel is not None for unit in engine.batches[0].units.values())
+    engine.close()
 
 
 def test_the_paper_network_runs_on_kernels_and_others_fall_back():
@@ -96,6 +105,11 @@ def test_the_paper_network_runs_on_kernels_and_others_fall_back():
     assert unit.kernel is None
     paper = InProcessEngine(paper_network(), GRID, {"size": 5}, trials=2)
     assert all(u.kernel is not None for u in paper.batches[0].units.values())
+    options = InProcessEngine(expected_option_critic(), "distcoagent/FourRooms-v0", {}, trials=2)
+    assert all(u.kernel is not None for u in options.batches[0].units.values())
+    traced = expected_option_critic(rules={"act": ExpectedActorCritic(1.0, lam=0.5)})  # dense traces: numpy
+    units = InProcessEngine(traced, "distcoagent/FourRooms-v0", {}, trials=2).batches[0].units
+    assert units["act"].kernel is None and units["option"].kernel is not None
 
 
 def test_switching_between_kernels_and_numpy_mid_run_changes_no_episode():
@@ -152,6 +166,10 @@ def _error(run) -> str:
     (lambda: Network([Coagent("act", ["obs"], Softmax(2), rule=ActorCritic(actor_step=1e306, critic_step=1e306,
                                                                            critic="own"))], action="act"),
      {"rewards": [1e10] * 5}),  # diverging parameters
+    (lambda: Network([Coagent("act", ["obs"], Softmax(2), rule=ExpectedActorCritic(1e306, initial_value=1e306))],
+                     action="act"), {"rewards": [1.0] * 5}),  # an expected actor update overflows
+    (lambda: Network([Coagent("act", ["obs"], Bernoulli(), rule=ExpectedActorCritic(critic_step=1e306))],
+                     action="act"), {"rewards": [1e306] * 5}),  # its critic diverges
 ])
 def test_non_finite_values_stop_the_run_with_the_same_message(network, kwargs):
     def run():

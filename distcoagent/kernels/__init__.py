@@ -85,9 +85,10 @@ def compile_times() -> dict:
 def compile_all() -> float:
     """Compile (or load from the on-disk cache) every kernel; returns the seconds it took."""
     start = time.perf_counter()
-    from . import coagent, critic, gridworld
+    from . import coagent, critic, expected, gridworld
 
     coagent.warm_up()
+    expected.warm_up()
     critic.warm_up()
     gridworld.warm_up()
     from .. import blocks

@@ -237,20 +237,24 @@ class UnitKernel:
     def of(cls, unit) -> "UnitKernel | None":
         """The kernel for this unit, or None if its kind has none (the numpy code runs)."""
         from ..policies import Bernoulli, Softmax
-        from ..rules import ActorCritic, LearningRule
+        from ..rules import ActorCritic, ExpectedActorCritic, LearningRule
 
         kinds = {Softmax: policies.SOFTMAX, Bernoulli: policies.BERNOULLI}
         policy = kinds.get(type(unit.policy))
         if policy is None or unit.policy_param_names != ("W",):
             return None
+        initial = unit.coagent.initial
+        if not (initial == "uniform" or isinstance(initial, tuple)):
+            return None
         if type(unit.rule) is LearningRule:
             rule = FROZEN
         elif type(unit.rule) is ActorCritic:
             rule = OWN if unit.rule.critic == "own" else SHARED
+        elif type(unit.rule) is ExpectedActorCritic and unit.rule.one_step(unit):
+            from .expected import ExpectedKernel
+
+            return ExpectedKernel(unit, policy)
         else:
-            return None
-        initial = unit.coagent.initial
-        if not (initial == "uniform" or isinstance(initial, tuple)):
             return None
         return cls(unit, policy, rule)
 
