@@ -184,3 +184,19 @@ def test_non_finite_values_stop_the_run_with_the_same_message(network, kwargs):
 def test_compile_all_reports_seconds_and_loads_from_the_cache():
     first = kernels.compile_all()
     assert first >= 0 and kernels.compile_all() < 5.0
+
+
+@pytest.mark.slow  # compiles every kernel again, with bounds checks, into a cache of its own (about a minute)
+def test_kernels_index_only_inside_their_arrays(tmp_path):
+    """The kernels run unchecked: an index past an array's end writes into whatever lies there, and a
+    crash may come tests later (an expected-actor-critic kernel once wrote a bernoulli's second weight
+    one element past its row). Here the comparisons above run with numba's bounds checks on."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "NUMBA_BOUNDSCHECK": "1", "NUMBA_CACHE_DIR": str(tmp_path / "cache")}
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k",
+                           "same_episodes or same_message or switching"], env=env, capture_output=True, text=True,
+                          timeout=900)
+    assert proc.returncode == 0 and " passed" in proc.stdout, proc.stdout[-3000:] + proc.stderr[-2000:]
