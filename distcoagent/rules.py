@@ -477,10 +477,11 @@ class ExpectedActorCritic(LearningRule):
         stats = unit.policy.forward(unit.params, x, rows)
         probs = unit.policy.probabilities(stats)
         q = x.linear(st["q"], rows)
-        shaped = q - np.asarray(self.costs) if self.costs else q
-        advantage = shaped - (probs * shaped).sum(axis=1, keepdims=True)
-        u, gradient = _expected_score(unit.policy, stats, probs, {k: g[rows] for k, g in score.items()},
-                                      self.actor_step * probs * advantage)
+        with np.errstate(over="ignore", invalid="ignore"):  # a non-finite update is reported below, by name
+            shaped = q - np.asarray(self.costs) if self.costs else q
+            advantage = shaped - (probs * shaped).sum(axis=1, keepdims=True)
+            u, gradient = _expected_score(unit.policy, stats, probs, {k: g[rows] for k, g in score.items()},
+                                          self.actor_step * probs * advantage)
         st["q_last"][rows] = q[np.arange(rows.size), u]
         # critic: decay (a first execution finds its traces reset to 0), add grad_q Q(x_j, u_j)
         if "x_last" in st:
