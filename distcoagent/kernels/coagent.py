@@ -27,6 +27,27 @@ EXECUTION_SLOT, POLICY_SLOT, INITIAL_OUTPUT_SLOT = 0, 1, 48
 
 
 @inline
+def execution_draw(b, active, key, env_ids, env_tick, beta, executed, executes, closing):
+    """Whether row ``b`` executes this tick (its keyed draw below ``beta``: one probability for every row,
+    execution kind "constant", or one per row) and so closes its open interval, into ``executes[b]`` and
+    ``closing[b]``; returns the first."""
+    ex = active[b] and uniform(key, env_ids[b], env_tick[b], EXECUTION_SLOT) < beta[0 if beta.shape[0] == 1 else b]
+    executes[b] = ex
+    closing[b] = ex and executed[b]
+    return ex
+
+
+@inline
+def hold(b, u, output, stream_reward, stream_discount, last_execution_tick, episode_tick, executed):
+    """Row ``b`` executed with output ``u``: it holds ``u``, and a new interval (reward stream) opens."""
+    output[b] = u
+    stream_reward[b] = 0.0
+    stream_discount[b] = 1.0
+    last_execution_tick[b] = episode_tick[b]
+    executed[b] = True
+
+
+@inline
 def _close_trial(p, E, closing, delta, W, zW, z_scale, critic, z_critic, rule, actor_step, critic_step,
                  weights, acc, critic_acc):
     """Apply the closed executions of trial ``p``: W += actor_step * delta * z (own critic likewise)."""
@@ -67,19 +88,13 @@ def act(tabular, index, phi, beta, active, key, env_ids, env_tick,
     n = W.shape[1]
     n_exec = n_close = interval_ticks = n_active = 0
     # 1. who executes and closes, and the TD errors of the closing (nothing changes yet)
-    constant = beta.shape[0] == 1  # one probability for every row (execution kind "constant")
     for b in range(B):
         if tabular and not 0 <= index[b] < n:
             return n_exec, n_close, interval_ticks, n_active, LOCAL_STATE, b
-        runs = active[b]
-        n_active += runs
-        ex = runs and uniform(key, env_ids[b], env_tick[b], EXECUTION_SLOT) < beta[0 if constant else b]
-        executes[b] = ex
-        n_exec += ex
-        closes = ex and executed[b]
-        closing[b] = closes
+        n_active += active[b]
+        n_exec += execution_draw(b, active, key, env_ids, env_tick, beta, executed, executes, closing)
         d = 0.0
-        if closes:
+        if closing[b]:
             n_close += 1
             interval_ticks += episode_tick[b] - last_execution_tick[b]
             if rule != FROZEN:
@@ -133,12 +148,33 @@ def act(tabular, index, phi, beta, active, key, env_ids, env_tick,
                 v_last[b] = policies.linear(critic, p, tabular, index, phi, b, 0)
             else:
                 v_last[b] = shared_value[b]
-        output[b] = chosen[b]
-        stream_reward[b] = 0.0
-        stream_discount[b] = 1.0
-        last_execution_tick[b] = episode_tick[b]
-        executed[b] = True
+        hold(b, chosen[b], output, stream_reward, stream_discount, last_execution_tick, episode_tick, executed)
     return n_exec, n_close, interval_ticks, n_active, OK, -1
+
+
+@inline
+def stream_and_ends(reward, ended, active, executed, stream_reward, stream_discount, gamma_atomic, learns, v_last,
+                    ending, delta):
+    """The tick's reward into each row's stream; ``ending``: the rows whose episode ended after an
+    execution, ``delta``: their TD errors with V = 0 (if ``learns``).  Returns (episodes ended, intervals
+    closed by a learning rule, the first row whose reward is not finite or -1: then nothing changed)."""
+    for b in range(reward.shape[0]):
+        if not np.isfinite(reward[b]):
+            return 0, 0, b
+    n_episodes = n_close = 0
+    for b in range(reward.shape[0]):
+        stream_reward[b] += stream_discount[b] * reward[b]
+        stream_discount[b] *= gamma_atomic
+        ends = ended[b] and active[b]
+        n_episodes += ends
+        closes = ends and executed[b]
+        ending[b] = closes
+        d = 0.0
+        if closes and learns:
+            n_close += 1
+            d = (stream_reward[b] + stream_discount[b] * 0.0) - v_last[b]
+        delta[b] = d
+    return n_episodes, n_close, -1
 
 
 @kernel
@@ -149,22 +185,10 @@ def observe(reward, ended, active, executed, stream_reward, stream_discount, env
 
     Returns (episodes ended, intervals closed, error code, error row)."""
     B = reward.shape[0]
-    for b in range(B):
-        if not np.isfinite(reward[b]):
-            return 0, 0, REWARD, b
-    n_episodes = n_close = 0
-    for b in range(B):
-        stream_reward[b] += stream_discount[b] * reward[b]
-        stream_discount[b] *= gamma_atomic
-        ends = ended[b] and active[b]
-        n_episodes += ends
-        closes = ends and executed[b]
-        ending[b] = closes
-        d = 0.0
-        if closes and rule != FROZEN:
-            n_close += 1
-            d = (stream_reward[b] + stream_discount[b] * 0.0) - v_last[b]
-        delta[b] = d
+    n_episodes, n_close, bad = stream_and_ends(reward, ended, active, executed, stream_reward, stream_discount,
+                                               gamma_atomic, rule != FROZEN, v_last, ending, delta)
+    if bad >= 0:
+        return 0, 0, REWARD, bad
     if n_close:
         for b in range(B):
             if ending[b] and not np.isfinite(delta[b]):
@@ -290,6 +314,10 @@ class UnitKernel:
             self.chosen)
         if error:
             self._raise(unit, error, row, x)
+        return self.account(unit, executes, closing, delta, n_exec, n_close, interval_ticks, n_active)
+
+    def account(self, unit, executes, closing, delta, n_exec, n_close, interval_ticks, n_active):
+        """A tick's counts into the unit's counters (as its numpy step counts them); its outputs."""
         if n_close:
             unit.intervals["count"] += n_close
             unit.intervals["ticks"] += interval_ticks

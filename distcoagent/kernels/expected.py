@@ -19,7 +19,8 @@ import numpy as np
 
 from . import policy as policies
 from ._jit import inline, kernel
-from .coagent import EXECUTION_SLOT, LOCAL_STATE, OK, POLICY_OUTPUT, POLICY_SLOT, REWARD, TD_ERROR
+from .coagent import (FROZEN, LOCAL_STATE, OK, POLICY_OUTPUT, POLICY_SLOT, REWARD, TD_ERROR, UnitKernel,
+                      execution_draw, hold, stream_and_ends)
 from .draws import uniform
 
 ACTOR_UPDATE = 5  # a non-finite actor update (the numpy code's "actor update")
@@ -50,20 +51,14 @@ def act(policy, index, n_local, beta, active, key, env_ids, env_tick, output, st
     B = env_ids.shape[0]
     n = q.shape[2]
     n_exec = n_close = interval_ticks = n_active = 0
-    constant = beta.shape[0] == 1
     # 1. who executes and closes; the TD errors of the closing, from this tick's Q and W
     for b in range(B):
         if not 0 <= index[b] < n_local:
             return n_exec, n_close, interval_ticks, n_active, LOCAL_STATE, b
-        runs = active[b]
-        n_active += runs
-        ex = runs and uniform(key, env_ids[b], env_tick[b], EXECUTION_SLOT) < beta[0 if constant else b]
-        executes[b] = ex
-        n_exec += ex
-        closes = ex and executed[b]
-        closing[b] = closes
+        n_active += active[b]
+        n_exec += execution_draw(b, active, key, env_ids, env_tick, beta, executed, executes, closing)
         d = 0.0
-        if closes:
+        if closing[b]:
             n_close += 1
             interval_ticks += episode_tick[b] - last_execution_tick[b]
             p, i = b // E, index[b]
@@ -130,11 +125,7 @@ def act(policy, index, n_local, beta, active, key, env_ids, env_tick, output, st
         p, i = b // E, index[b]
         for k in range(K):
             W[p, i, k] += grads[b, k]
-        output[b] = u_last[b]
-        stream_reward[b] = 0.0
-        stream_discount[b] = 1.0
-        last_execution_tick[b] = episode_tick[b]
-        executed[b] = True
+        hold(b, u_last[b], output, stream_reward, stream_discount, last_execution_tick, episode_tick, executed)
     return n_exec, n_close, interval_ticks, n_active, OK, -1
 
 
@@ -145,22 +136,10 @@ def observe(reward, ended, active, executed, stream_reward, stream_discount, env
 
     Returns (episodes ended, intervals closed, error code, error row)."""
     B = reward.shape[0]
-    for b in range(B):
-        if not np.isfinite(reward[b]):
-            return 0, 0, REWARD, b
-    n_episodes = n_close = 0
-    for b in range(B):
-        stream_reward[b] += stream_discount[b] * reward[b]
-        stream_discount[b] *= gamma_atomic
-        ends = ended[b] and active[b]
-        n_episodes += ends
-        closes = ends and executed[b]
-        ending[b] = closes
-        d = 0.0
-        if closes:
-            n_close += 1
-            d = (stream_reward[b] + stream_discount[b] * 0.0) - q_last[b]
-        delta[b] = d
+    n_episodes, n_close, bad = stream_and_ends(reward, ended, active, executed, stream_reward, stream_discount,
+                                               gamma_atomic, True, q_last, ending, delta)
+    if bad >= 0:
+        return 0, 0, REWARD, bad
     for b in range(B):
         if ending[b] and not np.isfinite(delta[b]):
             return n_episodes, n_close, TD_ERROR, b
@@ -185,7 +164,6 @@ class ExpectedKernel:
 
     def __init__(self, unit, policy: int):
         from ..execution import Constant
-        from .coagent import FROZEN, UnitKernel
 
         self.policy = policy
         self.key = np.uint64(unit.stream.key)
@@ -218,14 +196,7 @@ class ExpectedKernel:
             self.grads)
         if error:
             self._raise(unit, error, row, x)
-        if n_close:
-            unit.intervals["count"] += n_close
-            unit.intervals["ticks"] += interval_ticks
-            unit.count_updates(closing, delta)
-        unit.counters["executions"] += n_exec
-        unit.counters["ticks"] += n_active
-        unit.last_executed = executes
-        return unit.output.copy()
+        return self.account(unit, executes, closing, delta, n_exec, n_close, interval_ticks, n_active)
 
     def observe(self, unit, reward, ended, active):
         B = unit.batch
@@ -243,6 +214,8 @@ class ExpectedKernel:
 
     def begin_episode(self, unit, mask):
         return self._begin.begin_episode(unit, mask)
+
+    account = UnitKernel.account  # the same counts (this rule is not FROZEN: its updates count)
 
     def _raise(self, unit, error, row, x=None):
         if error == ACTOR_UPDATE:
