@@ -338,6 +338,10 @@ class UnitKernel:
             unit.env_tick, unit.episode_tick, unit.gamma_atomic, self.rule, unit.params["W"], zW, z_scale,
             v_last, critic, z_critic, self.actor_step, self.critic_step, unit.envs_per_trial, ending, delta,
             self.work[-unit.envs_per_trial:], self.acc, self.critic_acc)
+        self.account_ends(unit, ending, delta, n_episodes, n_close, error, row)
+
+    def account_ends(self, unit, ending, delta, n_episodes, n_close, error, row):
+        """The end of a tick's counts (or its error) into the unit, as its numpy step counts them."""
         if error:
             self._raise(unit, error, row)
         if n_close:

@@ -28,16 +28,15 @@ ACTOR_UPDATE = 5  # a non-finite actor update (the numpy code's "actor update")
 
 @inline
 def _probabilities(policy, W, p, i, probs):
-    """pi(. | x = i) of trial p into ``probs`` (n outputs); False if not finite."""
+    """pi(. | x = i) of trial p into ``probs`` (n outputs)."""
     if policy == policies.BERNOULLI:
         probs[1] = W[p, i, 0]
-        work = probs[1:]
-        ok = policies.normalize(policy, work)
+        policies.normalize(policy, probs[1:])
         probs[0] = 1.0 - probs[1]
-        return ok
+        return
     for k in range(probs.shape[0]):
         probs[k] = W[p, i, k]
-    return policies.normalize(policy, probs)
+    policies.normalize(policy, probs)
 
 
 @kernel
@@ -51,20 +50,22 @@ def act(policy, index, n_local, beta, active, key, env_ids, env_tick, output, st
     B = env_ids.shape[0]
     n = q.shape[2]
     n_exec = n_close = interval_ticks = n_active = 0
-    # 1. who executes and closes; the TD errors of the closing, from this tick's Q and W
+    # 1. who executes and closes; each executing row's policy (W changes only in step 4, so these are
+    # the probabilities of both its TD error and its draw); the TD errors of the closing, from this tick's Q
     for b in range(B):
         if not 0 <= index[b] < n_local:
             return n_exec, n_close, interval_ticks, n_active, LOCAL_STATE, b
         n_active += active[b]
         n_exec += execution_draw(b, active, key, env_ids, env_tick, beta, executed, executes, closing)
         d = 0.0
+        if executes[b]:
+            _probabilities(policy, W, b // E, index[b], probs[b])  # finite or not: checked in step 3
         if closing[b]:
             n_close += 1
             interval_ticks += episode_tick[b] - last_execution_tick[b]
             p, i = b // E, index[b]
             row = probs[b]
-            _probabilities(policy, W, p, i, row)  # a non-finite pi makes delta non-finite: reported below
-            v_next = 0.0
+            v_next = 0.0  # a non-finite pi makes delta non-finite: reported below
             for u in range(n):
                 v_next += row[u] * q[p, i, u]
             d = (stream_reward[b] + stream_discount[b] * v_next) - q_last[b]
@@ -76,11 +77,12 @@ def act(policy, index, n_local, beta, active, key, env_ids, env_tick, output, st
     for b in range(B):
         if closing[b]:
             q[b // E, x_last[b], u_last[b]] += critic_step * delta[b]
-    # 3. every executing row's policy from W as it is now; then its draw
+    # 3. every executing row's policy must be finite; then its draw
     for b in range(B):
         if executes[b]:
-            if not _probabilities(policy, W, b // E, index[b], probs[b]):
-                return n_exec, n_close, interval_ticks, n_active, POLICY_OUTPUT, b
+            for u in range(n):
+                if not np.isfinite(probs[b, u]):
+                    return n_exec, n_close, interval_ticks, n_active, POLICY_OUTPUT, b
     for b in range(B):
         if not executes[b]:
             continue
@@ -163,20 +165,16 @@ class ExpectedKernel:
     rule = EXPECTED
 
     def __init__(self, unit, policy: int):
-        from ..execution import Constant
-
-        self.policy = policy
-        self.key = np.uint64(unit.stream.key)
+        # an episode's start is a frozen unit's (this rule keeps no traces to reset); its stream key and
+        # constant execution probability are this unit's
+        self._begin = UnitKernel(unit, policy, FROZEN)
+        self.policy, self.key, self.beta = policy, self._begin.key, self._begin.beta
         r = unit.rule
         self.actor_step, self.critic_step = float(r.actor_step), float(r.critic_step)
         n = unit.output_space.n
         self.costs = np.asarray(r.costs, dtype=np.float64) if r.costs else np.zeros(n)
-        execution = unit.coagent.execution
-        self.beta = np.array([execution.probability]) if type(execution) is Constant else None
         self.n_local = unit.encoder.size
         self.probs, self.grads = np.empty((0, n)), np.empty((0, unit.params["W"].shape[2]))
-        # an episode's start is a frozen unit's (this rule keeps no traces to reset)
-        self._begin = UnitKernel(unit, policy, FROZEN)
 
     def act(self, unit, x, active, drivers, shared_value, beta=None):
         B = unit.batch
@@ -206,16 +204,13 @@ class ExpectedKernel:
             reward, ended, active, unit.executed_this_episode, unit.stream_reward, unit.stream_discount,
             unit.env_tick, unit.episode_tick, unit.gamma_atomic, st["q"], st["q_last"], st["x_last"],
             st["u_last"], self.critic_step, unit.envs_per_trial, ending, delta)
-        if error:
-            self._raise(unit, error, row)
-        if n_close:
-            unit.count_updates(ending, delta)
-        unit.counters["episodes"] += n_episodes
+        self.account_ends(unit, ending, delta, n_episodes, n_close, error, row)
 
     def begin_episode(self, unit, mask):
         return self._begin.begin_episode(unit, mask)
 
-    account = UnitKernel.account  # the same counts (this rule is not FROZEN: its updates count)
+    # the same counts (this rule is not FROZEN: its updates count); errors through this kernel's _raise
+    account, account_ends = UnitKernel.account, UnitKernel.account_ends
 
     def _raise(self, unit, error, row, x=None):
         if error == ACTOR_UPDATE:
