@@ -73,12 +73,18 @@ def test_a_slow_coagent_executes_at_its_lower_rate_and_the_run_still_learns(tmp_
     assert loops["act"]["loops_per_second"] > 2 * loops["bit_a"]["loops_per_second"], loops
     counters = result.counters
     rate = {n: counters[n]["executions"] / counters[n]["ticks"] for n in counters}
-    # one chance per time round the loop: executions per environment step are at most beta * loops / steps
-    # (fewer, when act has already used bit_a's output of that step: that publication is late)
+    # one chance per row each time round the loop: executions per environment step are at most
+    # beta * loops / steps (fewer, when act has already used the output of that step: that publication is
+    # late). Each chance is a beta draw, so an execution count E has relative standard deviation about
+    # sqrt((1 - beta) / E): the ceilings allow 4 of them.
     steps_per_second = result.extra["steps"] / result.seconds
-    ceiling = beta * loops["bit_a"]["loops_per_second"] / steps_per_second
-    assert 0 < rate["bit_a"] <= 1.1 * ceiling, (rate, ceiling)
-    assert rate["bit_a"] < rate["bit_b"] / 3 and rate["act"] > 0.3, rate
+    for name in ("bit_a", "bit_b"):
+        ceiling = beta * loops[name]["loops_per_second"] / steps_per_second
+        spread = np.sqrt((1 - beta) / max(counters[name]["executions"], 1))
+        assert 0 < rate[name] <= ceiling * (1 + 4 * spread), (name, rate, ceiling, spread)
+    # bit_a's clock is a third of bit_b's (10 against 30 loops a second); lateness takes a share of either,
+    # so the ratio of their rates is near a third (0.30-0.35 measured), and half is far from it
+    assert rate["bit_a"] < rate["bit_b"] / 2 and rate["act"] > 0.3, rate
     last = result.returns[..., -5:].mean()
     assert last >= RANDOM_POLICY + 3 * RANDOM_SE, (last, result.returns[..., :5].mean())
     assert replay(out, network=paper()).identical
