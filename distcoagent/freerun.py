@@ -112,8 +112,9 @@ def check_groups(network: Network, groups) -> list[int]:
 
 
 def warm_up() -> None:
-    """Compile (or load) the kernels before a loop starts: a unit compiling in its first step would
-    miss the steps the others take meanwhile."""
+    """Compile (or load) every kernel, into numba's on-disk cache: the free-running engine does it once in
+    the driver, so its actors, each loading what its units use (``load_kernels``) before its loop,
+    find them compiled rather than all compiling them at once."""
     if kernels.available() and kernels.enabled():
         kernels.compile_all()
 
@@ -180,13 +181,13 @@ class FreeEnvironment:
                  trial_stop: int, envs_per_trial: int, groups, rate: float | None = None, record_envs=(),
                  export_run: str | None = None):
         self.index, self.network = index, network
-        warm_up()
         self.exporter = None
         if export_run is not None:
             from .ray_engine.exporter import RunExporter
 
             self.exporter = RunExporter(export_run)
         self.side = EnvironmentSide(network, env_id, env_kwargs, seed, trial_start, trial_stop, envs_per_trial)
+        self.side.load_kernels()  # before the loop: a first step that loads them would fall behind
         self.groups = [tuple(g) for g in groups]
         self.rate = rate
         B = self.side.batch
@@ -467,7 +468,6 @@ class FreeCoagent:
                  seed: int, group: int, boards=None, delay: float = 0.0, rate: float | None = None,
                  raster=None, record_envs=(), export_run: str | None = None):
         self.network, self.names, self.group = network, tuple(names), group
-        warm_up()
         self.exporter = None
         if export_run is not None:  # Ray's metrics, as the logical-tick actors export them
             from .ray_engine.exporter import CoagentExporter
@@ -475,6 +475,7 @@ class FreeCoagent:
             self.exporter = CoagentExporter(export_run)
         self.sides = [CoagentSide(network, names, observation_space, action_space, b - a, envs_per_trial, seed, a,
                                   raster=raster) for a, b in slices]
+        self.sides[0].load_kernels()  # before the loop: a unit loading them in its first step would miss steps
         self.boards = list(boards or [])
         self.delay, self.rate = float(delay), rate
         self.sequence = [0] * len(slices)

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import gymnasium as gym
 import numpy as np
 
-from . import batched
+from . import batched, kernels
 from .batched import ENV
 from .coagent import CoagentUnit, NonFiniteError, parse_input
 from .envs import make_batch
@@ -172,6 +172,13 @@ class EnvironmentSide:
     @property
     def batch(self) -> int:
         return self.env.num_envs
+
+    def load_kernels(self) -> float:
+        """Load the critic's and the environment's kernels now, not in the first tick (a Ray actor does,
+        while the others start); the seconds it took."""
+        uses = (("critic",) if self.critic is not None and self.critic.kernel is not None else ()) + tuple(
+            getattr(self.env, "kernel_modules", ()))
+        return kernels.load(*uses)
 
     def begin(self, episodes: int, tick: int) -> RunStart:
         """Start a run of ``episodes`` episodes per environment at atomic tick ``tick``."""
@@ -387,6 +394,11 @@ class CoagentSide:
         self.raster = None
         if raster is not None and np.isin(self.env_index, raster.env_ids).any():
             self.raster = Raster(raster)
+
+    def load_kernels(self) -> float:
+        """Load the units' kernels now, not in the first tick (a Ray actor does, while the others start);
+        the seconds it took."""
+        return kernels.load(*(m for unit in self.units.values() if unit.kernel is not None for m in unit.kernel.uses))
 
     def begin_episode(self, mask: np.ndarray) -> None:
         """Start new episodes where ``mask``: every unit redraws U_{-1} and resets its stream."""

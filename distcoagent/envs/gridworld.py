@@ -146,6 +146,11 @@ class GridWorldBatch:
 
             self._kernel = gridworld
 
+    @property
+    def kernel_modules(self) -> tuple[str, ...]:
+        """The kernel modules its step runs (``kernels.load``)."""
+        return ("gridworld",) if self._kernel is not None else ()
+
     def reset(self, seeds=None):
         self.cells[:] = self.single.start
         self.steps[:] = 0

@@ -16,7 +16,8 @@ them when ``enabled()``; otherwise, or for kinds of coagent without a kernel, th
 (same algorithm, same draws; only the last bits of exp and pow differ).  Set
 ``DISTCOAGENT_KERNELS=0`` to run numpy everywhere; tests switch with ``disabled()``.  Compiled
 code is cached on disk (``cache=True``): ``compile_all()`` compiles or loads every kernel and
-says how long it took.
+says how long it took; ``load(...)`` loads those of the modules named (what the sides of a tick
+name with their ``load_kernels``).
 """
 from __future__ import annotations
 
@@ -80,6 +81,20 @@ def compile_times() -> dict:
             return float(subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                                         check=True, cwd=tempfile.gettempdir()).stdout.split()[-1])
         return {"compile_cold_s": run(), "compile_cached_s": run()}
+
+
+def load(*modules: str) -> float:
+    """Load now (from numba's cache; compile at worst) the kernels of these modules of this package,
+    each once: a process about to run steps calls it first, so no step pays it. Nothing when the
+    kernels are off. Returns the seconds it took."""
+    if not enabled():
+        return 0.0
+    import importlib
+
+    start = time.perf_counter()
+    for name in dict.fromkeys(modules):
+        importlib.import_module(f"{__name__}.{name}").warm_up()
+    return time.perf_counter() - start
 
 
 def compile_all() -> float:

@@ -235,6 +235,8 @@ _NO_TRACE = np.zeros((1, 1, 1, 1))
 class UnitKernel:
     """How one ``CoagentUnit`` runs on the kernels: its policy's and rule's codes, constants, buffers."""
 
+    uses = ("coagent",)  # the kernel modules it runs (``kernels.load``)
+
     def __init__(self, unit, policy: int, rule: int):
         from ..execution import Constant
 

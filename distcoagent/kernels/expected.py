@@ -163,6 +163,7 @@ class ExpectedKernel:
 
     tabular = True
     rule = EXPECTED
+    uses = ("expected", "coagent")  # the kernel modules it runs (``kernels.load``): an episode's start is coagent's
 
     def __init__(self, unit, policy: int):
         # an episode's start is a frozen unit's (this rule keeps no traces to reset); its stream key and

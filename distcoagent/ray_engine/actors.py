@@ -106,6 +106,7 @@ class EnvironmentWorker:
                  trial_stop: int, envs_per_trial: int, export_run: str | None = None):
         self.index = index
         self.side = EnvironmentSide(network, env_id, env_kwargs, seed, trial_start, trial_stop, envs_per_trial)
+        self.side.load_kernels()  # here, while the other actors start, rather than in the first tick
         self.small_obs = _small(self.side.env.observation_space)  # observations travel as int8
         self.sequence = 0
         self.plan, self.answers, self.answer = ("idle", 0, False), [], None  # the execution in progress
@@ -211,6 +212,7 @@ class CoagentWorker:
                  exports: set[str], prev_exports: set[str], raster=None, export_run: str | None = None):
         self.sides = [CoagentSide(network, names, observation_space, action_space, b - a, envs_per_trial, seed, a,
                                   raster=raster) for a, b in slices]
+        self.sides[0].load_kernels()  # here, while the other actors start, rather than in the first tick
         self.exporter = None
         if export_run is not None:  # Ray's metrics (imports Ray, inside the actor only)
             from .exporter import CoagentExporter
