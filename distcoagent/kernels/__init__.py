@@ -87,7 +87,7 @@ def load(*modules: str) -> float:
     """Load now (from numba's cache; compile at worst) the kernels of these modules of this package,
     each once: a process about to run steps calls it first, so no step pays it. Nothing when the
     kernels are off. Returns the seconds it took."""
-    if not enabled():
+    if not (available() and enabled()):
         return 0.0
     import importlib
 
