@@ -95,32 +95,41 @@ def test_result_reports_the_placement():
     assert got.extra["depth"] == 2 and got.extra["transport"] == "compiled"
 
 
-def _loaded_kernels(actor):
-    """The compiled kernels an actor's process holds now (numba dispatchers with a loaded signature)."""
+def _loaded_kernels(actor) -> dict[str, int]:
+    """The compiled kernels an actor's process holds now: each numba dispatcher with a loaded version, and
+    how many versions (argument types) it holds."""
     def look(_):
         from distcoagent.kernels import coagent, critic, gridworld
 
-        return sorted(f"{m.__name__.rsplit('.', 1)[1]}.{f.__name__}" for m in (coagent, critic, gridworld)
-                      for f in (getattr(m, n, None) for n in ("act", "observe", "begin_episode", "update", "value",
-                                                                "step"))
-                      if getattr(f, "signatures", None))
+        found = {}
+        for m in (coagent, critic, gridworld):
+            for name in ("act", "observe", "begin_episode", "update", "value", "step"):
+                signatures = getattr(getattr(m, name, None), "signatures", None)
+                if signatures:
+                    found[f"{m.__name__.rsplit('.', 1)[1]}.{name}"] = len(signatures)
+        return found
     return ray.get(actor.__ray_call__.remote(look))
 
 
 def test_actors_load_their_kernels_before_the_first_tick():
-    """Loading kernels from numba's cache takes a fresh actor process about 0.3 s a module: done in the
-    first tick, it would sit on that tick's critical path once per actor in turn; done while the actors
-    start, it overlaps. Each actor holds exactly what its side runs before anything has ticked."""
+    """Loading kernels from numba's cache takes a fresh actor process about 0.3 s a module (compiling them
+    into an empty cache, seconds): done in the first tick, it would sit on that tick's critical path once
+    per actor in turn; done while the actors start, it overlaps. Each actor holds exactly what its side
+    runs before anything has ticked, and a run needs no other version (the arrays that arrive through
+    the graph's channels are read-only views: handed to a kernel as they are, they would need one)."""
     kernels = pytest.importorskip("distcoagent.kernels")
     if not (kernels.available() and kernels.enabled()):
         pytest.skip("numba missing or DISTCOAGENT_KERNELS=0: nothing to load")
     engine = RayEngine(paper(), GRID, {"size": 3}, trials=2, seed=0)
     try:
         assert engine.tick_count == 0
+        before = {actor: _loaded_kernels(actor) for actor in engine.actors + engine.env_actors}
         for actor in engine.actors:
-            assert _loaded_kernels(actor) == ["coagent.act", "coagent.begin_episode", "coagent.observe"]
+            assert sorted(before[actor]) == ["coagent.act", "coagent.begin_episode", "coagent.observe"]
         for actor in engine.env_actors:
-            assert _loaded_kernels(actor) == ["critic.update", "critic.value", "gridworld.step"]
+            assert sorted(before[actor]) == ["critic.update", "critic.value", "gridworld.step"]
+        engine.train(2)
+        assert {actor: _loaded_kernels(actor) for actor in before} == before
     finally:
         engine.close()
 

@@ -21,8 +21,9 @@ beyond them, and every stage after the first for a control request, pass (``"pas
 The last stage's step answers the driver: the list of the ticks' statuses, or what the
 control request gathered.
 
-Arrays that arrive through a compiled graph's channel are views of its buffer, which a
-later execution overwrites: whatever a side keeps is copied here first.  Discrete outputs
+Arrays that arrive through a compiled graph's channel are read-only views of its buffer,
+which a later execution overwrites: whatever a side keeps, or hands to the kernels, is copied
+here first (writable, so the kernels run the version the in-process engine runs).  Discrete outputs
 and observations of at most 127 values travel as int8 (``narrow``) and become int64 again
 in that copy (``widen``): the same numbers, an eighth of the bytes.  Nothing here
 imports Ray (``where`` does, lazily, when called inside an actor).
@@ -33,7 +34,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..tick import CoagentSide, EnvironmentSide, Flush, RunStart, Status, TickStart
+from ..tick import CoagentSide, EnvironmentSide, Feedback, Flush, RunStart, Status, TickStart
 
 
 @dataclass
@@ -89,13 +90,23 @@ def _small(space) -> bool:
     return n is not None and int(n) <= 127 and int(getattr(space, "start", 0)) == 0
 
 
+def _own_feedback(feedback: Feedback | None) -> Feedback | None:
+    """The feedback's arrays as writable copies: the channel's views are read-only, and the kernels would
+    then need (compile, or load) a second version of themselves for read-only arguments."""
+    if feedback is None:
+        return None
+    return Feedback(np.array(feedback.reward), np.array(feedback.ended), np.array(feedback.active))
+
+
 def _own(message, narrowed: bool = False):
-    """A copy of a channel message's arrays that a side keeps (active mask, observation, value);
-    ``narrowed``: the observation travelled as int8."""
+    """A copy of a channel message's arrays that a side keeps (active mask, observation, value) or hands
+    to the kernels (feedback); ``narrowed``: the observation travelled as int8."""
     if isinstance(message, TickStart):
         return TickStart(message.tick, np.array(message.active),
                          None if message.obs is None else widen(message.obs) if narrowed else np.array(message.obs),
-                         None if message.value is None else np.array(message.value), message.feedback)
+                         None if message.value is None else np.array(message.value), _own_feedback(message.feedback))
+    if isinstance(message, Flush):
+        return Flush(_own_feedback(message.feedback))
     return message
 
 
