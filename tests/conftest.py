@@ -8,18 +8,87 @@ TESTS = str(Path(__file__).parent)
 sys.path.insert(0, TESTS)  # tests import their shared fakes by module name
 
 
-@pytest.fixture(scope="module")
-def local_ray():
-    """A small local Ray for one test module (2 CPUs, no dashboard), shut down after it; its own even if
-    `ray start` runs a cluster on this machine. Its actors import the shared fakes (core_fakes) by
-    module name, so this folder is on their PYTHONPATH."""
-    import ray
+class SharedRay:
+    """One small local Ray (2 CPUs, no dashboard, a metrics endpoint on a free port of 127.0.0.1) shared by
+    the test modules that ask for ``local_ray``: starting and stopping Ray costs about 5 s per module on 2
+    cores. Its own even if `ray start` runs a cluster on this machine. Its actors import the shared fakes
+    (core_fakes) by module name, so this folder is on their PYTHONPATH.
 
-    path = os.pathsep.join([TESTS] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
-    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING", log_to_driver=False,
-             runtime_env={"env_vars": {"PYTHONPATH": path}})
-    yield
-    ray.shutdown()
+    The modules that share it run one after the other (``pytest_collection_modifyitems``); it is shut down
+    before any other test (those start Ray their own way, or run Ray-free), and restarted fresh for a module
+    when the last one left actors holding CPUs (a failed test that never closed its engine)."""
+
+    port: int | None = None
+
+    @classmethod
+    def start(cls):
+        import socket
+
+        import ray
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        path = os.pathsep.join([TESTS] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
+        ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING",
+                 log_to_driver=False, runtime_env={"env_vars": {"PYTHONPATH": path}}, _metrics_export_port=port)
+        cls.port = port
+
+    @classmethod
+    def stop(cls):
+        import ray
+
+        if cls.port is not None:
+            ray.shutdown()
+            cls.port = None
+
+    @classmethod
+    def clean(cls, wait: float = 3.0) -> bool:
+        """Every CPU free again (a closed engine's actors release theirs within moments)."""
+        import time
+
+        import ray
+
+        deadline = time.monotonic() + wait
+        while True:
+            if ray.available_resources().get("CPU", 0.0) >= ray.cluster_resources().get("CPU", 0.0):
+                return True
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.1)
+
+
+@pytest.fixture(scope="module")
+def local_ray() -> int:
+    """The shared local Ray (see ``SharedRay``); returns the port of its metrics endpoint."""
+    if SharedRay.port is not None and not SharedRay.clean():
+        SharedRay.stop()  # the last module left this Ray busy: a fresh one instead
+    if SharedRay.port is None:
+        SharedRay.start()
+    return SharedRay.port
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """The modules that share the local Ray run one after the other, where the first of them was (each
+    module's tests stay together and in order)."""
+    shared = [item for item in items if _shares(item)]
+    if shared:
+        first = items.index(shared[0])
+        rest = [item for item in items if not _shares(item)]
+        items[:] = rest[:first] + shared + rest[first:]
+
+
+def _shares(item) -> bool:
+    return "local_ray" in getattr(item, "fixturenames", ())
+
+
+def pytest_runtest_setup(item):
+    if not _shares(item):
+        SharedRay.stop()  # the tests that start Ray their own way need none running in this process
+
+
+def pytest_sessionfinish(session, exitstatus):
+    SharedRay.stop()
 
 
 @pytest.hookimpl(trylast=True)  # after pytest's faulthandler plugin has disabled its own

@@ -1,7 +1,6 @@
 """The Ray engine's metrics through ray.util.metrics: names, tags and values read back from Ray's
 metrics endpoint on 127.0.0.1 during and after a run, equal to the engine's own counters."""
 import re
-import socket
 import time
 import urllib.request
 
@@ -13,19 +12,10 @@ from distcoagent.ray_engine import RayEngine  # noqa: E402
 from ray_networks import GRID, paper  # noqa: E402
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def metrics_port():
-    port = free_port()
-    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING", log_to_driver=False,
-             _metrics_export_port=port)
-    yield port
-    ray.shutdown()
+@pytest.fixture
+def metrics_port(local_ray) -> int:
+    """The shared local Ray's metrics endpoint (conftest)."""
+    return local_ray
 
 
 def scrape(port: int) -> dict[tuple[str, str, str], float]:
