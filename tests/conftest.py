@@ -39,16 +39,19 @@ class SharedRay:
         import ray
 
         if cls.port is not None:
-            ray.shutdown()
+            if ray.is_initialized():
+                ray.shutdown()
             cls.port = None
 
     @classmethod
     def clean(cls, wait: float = 3.0) -> bool:
-        """Every CPU free again (a closed engine's actors release theirs within moments)."""
+        """Still up, and every CPU free again (a closed engine's actors release theirs within moments)."""
         import time
 
         import ray
 
+        if not ray.is_initialized():
+            return False
         deadline = time.monotonic() + wait
         while True:
             if ray.available_resources().get("CPU", 0.0) >= ray.cluster_resources().get("CPU", 0.0):
