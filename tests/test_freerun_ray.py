@@ -114,7 +114,7 @@ def test_ctrl_c_writes_a_checkpoint_and_resume_finishes_a_replayable_run(tmp_pat
     assert process.returncode == 130, stderr[-2000:]
     assert "--resume" in stderr and (out / "checkpoint.msgpack").is_file()
     assert json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])["status"] == "interrupted"
-    # resumed (on this module's Ray: only the interrupted run needs a process of its own)
+    # resumed (on the tests' shared local Ray: only the interrupted run needs a process of its own)
     assert main(["train", "--resume", str(out), "--quiet"]) == 0
     assert "ray-free" in capsys.readouterr().out
     records = list(serialize.iter_loads(open(out / FILE, "rb")))
