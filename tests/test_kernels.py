@@ -200,3 +200,27 @@ def test_kernels_index_only_inside_their_arrays(tmp_path):
                            "same_episodes or same_message or switching"], env=env, capture_output=True, text=True,
                           timeout=900)
     assert proc.returncode == 0 and " passed" in proc.stdout, proc.stdout[-3000:] + proc.stderr[-2000:]
+
+
+def test_loading_the_kernels_leaves_scipys_blas_to_whoever_needs_it():
+    """numba's numpy support probes scipy's BLAS when a process first loads a kernel (importing
+    scipy.linalg: about 15 MiB per process, each Ray actor and Figure 6 worker). The kernels load
+    without it, numba still knows BLAS is there, and a function that needs it still compiles."""
+    import subprocess
+    import sys
+
+    probe = """
+import sys, numpy as np, numba
+from distcoagent import kernels
+assert kernels.available()
+kernels.load("gridworld")
+import numba.np.arraymath as arraymath
+print("scipy.linalg" in sys.modules, arraymath._HAVE_BLAS)
+@numba.njit
+def inner(a, b):
+    return np.dot(a, b) + np.correlate(a, b)[0]
+print(inner(np.arange(3.0), np.ones(3)), "scipy.linalg" in sys.modules)
+"""
+    run = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stdout.split() == ["False", "True", "6.0", "True"], run.stdout

@@ -42,8 +42,36 @@ def available() -> bool:
                 _available = True
             except ImportError:
                 pass
+            else:
+                _import_numba_numpy_support()
         _enabled = _available
     return _available
+
+
+def _import_numba_numpy_support() -> None:
+    """Import ``numba.np.arraymath`` without its probe of scipy's BLAS.
+
+    numba imports that module when a process first compiles or loads a kernel, and the module asks
+    at import whether BLAS is there by importing ``scipy.linalg``: about 0.3 s and 15 MiB in every
+    process (each Ray actor, each Figure 6 worker), for BLAS that no kernel here uses.  It is imported
+    here with ``scipy.linalg`` hidden, then its answer is set to whether ``scipy.linalg`` can be
+    imported; numba's ``np.dot`` still imports scipy's BLAS itself when some code compiles it.  Where
+    ``scipy.linalg`` is already imported, or the module imports anyway, nothing changes."""
+    import importlib.util
+    import sys
+
+    if "numba.np.arraymath" in sys.modules or "scipy.linalg" in sys.modules:
+        return
+    sys.modules["scipy.linalg"] = None  # an import of it raises ImportError: numba's probe says no BLAS
+    try:
+        import numba.np.arraymath as arraymath
+    except ImportError:
+        return
+    finally:
+        if "scipy.linalg" in sys.modules and sys.modules["scipy.linalg"] is None:
+            del sys.modules["scipy.linalg"]
+    if hasattr(arraymath, "_HAVE_BLAS"):
+        arraymath._HAVE_BLAS = importlib.util.find_spec("scipy.linalg") is not None
 
 
 def enabled() -> bool:
