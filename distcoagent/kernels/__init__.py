@@ -52,7 +52,7 @@ def _import_numba_numpy_support() -> None:
     """Import ``numba.np.arraymath`` without its probe of scipy's BLAS.
 
     numba imports that module when a process first compiles or loads a kernel, and the module asks
-    at import whether BLAS is there by importing ``scipy.linalg``: about 0.3 s and 15 MiB in every
+    at import whether BLAS is there by importing ``scipy.linalg``: 15-16 MiB resident in every
     process (each Ray actor, each Figure 6 worker), for BLAS that no kernel here uses.  It is imported
     here with ``scipy.linalg`` hidden, then its answer is set to whether ``scipy.linalg`` can be
     imported; numba's ``np.dot`` still imports scipy's BLAS itself when some code compiles it.  Where
