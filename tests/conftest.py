@@ -22,13 +22,10 @@ class SharedRay:
 
     @classmethod
     def start(cls):
-        import socket
-
         import ray
+        from ray_networks import free_port
 
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
+        port = free_port()
         path = os.pathsep.join([TESTS] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
         ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING",
                  log_to_driver=False, runtime_env={"env_vars": {"PYTHONPATH": path}}, _metrics_export_port=port)

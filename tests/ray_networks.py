@@ -1,6 +1,8 @@
 """Networks and helpers shared by the Ray engine tests (and the benchmark's sanity check)."""
 from __future__ import annotations
 
+import socket
+
 import numpy as np
 
 from distcoagent.coagent import Coagent
@@ -68,3 +70,10 @@ def assert_identical(a, b) -> None:
             assert np.array_equal(a.params[name][k], b.params[name][k]), f"parameter {name}.{k} differs"
     assert a.counters == b.counters
     assert a.ticks == b.ticks
+
+
+def free_port() -> int:
+    """A port of 127.0.0.1 that nothing listens on (free when this returns)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -8,8 +8,8 @@ import pytest
 ray = pytest.importorskip("ray")
 
 from distcoagent.ray_engine import PlacementError, RayEngine  # noqa: E402
-from ray_networks import (GRID, assert_identical, cartpole, in_process, option_critic, paper,  # noqa: E402
-                          recurrent)
+from ray_networks import (GRID, assert_identical, cartpole, free_port, in_process, option_critic,  # noqa: E402
+                          paper, recurrent)
 
 
 pytestmark = pytest.mark.usefixtures("local_ray")
@@ -161,11 +161,7 @@ def test_resources_for_an_unknown_coagent_and_bad_groups_fail():
 
 
 def test_unreachable_address_fails_within_seconds():
-    import socket
-
-    with socket.socket() as s:  # a port nobody listens on
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()  # nobody listens on it
     start = time.perf_counter()
     with pytest.raises(ConnectionError, match=f"127.0.0.1:{port}"):
         RayEngine(paper(), GRID, {"size": 3}, address=f"127.0.0.1:{port}")
