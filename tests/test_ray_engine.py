@@ -134,6 +134,29 @@ def test_actors_load_their_kernels_before_the_first_tick():
         engine.close()
 
 
+def test_workers_import_the_compiled_graphs_code_while_they_start():
+    """Ray's compiled-graph code (``ray.dag`` and its channels, about 0.1 s) is imported in an actor by the
+    graph's first call there, a channel allocation; the driver makes those calls one actor after
+    another while it compiles. A worker told at ``ready`` that it will run in a compiled graph has
+    imported it by then, in parallel with the other actors; one that will not, has not."""
+    from distcoagent.ray_engine.actors import EnvironmentWorker
+
+    def imported(_):
+        import sys
+
+        return "ray.dag.compiled_dag_node" in sys.modules
+
+    worker = ray.remote(EnvironmentWorker).options(num_cpus=0).remote(0, paper(), GRID, {"size": 3}, 0, 0, 1, 1)
+    try:
+        assert ray.get(worker.__ray_call__.remote(imported)) is False  # a fresh worker has not
+        assert ray.get(worker.ready.remote(False))["pid"] > 0
+        assert ray.get(worker.__ray_call__.remote(imported)) is False
+        ray.get(worker.ready.remote(True))
+        assert ray.get(worker.__ray_call__.remote(imported)) is True
+    finally:
+        ray.kill(worker)
+
+
 def test_placement_group_spread_runs():
     _agree(paper, GRID, {"size": 3}, trials=2, envs_per_trial=1, seed=0, episodes=2, placement="SPREAD")
 

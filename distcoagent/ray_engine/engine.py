@@ -310,7 +310,7 @@ class RayEngine(Engine):
                        for r in range(R) for g, (names, plan) in enumerate(zip(self.groups, self.plans))]
         self.env_actors = [self._env_actor(options(R * G + k), k, a, b) for k, (a, b) in enumerate(self.slices)]
         everyone = self.actors + self.env_actors
-        refs = [a.ready.remote() for a in everyone]
+        refs = [a.ready.remote(self.transport == "compiled") for a in everyone]
         ready, _ = ray.wait(refs, num_returns=len(refs), timeout=self.ready_timeout)
         if len(ready) < len(refs):
             waiting = [f"{labels[i]} ({_fmt(requests[i])})" for i, r in enumerate(refs) if r not in ready]
