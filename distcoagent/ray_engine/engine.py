@@ -310,7 +310,7 @@ class RayEngine(Engine):
                        for r in range(R) for g, (names, plan) in enumerate(zip(self.groups, self.plans))]
         self.env_actors = [self._env_actor(options(R * G + k), k, a, b) for k, (a, b) in enumerate(self.slices)]
         everyone = self.actors + self.env_actors
-        refs = [a.ready.remote(self.transport == "compiled") for a in everyone]
+        refs = [self._ready(a) for a in everyone]
         ready, _ = ray.wait(refs, num_returns=len(refs), timeout=self.ready_timeout)
         if len(ready) < len(refs):
             waiting = [f"{labels[i]} ({_fmt(requests[i])})" for i, r in enumerate(refs) if r not in ready]
@@ -321,6 +321,10 @@ class RayEngine(Engine):
         self.actor_names = actor_names
         self.placement = dict(zip(actor_names, ray.get(refs)))  # raises an actor's construction error
         self._graph(level, cur, prev, group_of)
+
+    def _ready(self, actor):
+        """The actor's answer to where it runs, once started; told whether it will run in a compiled graph."""
+        return actor.ready.remote(self.transport == "compiled")
 
     def _coagent_actor(self, options: dict, g: int, names, plan: dict, shard: list):
         """Start the actor of coagent group ``g`` for micro-batches ``shard`` (a subclass may run others)."""

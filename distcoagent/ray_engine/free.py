@@ -110,6 +110,9 @@ class FreeRunningEngine(RayEngine):
             self.groups, self.env_rate, self.record_envs,
             (self.run_name or self.run_id) if self.export_metrics else None)
 
+    def _ready(self, actor):
+        return actor.ready.remote()  # no compiled graph
+
     def _graph(self, level, cur, prev, group_of):
         """No graph: each coagent actor gets its micro-batches' boards."""
         import ray
