@@ -19,10 +19,12 @@ class SharedRay:
     when the last one left actors holding CPUs (a failed test that never closed its engine)."""
 
     port: int | None = None
+    raylet: int | None = None  # its raylet's pid: the semaphores it leaves are removed when it stops
 
     @classmethod
     def start(cls):
         import ray
+        from distcoagent.ray_engine.cluster import local_raylet_pid
         from ray_networks import free_port
 
         port = free_port()
@@ -30,15 +32,18 @@ class SharedRay:
         ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING",
                  log_to_driver=False, runtime_env={"env_vars": {"PYTHONPATH": path}}, _metrics_export_port=port)
         cls.port = port
+        cls.raylet = local_raylet_pid()
 
     @classmethod
     def stop(cls):
         import ray
+        from distcoagent.ray_engine.cluster import remove_semaphores_left_by
 
         if cls.port is not None:
             if ray.is_initialized():
                 ray.shutdown()
-            cls.port = None
+            remove_semaphores_left_by(cls.raylet)
+            cls.port = cls.raylet = None
 
     @classmethod
     def clean(cls, wait: float = 3.0) -> bool:

@@ -1,6 +1,7 @@
 """The CLI end to end, as a user runs it, with tiny budgets."""
 import csv
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -70,15 +71,50 @@ def test_every_example_spec_validates():
         assert proc.returncode == 0, (path, proc.stderr)
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
+
+
+def _orphaned_semaphores(shm: Path = Path("/dev/shm")) -> set[str]:
+    """Ray's named semaphores (sem.obj<pid>-<n>, sem.hdr<pid>-<n>) whose creating process has exited."""
+    names = [p.name for kind in ("obj", "hdr") for p in shm.glob(f"sem.{kind}*-*")]
+    return {n for n in names if n[7:].split("-")[0].isdigit() and not _alive(int(n[7:].split("-")[0]))}
+
+
 def test_train_on_the_ray_engine_matches_the_in_process_engine(tmp_path):
     common = ("--episodes", "4", "--trials", "3", "--seed", "4", "--quiet")
+    orphans = _orphaned_semaphores()
     ray_run = cli("train", EXAMPLE, *common, "--engine", "ray", "--coagents-per-actor", "2", "--out",
                   str(tmp_path / "ray"))
     assert ray_run.returncode == 0, ray_run.stderr
+    # the Ray it started and stopped left none of its raylet's semaphores in /dev/shm (Ray 2.60 would)
+    leaked = _orphaned_semaphores() - orphans
+    assert not leaked, (len(leaked), sorted(leaked)[:4])
     assert "engine" in ray_run.stdout and "ray" in ray_run.stdout
     assert cli("train", EXAMPLE, *common, "--out", str(tmp_path / "local")).returncode == 0
     assert (tmp_path / "ray" / "returns.csv").read_text() == (tmp_path / "local" / "returns.csv").read_text()
     assert json.loads((tmp_path / "ray" / "config.json").read_text())["ray"] == {"coagents_per_actor": 2}
+
+
+def test_only_the_semaphores_of_an_exited_raylet_are_removed(tmp_path):
+    from distcoagent.ray_engine.cluster import remove_semaphores_left_by
+
+    exited = subprocess.Popen([sys.executable, "-c", "pass"])
+    exited.wait()
+    names = [f"sem.{kind}{pid}-{n}" for pid in (exited.pid, os.getpid()) for kind in ("obj", "hdr")
+             for n in (1796, 1797)] + [f"sem.obj{exited.pid}0-1", "sem.mp-x"]
+    for name in names:
+        (tmp_path / name).write_bytes(b"\0" * 32)
+    assert remove_semaphores_left_by(exited.pid, tmp_path) == 4
+    assert remove_semaphores_left_by(os.getpid(), tmp_path) == 0  # still running: left alone
+    assert remove_semaphores_left_by(None, tmp_path) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(n for n in names if f"{exited.pid}-" not in n)
 
 
 def test_unreachable_address_fails_fast_with_a_clear_error():

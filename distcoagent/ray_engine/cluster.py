@@ -270,3 +270,42 @@ def module_runtime_env(env_id: str) -> dict | None:
     if location is None or _installed(Path(location)):
         return None
     return {"py_modules": [str(Path(location).resolve())]}
+
+
+def local_raylet_pid() -> int | None:
+    """The process id of the raylet that this process's ``ray.init`` started (a local Ray), or None
+    (joined a cluster, Ray not initialised, or a Ray whose internals differ)."""
+    try:
+        import ray
+        from ray._private import ray_constants
+
+        return int(ray._private.worker._global_node.all_processes[ray_constants.PROCESS_TYPE_RAYLET][0].process.pid)
+    except Exception:  # noqa: BLE001 - private API: no pid means nothing is cleaned
+        return None
+
+
+def remove_semaphores_left_by(raylet_pid: int | None, shm: Path = Path("/dev/shm")) -> int:
+    """Remove the named semaphores a raylet that has exited left in ``shm``; how many files.
+
+    Ray 2.60's raylet opens two POSIX named semaphores for every compiled-graph channel it
+    registers (``sem.obj<pid>-<n>`` and ``sem.hdr<pid>-<n>``, its pid in the name) and unlinks
+    none of them, not even when it shuts down: each Ray engine on a local Ray left 100-300 such
+    files, each a page of shared memory, until the machine restarts.  Once that raylet has
+    exited nothing can open them again.  A raylet still running (or a pid now taken by another
+    process) is left alone."""
+    if raylet_pid is None:
+        return 0
+    try:
+        os.kill(raylet_pid, 0)
+        return 0  # still there
+    except ProcessLookupError:
+        pass
+    except PermissionError:
+        return 0  # another user's process has that pid now
+    removed = 0
+    for kind in ("obj", "hdr"):
+        for path in shm.glob(f"sem.{kind}{raylet_pid}-*"):
+            with contextlib.suppress(OSError):
+                path.unlink()
+                removed += 1
+    return removed
