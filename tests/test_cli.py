@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -107,19 +108,28 @@ def test_only_the_semaphores_of_an_exited_raylet_are_removed(tmp_path):
 
     exited = subprocess.Popen([sys.executable, "-c", "pass"])
     exited.wait()
-    names = [f"sem.{kind}{pid}-{n}" for pid in (exited.pid, os.getpid()) for kind in ("obj", "hdr")
-             for n in (1796, 1797)] + [f"sem.obj{exited.pid}0-1", "sem.mp-x"]
-    for name in names:
+    zombie = subprocess.Popen([sys.executable, "-c", "pass"])  # exited, not yet reaped (as a killed raylet can be)
+    stat = Path(f"/proc/{zombie.pid}/stat")
+    for _ in range(200):
+        if stat.read_text().rpartition(")")[2].split()[0] == "Z":
+            break
+        time.sleep(0.05)
+
+    def of(pid):
+        return [f"sem.{kind}{pid}-{n}" for kind in ("obj", "hdr") for n in (1796, 1797)]
+
+    others = of(os.getpid()) + [f"sem.obj{exited.pid}0-1", "sem.mp-x"]  # a running pid, a longer one, not Ray's
+    for name in of(exited.pid) + of(zombie.pid) + others:
         (tmp_path / name).write_bytes(b"\0" * 32)
     assert remove_semaphores_left_by(exited.pid, tmp_path) == 4
+    assert remove_semaphores_left_by(zombie.pid, tmp_path) == 4
+    zombie.wait()
     assert remove_semaphores_left_by(os.getpid(), tmp_path) == 0  # still running: left alone
     assert remove_semaphores_left_by(None, tmp_path) == 0
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(n for n in names if f"{exited.pid}-" not in n)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(others)
 
 
 def test_unreachable_address_fails_fast_with_a_clear_error():
-    import time
-
     start = time.monotonic()
     proc = cli("train", EXAMPLE, "--engine", "ray", "--address", "127.0.0.1:1", "--quiet")
     assert proc.returncode == 2 and "no Ray cluster answers at 127.0.0.1:1" in proc.stderr

@@ -292,16 +292,9 @@ def remove_semaphores_left_by(raylet_pid: int | None, shm: Path = Path("/dev/shm
     none of them, not even when it shuts down: each Ray engine on a local Ray left 100-300 such
     files, each a page of shared memory, until the machine restarts.  Once that raylet has
     exited nothing can open them again.  A raylet still running (or a pid now taken by another
-    process) is left alone."""
-    if raylet_pid is None:
+    process) is left alone; a zombie counts as exited."""
+    if raylet_pid is None or _running(raylet_pid):
         return 0
-    try:
-        os.kill(raylet_pid, 0)
-        return 0  # still there
-    except ProcessLookupError:
-        pass
-    except PermissionError:
-        return 0  # another user's process has that pid now
     removed = 0
     for kind in ("obj", "hdr"):
         for path in shm.glob(f"sem.{kind}{raylet_pid}-*"):
@@ -309,3 +302,18 @@ def remove_semaphores_left_by(raylet_pid: int | None, shm: Path = Path("/dev/shm
                 path.unlink()
                 removed += 1
     return removed
+
+
+def _running(pid: int) -> bool:
+    """``pid`` is a live process (a zombie, killed and not yet reaped by its parent, is not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state not in ("Z", "X")
