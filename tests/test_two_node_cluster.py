@@ -140,7 +140,11 @@ def terminate(groups, home: Path) -> None:
 
     The grace after SIGTERM is short: the gcs_server, the raylet and a Python daemon of a Ray 2.60
     `ray start` head were all still running 40 s after it here, so a longer grace only delayed
-    the SIGKILL; nothing of these clusters is kept."""
+    the SIGKILL; nothing of these clusters is kept, not even the named semaphores their raylets leave
+    in /dev/shm."""
+    from distcoagent.ray_engine.cluster import remove_semaphores_left_by
+
+    raylets = [pid for pid in _ours(home) if _is_raylet(pid)]
     for sig, grace in ((signal.SIGTERM, 1.0), (signal.SIGKILL, 3.0)):
         for group in groups:
             try:
@@ -155,6 +159,15 @@ def terminate(groups, home: Path) -> None:
         deadline = time.monotonic() + grace
         while time.monotonic() < deadline and _ours(home):
             time.sleep(0.25)
+    for pid in raylets:
+        remove_semaphores_left_by(pid)
+
+
+def _is_raylet(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip() == "raylet"
+    except OSError:
+        return False
 
 
 def _stop(cluster: TwoNodes) -> None:
