@@ -97,7 +97,7 @@ def test_ctrl_c_writes_a_checkpoint_and_resume_finishes_a_replayable_run(tmp_pat
     out = tmp_path / "run"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     command = [sys.executable, "-m", "distcoagent.cli", "train", str(spec), "--engine", "ray", "--clock", "free",
-               "--trials", "4", "--episodes", "40", "--quiet", "--checkpoint-every", "never"]
+               "--trials", "4", "--episodes", "20", "--quiet", "--checkpoint-every", "never"]
     process = subprocess.Popen(command + ["--out", str(out)], env=env, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)
     try:
