@@ -72,20 +72,12 @@ def test_every_example_spec_validates():
         assert proc.returncode == 0, (path, proc.stderr)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    return True
-
-
 def _orphaned_semaphores(shm: Path = Path("/dev/shm")) -> set[str]:
     """Ray's named semaphores (sem.obj<pid>-<n>, sem.hdr<pid>-<n>) whose creating process has exited."""
+    from distcoagent.ray_engine.cluster import running
+
     names = [p.name for kind in ("obj", "hdr") for p in shm.glob(f"sem.{kind}*-*")]
-    return {n for n in names if n[7:].split("-")[0].isdigit() and not _alive(int(n[7:].split("-")[0]))}
+    return {n for n in names if n[7:].split("-")[0].isdigit() and not running(int(n[7:].split("-")[0]))}
 
 
 def test_train_on_the_ray_engine_matches_the_in_process_engine(tmp_path):

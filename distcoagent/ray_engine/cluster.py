@@ -293,7 +293,7 @@ def remove_semaphores_left_by(raylet_pid: int | None, shm: Path = Path("/dev/shm
     files, each a page of shared memory, until the machine restarts.  Once that raylet has
     exited nothing can open them again.  A raylet still running (or a pid now taken by another
     process) is left alone; a zombie counts as exited."""
-    if raylet_pid is None or _running(raylet_pid):
+    if raylet_pid is None or running(raylet_pid):
         return 0
     removed = 0
     for kind in ("obj", "hdr"):
@@ -304,7 +304,7 @@ def remove_semaphores_left_by(raylet_pid: int | None, shm: Path = Path("/dev/shm
     return removed
 
 
-def _running(pid: int) -> bool:
+def running(pid: int) -> bool:
     """``pid`` is a live process (a zombie, killed and not yet reaped by its parent, is not)."""
     try:
         os.kill(pid, 0)
