@@ -287,8 +287,8 @@ def local_raylet_pid() -> int | None:
 def remove_semaphores_left_by(raylet_pid: int | None, shm: Path = Path("/dev/shm")) -> int:
     """Remove the named semaphores a raylet that has exited left in ``shm``; how many files.
 
-    Ray 2.60's raylet opens two POSIX named semaphores for every compiled-graph channel it
-    registers (``sem.obj<pid>-<n>`` and ``sem.hdr<pid>-<n>``, its pid in the name) and unlinks
+    Ray 2.60's raylet opens POSIX named semaphores for the compiled-graph channels it registers,
+    in pairs (``sem.obj<pid>-<n>`` and ``sem.hdr<pid>-<n>``, its pid in the name), and unlinks
     none of them, not even when it shuts down: each Ray engine on a local Ray left 100-300 such
     files, each a page of shared memory, until the machine restarts.  Once that raylet has
     exited nothing can open them again.  A raylet still running (or a pid now taken by another
