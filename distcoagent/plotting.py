@@ -7,11 +7,17 @@ import numpy as np
 
 
 def mean_and_band(values: np.ndarray, z: float = 1.96):
-    """Per-column mean and a normal-approximation confidence half-width, ignoring NaNs."""
-    n = np.isfinite(values).sum(axis=0)
-    mean = np.nanmean(values, axis=0)
-    std = np.nanstd(values, axis=0, ddof=1) if values.shape[0] > 1 else np.zeros(values.shape[1])
-    return mean, z * np.nan_to_num(std) / np.sqrt(np.maximum(n, 1))
+    """Per-column mean and a normal-approximation confidence half-width, ignoring NaNs.
+
+    A column with one value has a band of 0, one with none a NaN mean and a band of 0 (a failed
+    run's partial curve has such columns), without numpy's warnings about empty slices."""
+    finite = np.isfinite(values)
+    n = finite.sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.where(finite, values, 0.0).sum(axis=0) / n
+        squares = np.where(finite, values - mean, 0.0) ** 2
+        std = np.where(n > 1, np.sqrt(squares.sum(axis=0) / (n - 1)), 0.0)
+    return mean, z * std / np.sqrt(np.maximum(n, 1))
 
 
 def plot_band(x, mean, half, path: Path, *, label: str, xlabel: str, ylabel: str, title: str = "",

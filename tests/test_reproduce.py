@@ -119,3 +119,18 @@ def test_reproduce_fig5_command_prints_where_each_line_ends(cli, tmp_path, capsy
     assert list(json.loads((tmp_path / "no" / "fig5.json").read_text())["lines"]) == ["acpgt_vs_fd"]
     assert cli(["reproduce", "fig5", "--step", "0", "--out", str(tmp_path)]) == 2
     assert "--step" in capsys.readouterr().err
+
+
+def test_curve_bands_of_partial_columns_raise_no_warning():
+    """A failed run's curve has episodes finished by one trial or none: a band of 0 (and a NaN mean where
+    no trial finished), with no numpy warning; full columns are the sample mean and 1.96 standard errors."""
+    import warnings
+
+    from distcoagent.plotting import mean_and_band
+
+    values = np.array([[1.0, np.nan, 2.0, 5.0], [np.nan, np.nan, 4.0, 7.0], [np.nan, np.nan, np.nan, 9.0]])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        mean, half = mean_and_band(values)
+    np.testing.assert_array_equal(mean, [1.0, np.nan, 3.0, 7.0])
+    np.testing.assert_allclose(half, [0.0, 0.0, 1.96 * np.sqrt(2) / np.sqrt(2), 1.96 * 2 / np.sqrt(3)])
