@@ -24,7 +24,7 @@ class SharedRay:
     @classmethod
     def start(cls):
         import ray
-        from distcoagent.ray_engine.cluster import local_raylet_pid
+        from distcoagent.ray_engine.cluster import raylet_pid
         from ray_networks import free_port
 
         port = free_port()
@@ -32,7 +32,7 @@ class SharedRay:
         ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING",
                  log_to_driver=False, runtime_env={"env_vars": {"PYTHONPATH": path}}, _metrics_export_port=port)
         cls.port = port
-        cls.raylet = local_raylet_pid()
+        cls.raylet = raylet_pid()
 
     @classmethod
     def stop(cls):

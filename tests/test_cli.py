@@ -76,8 +76,8 @@ def _orphaned_semaphores(shm: Path = Path("/dev/shm")) -> set[str]:
     """Ray's named semaphores (sem.obj<pid>-<n>, sem.hdr<pid>-<n>) whose creating process has exited."""
     from distcoagent.ray_engine.cluster import running
 
-    names = [p.name for kind in ("obj", "hdr") for p in shm.glob(f"sem.{kind}*-*")]
-    return {n for n in names if n[7:].split("-")[0].isdigit() and not running(int(n[7:].split("-")[0]))}
+    pids = {p.name: p.name[7:].split("-")[0] for kind in ("obj", "hdr") for p in shm.glob(f"sem.{kind}*-*")}
+    return {name for name, pid in pids.items() if pid.isdigit() and not running(int(pid))}
 
 
 def test_train_on_the_ray_engine_matches_the_in_process_engine(tmp_path):

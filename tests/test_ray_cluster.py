@@ -7,7 +7,7 @@ ray = pytest.importorskip("ray")
 from ray.cluster_utils import Cluster  # noqa: E402
 
 from distcoagent.ray_engine import RayEngine  # noqa: E402
-from distcoagent.ray_engine.cluster import remove_semaphores_left_by  # noqa: E402
+from distcoagent.ray_engine.cluster import raylet_pid, remove_semaphores_left_by  # noqa: E402
 from ray_networks import GRID, assert_identical, in_process, paper  # noqa: E402
 
 
@@ -18,15 +18,11 @@ def cluster():
     cluster.wait_for_nodes()
     ray.init(address=cluster.address, logging_level="WARNING", log_to_driver=False)
     yield cluster
-    raylets = [_raylet(node) for node in cluster.list_all_nodes()]
+    raylets = [raylet_pid(node) for node in cluster.list_all_nodes()]
     ray.shutdown()
     cluster.shutdown()
     for pid in raylets:  # the named semaphores Ray 2.60's raylets leave in /dev/shm
         remove_semaphores_left_by(pid)
-
-
-def _raylet(node) -> int:
-    return node.all_processes["raylet"][0].process.pid
 
 
 def _node_of(actor) -> str:
@@ -60,7 +56,7 @@ def test_a_removed_worker_node_loses_only_time(cluster):
 
     worker = cluster.add_node(num_cpus=2)
     cluster.wait_for_nodes()
-    gone = _raylet(worker)
+    gone = raylet_pid(worker)
     expected = in_process(paper(), GRID, {"size": 5}, trials=4, seed=9, micro_batches=2, episodes=5)
 
     class RemoveNode(Observer):

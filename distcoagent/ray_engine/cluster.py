@@ -272,14 +272,16 @@ def module_runtime_env(env_id: str) -> dict | None:
     return {"py_modules": [str(Path(location).resolve())]}
 
 
-def local_raylet_pid() -> int | None:
-    """The process id of the raylet that this process's ``ray.init`` started (a local Ray), or None
-    (joined a cluster, Ray not initialised, or a Ray whose internals differ)."""
+def raylet_pid(node=None) -> int | None:
+    """The process id of the raylet that a Ray node object started: by default this process's, which
+    ``ray.init`` started for a local Ray; or None (joined a cluster, Ray not initialised, or a Ray
+    whose internals differ)."""
     try:
         import ray
         from ray._private import ray_constants
 
-        return int(ray._private.worker._global_node.all_processes[ray_constants.PROCESS_TYPE_RAYLET][0].process.pid)
+        node = node if node is not None else ray._private.worker._global_node
+        return int(node.all_processes[ray_constants.PROCESS_TYPE_RAYLET][0].process.pid)
     except Exception:  # noqa: BLE001 - private API: no pid means nothing is cleaned
         return None
 

@@ -67,7 +67,7 @@ from ..engine import check_counts, check_episodes, check_state, result_from_stat
 from ..envs import make_batch
 from ..network import Network, SpecError
 from .actors import Command, CoagentWorker, EnvironmentWorker
-from .cluster import local_raylet_pid, module_runtime_env, remove_semaphores_left_by
+from .cluster import module_runtime_env, raylet_pid, remove_semaphores_left_by
 from .placement import (STRATEGIES, PlacementError, _fmt, check_resources, coagent_groups, connect, levels,
                         resource_requests, used_sources)
 
@@ -231,7 +231,6 @@ class RayEngine(Engine):
         self.partial: TrainResult | None = None  # what a failed run had at its last snapshot
         self._build_args = (custom, dict(env_resources or {}), cpus_per_actor, placement)
         self._started_ray = connect(address, connect_timeout, runtime_env=module_runtime_env(env_id))
-        self._raylet = local_raylet_pid() if self._started_ray else None  # a local Ray's, for close
         try:
             self._build(*self._build_args)
         except BaseException:
@@ -702,9 +701,10 @@ class RayEngine(Engine):
             return
         self._teardown()
         if self._started_ray:
+            raylet = raylet_pid()  # a local Ray's (None when this engine joined a cluster)
             ray.shutdown()
             self._started_ray = False
-            remove_semaphores_left_by(self._raylet)  # Ray 2.60 leaves them in /dev/shm
+            remove_semaphores_left_by(raylet)  # Ray 2.60 leaves them in /dev/shm
 
     def _teardown(self) -> None:
         """Tear the graph down and kill every actor (the graph cannot outlive one of its actors)."""
