@@ -73,25 +73,52 @@ def local_ray() -> int:
     return SharedRay.port
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist names the groups
+# The Ray lane: the test modules that run Ray (on the shared Ray, or started their own way: the CLI, `ray start`,
+# a multi-node cluster), and the Ray tests of other modules (module::function). See pytest_xdist_make_scheduler.
+RAY_MODULES = {"test_cluster_address.py", "test_contract.py", "test_dashboard_live.py", "test_freerun_ray.py",
+               "test_option_critic_ray.py", "test_ray_cluster.py", "test_ray_engine.py", "test_ray_faults.py",
+               "test_ray_metrics.py", "test_two_node_cluster.py"}
+RAY_TESTS = {"test_cli.py::test_train_on_the_ray_engine_matches_the_in_process_engine",
+             "test_resume.py::test_ray_engine_stops_on_sigint_without_crashing_and_resumes_in_process"}
+
+
+def in_ray_lane(nodeid: str) -> bool:
+    """Whether the test ``nodeid`` (tests/test_x.py::test_y[params]) runs Ray."""
+    path, _, name = nodeid.partition("::")
+    module = path.rsplit("/", 1)[-1]
+    return module in RAY_MODULES or f"{module}::{name.split('[')[0]}" in RAY_TESTS
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """``-n 2 --dist loadscope`` (the default options): one pytest worker runs the Ray lane, in collection order, one
+    Ray at a time, while the other runs the Ray-free tests, one by one as it is free (a Ray-free test may also run
+    on the first worker once the lane is done). The Ray tests leave about a quarter of the 2 cores idle (waits for
+    actors, clusters, metrics and rate-limited runs); the Ray-free tests fill it. Running the `ray start` modules
+    beside the shared Ray as well did not pay: the cores were then busy 93% of the time, the suite no shorter.
+
+    The lane is decided here, in the controller, from the test ids alone: xdist's own ``loadgroup`` reads groups
+    from ids that its workers rewrite, which pytest 9.2 no longer lets them do (pytest-xdist issue 1386: the groups
+    are silently ignored)."""
+    if config.getvalue("dist") != "loadscope":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class RayLane(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return "ray" if in_ray_lane(nodeid) else nodeid
+
+    return RayLane(config, log)
+
+
 def pytest_collection_modifyitems(session, config, items):
     """The modules that share the local Ray run one after the other, where the first of them was (each
-    module's tests stay together and in order).
-
-    Every test that runs Ray (on the shared Ray, or marked ``starts_ray``) joins the xdist group "ray": with
-    ``-n 2 --dist loadgroup`` (the default options) one worker runs them all, in this order, never two Rays at
-    once, while the other worker runs the Ray-free tests (a Ray-free test may run on either worker). The Ray
-    tests leave about a quarter of the 2 cores idle (waits for actors, clusters, metrics and rate-limited
-    runs); the Ray-free tests fill it. Running `ray start` clusters beside the shared Ray did not pay: the cores
-    were then busy 93% of the time, and the suite was no shorter."""
+    module's tests stay together and in order)."""
     shared = [item for item in items if _shares(item)]
     if shared:
         first = items.index(shared[0])
         rest = [item for item in items if not _shares(item)]
         items[:] = rest[:first] + shared + rest[first:]
-    for item in items:
-        if _shares(item) or item.get_closest_marker("starts_ray"):
-            item.add_marker(pytest.mark.xdist_group("ray"))
 
 
 def _shares(item) -> bool:
@@ -101,20 +128,19 @@ def _shares(item) -> bool:
 def pytest_runtest_setup(item):
     if not _shares(item):
         SharedRay.stop()  # the tests that start Ray their own way need none running in this process
+    elif not in_ray_lane(item.nodeid):
+        pytest.fail(f"{item.nodeid} uses the shared Ray (local_ray) outside the Ray lane: add its module to "
+                    "RAY_MODULES (or the test to RAY_TESTS) in tests/conftest.py", pytrace=False)
 
 
 @pytest.hookimpl(trylast=True)  # after the test's own teardown
 def pytest_runtest_teardown(item):
-    """A test outside the Ray group may run beside the Ray tests: it must not start Ray in this process."""
+    """A test outside the Ray lane may run beside the Ray tests: it must not start Ray in this process."""
     ray = sys.modules.get("ray")
-    if ray is not None and ray.is_initialized() and not _in_ray_group(item):
+    if ray is not None and ray.is_initialized() and not in_ray_lane(item.nodeid):
         ray.shutdown()
-        pytest.fail(f"{item.nodeid} started Ray: mark it @pytest.mark.starts_ray (or give it the local_ray "
-                    "fixture), so that it runs in the pytest worker of the Ray tests", pytrace=False)
-
-
-def _in_ray_group(item) -> bool:
-    return any(mark.args[:1] == ("ray",) for mark in item.iter_markers("xdist_group"))
+        pytest.fail(f"{item.nodeid} started Ray: add it to RAY_TESTS (or its module to RAY_MODULES) in "
+                    "tests/conftest.py, so that it runs in the Ray lane", pytrace=False)
 
 
 def pytest_sessionfinish(session, exitstatus):

@@ -7,8 +7,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = str(ROOT / "examples" / "paper_gridworld.toml")
 
@@ -82,7 +80,6 @@ def _orphaned_semaphores(shm: Path = Path("/dev/shm")) -> set[str]:
     return {name for name, pid in pids.items() if pid.isdigit() and not running(int(pid))}
 
 
-@pytest.mark.starts_ray
 def test_train_on_the_ray_engine_matches_the_in_process_engine(tmp_path):
     common = ("--episodes", "4", "--trials", "3", "--seed", "4", "--quiet")
     orphans = _orphaned_semaphores()

@@ -28,8 +28,6 @@ import pytest
 from distcoagent.ray_engine.cluster import module_runtime_env, resolve_address, speaks_grpc
 from test_two_node_cluster import _free_port_range, _free_ports, terminate
 
-pytestmark = pytest.mark.starts_ray  # `ray start` clusters of this machine
-
 ROOT = Path(__file__).resolve().parents[1]
 START_TIMEOUT = 120  # seconds for `ray start`
 FAIL_WITHIN = 10     # seconds: a refused address must be reported this fast (process start included)

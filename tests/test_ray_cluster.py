@@ -10,8 +10,6 @@ from distcoagent.ray_engine import RayEngine  # noqa: E402
 from distcoagent.ray_engine.cluster import raylet_pid, remove_semaphores_left_by  # noqa: E402
 from ray_networks import GRID, assert_identical, in_process, paper  # noqa: E402
 
-pytestmark = pytest.mark.starts_ray  # a multi-node cluster of this machine
-
 
 @pytest.fixture(scope="module")
 def cluster():

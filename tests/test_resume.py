@@ -171,7 +171,6 @@ def test_damaged_or_foreign_checkpoints_get_one_clear_error_and_the_run_director
     assert resumed.returncode == 2 and "--episodes" in resumed.stderr
 
 
-@pytest.mark.starts_ray
 def test_ray_engine_stops_on_sigint_without_crashing_and_resumes_in_process(spec, reference, tmp_path):
     out = tmp_path / "run"
     env = {**os.environ, "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "")}

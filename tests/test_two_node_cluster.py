@@ -30,8 +30,6 @@ import pytest
 
 from test_deploy_files import EXPORTED_METRICS
 
-pytestmark = pytest.mark.starts_ray  # `ray start` clusters of this machine
-
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ROOT / "cluster" / "bare-metal"
 START_TIMEOUT = 120      # seconds for one `ray start`
