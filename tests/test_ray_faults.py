@@ -58,6 +58,7 @@ def sigkill(name):
     return lambda engine: os.kill(engine.placement[name]["pid"], signal.SIGKILL)
 
 
+@pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning")  # no error from a dropped result
 @pytest.mark.parametrize("name,how", [("coagent:bit_b", kill_actor), ("env:1", sigkill)],
                          ids=["ray.kill a coagent actor", "SIGKILL the environment actor"])
 def test_a_lost_actor_is_replaced_and_the_run_is_bit_identical(expected, caplog, name, how):
@@ -78,6 +79,7 @@ def test_a_lost_actor_is_replaced_and_the_run_is_bit_identical(expected, caplog,
     assert_identical(expected, result)
 
 
+@pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning")  # no error from a dropped result
 def test_a_run_that_keeps_losing_actors_stops_with_a_clear_error():
     saboteur = Saboteur(kill_actor("coagent:act"), at=(2, 4, 6))
     engine = RayEngine(paper(), GRID, {"size": 5}, max_recoveries=1, snapshot_every=SNAPSHOT_EVERY, **OPTIONS)

@@ -631,6 +631,10 @@ class RayEngine(Engine):
                   "restored_tick": self._snapshot["tick"]}
         self.recoveries.append(record)
         who = ", ".join(self._describe(n) for n in dead) or "an actor (which one, the cluster no longer says)"
+        # the graph goes before the executions still pending: a pending result dropped while its graph is up
+        # tries to release the graph's closed channels (Ray prints "Exception ignored in CompiledDAGRef.__del__")
+        self._teardown()
+        state["pending"].clear()
         if len(self.recoveries) > self.max_recoveries:
             self._broken = lost.error
             raise RecoveryError(f"the run lost actors {len(self.recoveries)} times, more than max_recoveries = "
@@ -638,8 +642,6 @@ class RayEngine(Engine):
         log.warning("actor lost at atomic tick %d: %s; starting fresh actors and restoring the state of tick %d "
                     "(recovery %d of at most %d)", tick, who, self._snapshot["tick"], len(self.recoveries),
                     self.max_recoveries)
-        state["pending"].clear()
-        self._teardown()
         self._build(*self._build_args)
         self._broken = None
         self.restore(self._snapshot)
