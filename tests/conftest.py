@@ -138,7 +138,9 @@ def pytest_runtest_teardown(item):
     """A test outside the Ray lane may run beside the Ray tests: it must not start Ray in this process."""
     ray = sys.modules.get("ray")
     if ray is not None and ray.is_initialized() and not in_ray_lane(item.nodeid):
-        ray.shutdown()
+        from distcoagent.ray_engine.cluster import shutdown_ray
+
+        shutdown_ray()
         pytest.fail(f"{item.nodeid} started Ray: add it to RAY_TESTS (or its module to RAY_MODULES) in "
                     "tests/conftest.py, so that it runs in the Ray lane", pytrace=False)
 

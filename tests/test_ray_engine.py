@@ -57,7 +57,7 @@ def test_recurrent_network_agrees_with_in_process(options):
     _agree(recurrent, GRID, {"size": 4}, trials=4, envs_per_trial=2, seed=11, episodes=3, **options)
 
 
-# one actor per coagent with -m slow: test_option_critic_ray runs the option-critic network of Four Rooms so
+# one actor per coagent with -m slow: test_option_critic_ray's default variant runs the option-critic network that way
 @pytest.mark.parametrize("options", [
     pytest.param({}, marks=pytest.mark.slow),
     {"groups": [["termination", "act"], ["option"]], "micro_batches": 2},

@@ -286,6 +286,16 @@ def raylet_pid(node=None) -> int | None:
         return None
 
 
+def shutdown_ray() -> None:
+    """``ray.shutdown()``, then remove the named semaphores the local raylet it stopped left in /dev/shm (none
+    when this process had joined a cluster: its raylet runs on)."""
+    import ray
+
+    raylet = raylet_pid()
+    ray.shutdown()
+    remove_semaphores_left_by(raylet)
+
+
 def remove_semaphores_left_by(raylet_pid: int | None, shm: Path = Path("/dev/shm")) -> int:
     """Remove the named semaphores a raylet that has exited left in ``shm``; how many files.
 

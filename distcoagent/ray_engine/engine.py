@@ -67,7 +67,7 @@ from ..engine import check_counts, check_episodes, check_state, result_from_stat
 from ..envs import make_batch
 from ..network import Network, SpecError
 from .actors import Command, CoagentWorker, EnvironmentWorker
-from .cluster import module_runtime_env, raylet_pid, remove_semaphores_left_by
+from .cluster import module_runtime_env, shutdown_ray
 from .placement import (STRATEGIES, PlacementError, _fmt, check_resources, coagent_groups, connect, levels,
                         resource_requests, used_sources)
 
@@ -703,10 +703,8 @@ class RayEngine(Engine):
             return
         self._teardown()
         if self._started_ray:
-            raylet = raylet_pid()  # a local Ray's (None when this engine joined a cluster)
-            ray.shutdown()
+            shutdown_ray()  # and the semaphores Ray 2.60's local raylet leaves in /dev/shm
             self._started_ray = False
-            remove_semaphores_left_by(raylet)  # Ray 2.60 leaves them in /dev/shm
 
     def _teardown(self) -> None:
         """Tear the graph down and kill every actor (the graph cannot outlive one of its actors)."""
