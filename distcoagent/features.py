@@ -117,13 +117,33 @@ class Raw(ObservationFeatures):
         return np.asarray(obs, dtype=np.float64).reshape(obs.shape[0], -1)
 
 
-def _unit_box(obs: np.ndarray, space: InputSpace, features) -> np.ndarray:
+def bounds_problem(features, space: InputSpace) -> str | None:
+    """Why ``features`` (Fourier, tile coding) cannot map observations of ``space`` onto the unit box,
+    or None: bounds from the features table, else the environment's Box, finite, one per dimension
+    (or one for all), high above low.  Checked when a network meets its environment."""
+    if not hasattr(features, "low") or space.discrete:
+        return None
+    kind = type(features).__name__
     low = np.asarray(features.low if features.low is not None else space.low, dtype=np.float64)
     high = np.asarray(features.high if features.high is not None else space.high, dtype=np.float64)
-    if low is None or not np.all(np.isfinite(low)) or not np.all(np.isfinite(high)):
-        raise ValueError(
-            f"features: {type(features).__name__} needs finite observation bounds; give `low` and "
-            "`high` in the features table (the environment's Box space is unbounded)")
+    for name, given, value in (("low", features.low, low), ("high", features.high, high)):
+        if given is not None and value.size not in (1, space.dim):
+            return (f"{name}: expected {space.dim} bound(s), one per observation dimension, got "
+                    f"{value.size}")
+    if not (np.all(np.isfinite(low)) and np.all(np.isfinite(high))):
+        return (f"{kind} needs finite observation bounds; give `low` and `high` in the features table "
+                "(the environment's Box space is unbounded)")
+    if not np.all(high > low):
+        return f"{kind} needs high > low in every dimension, got low {low.tolist()} and high {high.tolist()}"
+    return None
+
+
+def _unit_box(obs: np.ndarray, space: InputSpace, features) -> np.ndarray:
+    problem = bounds_problem(features, space)
+    if problem is not None:
+        raise ValueError(f"features: {problem}")
+    low = np.asarray(features.low if features.low is not None else space.low, dtype=np.float64)
+    high = np.asarray(features.high if features.high is not None else space.high, dtype=np.float64)
     x = (np.asarray(obs, dtype=np.float64) - low) / (high - low)
     return np.clip(x, 0.0, 1.0)
 

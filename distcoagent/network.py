@@ -17,7 +17,7 @@ import numpy as np
 from . import batched, kernels
 from .batched import ENV, FIELDS_OF, TRIAL, ArrayDict
 from .coagent import Coagent, parse_input
-from .features import Encoder, InputSpace, ObservationFeatures
+from .features import Encoder, InputSpace, ObservationFeatures, bounds_problem
 from .policies import Gaussian
 from .rules import ScaledTraces
 
@@ -151,6 +151,10 @@ class Network:
                 raise SpecError(f"coagents.{c.name}.features: 'tabular' needs discrete inputs; input(s) "
                                 f"{[i for i, s in zip(c.inputs, spaces[c.name]) if not s.discrete]} are "
                                 "continuous (use fourier, tile or raw features)")
+            if any(s is obs for s in spaces[c.name]) and c.features is not None and not isinstance(c.features, str):
+                problem = bounds_problem(c.features, obs)
+                if problem is not None:
+                    raise SpecError(f"coagents.{c.name}.features: {problem}")
             table = getattr(c.execution, "probabilities", None)
             if table is not None:
                 cells = int(np.prod([s.n or 0 for s in spaces[c.name]]))
@@ -164,6 +168,10 @@ class Network:
                         or min(c.initial) < 0:
                     raise SpecError(f"coagents.{c.name}.initial: expected {out.n} probabilities summing "
                                     f"to 1, got {list(c.initial)}")
+        if self.critic is not None and self.critic.features is not None:
+            problem = bounds_problem(self.critic.features, obs)
+            if problem is not None:
+                raise SpecError(f"critic.features: {problem}")
         if action_space is not None:
             self._check_action(action_space, outputs)
         return spaces

@@ -59,6 +59,55 @@ def test_malformed_spec_names_the_field(changes, field, expected):
     assert __import__("re").search(expected, message), message
 
 
+CARTPOLE = {
+    "env": {"id": "CartPole-v1"},
+    "network": {"gamma": 0.99, "action": "push"},
+    "coagent": [{"name": "push", "inputs": ["obs"], "policy": {"kind": "softmax", "n": 2},
+                 "features": {"kind": "fourier", "order": 2, "low": [-2.4, -3.0, -0.21, -3.5],
+                              "high": [2.4, 3.0, 0.21, 3.5]}}],
+}
+
+
+def cartpole_with(features=None, critic=None):
+    import copy
+
+    raw = copy.deepcopy(CARTPOLE)
+    if features is not None:
+        raw["coagent"][0]["features"] = features
+    if critic is not None:
+        raw["critic"] = critic
+        raw["coagent"][0]["rule"] = {"kind": "actor_critic", "critic": "shared"}
+    return raw
+
+
+@pytest.mark.parametrize("raw, field, expected", [
+    (cartpole_with({"kind": "fourier", "order": 3}), r"coagents\.push\.features",
+     "Fourier needs finite observation bounds; give `low` and `high`"),
+    (cartpole_with({"kind": "tile", "tilings": 8, "tiles": 4}), r"coagents\.push\.features",
+     "TileCoding needs finite observation bounds"),
+    (cartpole_with({"kind": "tile", "low": [-1.0, 0.0], "high": [1.0, 1.0]}), r"coagents\.push\.features",
+     "low: expected 4 bound", ),
+    (cartpole_with({"kind": "fourier", "low": [2.4, -3.0, -0.21, -3.5], "high": [2.4, 3.0, 0.21, 3.5]}),
+     r"coagents\.push\.features", "high > low in every dimension"),
+    (cartpole_with(critic={"step": 0.01, "features": {"kind": "fourier", "order": 2}}), r"^critic\.features",
+     "Fourier needs finite observation bounds"),
+])
+def test_box_features_without_usable_bounds_are_refused_before_the_run(raw, field, expected):
+    """Fourier and tile features map a Box onto the unit box: unbounded (CartPole's velocities), the
+    wrong number of bounds or empty ranges are refused when the network meets the environment (``validate``,
+    ``train``), not at the first action."""
+    with pytest.raises(SpecError) as info:
+        check_env(parse(raw))
+    message = str(info.value)
+    assert __import__("re").search(field, message), message
+    assert expected in message, message
+
+
+def test_box_features_with_bounds_are_accepted():
+    check_env(parse(CARTPOLE)).close()
+    check_env(parse(cartpole_with(critic={"step": 0.01, "features": CARTPOLE["coagent"][0]["features"]}))).close()
+
+
 def test_well_formed_base_spec_is_accepted():
     check_env(parse(BASE)).close()
 

@@ -47,7 +47,8 @@ BOX = {  # a Box observation, for the features tables
     "env": {"id": "CartPole-v1"},
     "network": {"gamma": 0.99, "action": "act"},
     "coagent": [{"name": "act", "inputs": ["obs"], "policy": {"kind": "softmax", "n": 2},
-                 "features": {"kind": "fourier", "order": 2}}],
+                 "features": {"kind": "fourier", "order": 2, "low": [-2.4, -3.0, -0.21, -3.5],
+                              "high": [2.4, 3.0, 0.21, 3.5]}}],  # CartPole's velocities are unbounded
     "train": {"episodes": 2, "trials": 1},
 }
 
