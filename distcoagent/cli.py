@@ -50,7 +50,10 @@ def _train(args) -> int:
     from tqdm import tqdm
 
     from .spec import parse
-    from .training import summarize, train
+    from .training import read_run_config, summarize, train
+
+    if args.dashboard and not 0 <= args.port <= 65535:
+        raise SpecError(f"--port: expected a port in 0-65535, got {args.port}")
 
     overrides = {"episodes": args.episodes, "trials": args.trials, "seed": args.seed, "engine": args.engine,
                  "envs_per_trial": args.envs_per_trial, "micro_batches": args.micro_batches,
@@ -70,7 +73,7 @@ def _train(args) -> int:
         config_file = out / "config.json"
         if not config_file.is_file():
             raise SpecError(f"--resume: {out} is not a run directory (it has no config.json)")
-        raw = json.loads(config_file.read_text()).get("spec")
+        raw = read_run_config(out).get("spec")
         if raw is None:
             raise SpecError(f"--resume: {out} was started from Python, not from a spec file; resume it with "
                             "distcoagent.train(..., out=RUN_DIR, resume=True)")
@@ -229,19 +232,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+MAX_MESSAGE = 2000  # characters of an error line: hostile input may put a huge value into the message
+
+
+def _line(error) -> str:
+    text = str(error)
+    return text if len(text) <= MAX_MESSAGE else f"{text[:MAX_MESSAGE // 2]} ... {text[-MAX_MESSAGE // 4:]}"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return args.func(args)
     except SpecError as error:
-        print(f"distcoagent {args.command}: error: {error}", file=sys.stderr)
+        print(f"distcoagent {args.command}: error: {_line(error)}", file=sys.stderr)
         return 2
     except ConnectionError as error:  # --address where no Ray cluster answers
-        print(f"distcoagent {args.command}: error: {error}", file=sys.stderr)
+        print(f"distcoagent {args.command}: error: {_line(error)}", file=sys.stderr)
         return 2
     except gym.error.Error as error:  # unknown env id: gymnasium's own message and suggestion
-        print(f"distcoagent {args.command}: error: env.id: {error}", file=sys.stderr)
+        print(f"distcoagent {args.command}: error: env.id: {_line(error)}", file=sys.stderr)
         return 2
     except FloatingPointError as error:
         print(f"distcoagent {args.command}: stopped: {error}", file=sys.stderr)
@@ -249,8 +260,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except MemoryError as error:  # what limits.check_memory did not foresee
-        print(f"distcoagent {args.command}: error: out of memory ({error or 'MemoryError'}); lower train.trials, "
-              "train.envs_per_trial, train.episodes or the network's local states", file=sys.stderr)
+        sizes = ("train.trials, train.envs_per_trial, train.episodes or the network's local states"
+                 if args.command == "train" else "--trials or --episodes")
+        print(f"distcoagent {args.command}: error: out of memory ({error or 'MemoryError'}); lower {sizes}",
+              file=sys.stderr)
         return 2
     except OSError as error:  # a file or directory that cannot be read or written
         where = f"{error.filename}: " if error.filename else ""

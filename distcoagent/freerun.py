@@ -79,6 +79,9 @@ def _rate(value, where: str) -> float | None:
 def check_free_options(network, env_rate=None, coagents: dict | None = None) -> tuple[float | None, dict]:
     """The free-running options: the environment's rate and each coagent's ``delay`` and ``rate``."""
     env_rate = _rate(env_rate, "free.env_rate")
+    if coagents is not None and not isinstance(coagents, dict):
+        raise SpecError(f"free.coagents: expected a table of coagent names, each with delay and/or rate, e.g. "
+                        f"{{ {network.order[0]} = {{ delay = 0.01 }} }}, got {type(coagents).__name__}")
     out = {}
     for name, options in (coagents or {}).items():
         if name not in network.order:

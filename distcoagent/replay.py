@@ -20,7 +20,6 @@ from exactly what it saw, and the realised pattern is one the ACPGT covers.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -89,8 +88,9 @@ class ExecutionSchedule:
     def at(self, k: int, tick: int, env_index: np.ndarray) -> dict[str, np.ndarray]:
         record = self.steps.get((k, tick))
         if record is None:
-            raise ValueError(f"{FILE}: no record of atomic tick {tick} of micro-batch {k}; the record is "
-                             "incomplete (the run stopped without a checkpoint after it?)")
+            raise SpecError(f"replay: {FILE}: no record of atomic tick {tick} of micro-batch {k}; the record is "
+                            "incomplete or damaged (the run stopped without a checkpoint after it, or the file "
+                            "was cut or changed)")
         local = env_index - self.slices[k][0] * self.envs_per_trial
         B = record["batch"]
         return {n: np.unpackbits(np.asarray(bits, dtype=np.uint8), count=B).astype(bool)[local]
@@ -141,16 +141,32 @@ def replay(run_dir: str | Path, network=None) -> ReplayReport:
                        (params_file, "a finished run's parameters")):
         if not path.is_file():
             raise SpecError(f"replay: {run_dir} has no {path.name}; expected {what} (train with --clock free)")
-    config = json.loads(config_file.read_text())
+    from .training import read_run_config
+
+    config = read_run_config(run_dir, "replay")
     train = config["train"]
+    missing = [k for k in ("trials", "envs_per_trial", "seed", "micro_batches", "episodes") if k not in train]
+    if missing:
+        raise SpecError(f"replay: {config_file} is damaged (its train table has no {missing[0]})")
     env = dict(config["env"])
-    env_id = env.pop("id")
+    env_id = env.pop("id", None)
+    if not isinstance(env_id, str):
+        raise SpecError(f"replay: {config_file} is damaged (its env table has no id)")
     if network is None:
         if config.get("spec") is None:
             raise SpecError(f"replay: {run_dir} was started from Python; pass network= to replay()")
         network = parse(config["spec"], str(config_file)).network
+    try:
+        saved = serialize.loads(params_file.read_bytes())
+    except Exception as error:  # msgpack raises several types for truncated or garbled data
+        raise SpecError(f"replay: {params_file} is damaged ({type(error).__name__}: {error})") from None
+    if not isinstance(saved, dict):
+        raise SpecError(f"replay: {params_file} is damaged (expected a table of coagents' parameters)")
     restores: list = []
-    records = read_records(record_file, restores)
+    try:
+        records = read_records(record_file, restores)
+    except (ValueError, KeyError, TypeError) as error:
+        raise SpecError(f"replay: {record_file} is damaged ({type(error).__name__}: {error})") from None
     engine = InProcessEngine(network, env_id, env, trials=train["trials"], envs_per_trial=train["envs_per_trial"],
                              seed=train["seed"], micro_batches=train["micro_batches"], compact=False)
     if restores and not all(getattr(side.env, "restorable", False) for side in engine.env_sides):
@@ -164,11 +180,14 @@ def replay(run_dir: str | Path, network=None) -> ReplayReport:
         result = engine.train(train["episodes"])
     finally:
         engine.close()
-    saved = serialize.loads(params_file.read_bytes())
     differences = {}
     for name, params in result.params.items():
         for key, value in params.items():
-            theirs = np.asarray(saved[name][key])
+            theirs = saved.get(name, {}).get(key) if isinstance(saved.get(name), dict) else None
+            if theirs is None:
+                differences[f"{name}.{key}"] = float("inf")  # not in the saved parameters
+                continue
+            theirs = np.asarray(theirs)
             if theirs.shape != value.shape:
                 differences[f"{name}.{key}"] = float("inf")
             elif not np.array_equal(theirs, value):

@@ -89,6 +89,13 @@ def learning_jobs(network: Network, env_id: str, env_kwargs: dict, trials: int, 
 def learning_curves(network: Network, env_id: str, env_kwargs: dict, trials: int, episodes: int, seed: int = 0,
                     workers: int | None = None) -> np.ndarray:
     """Undiscounted returns, shape (trials, episodes), trials spread over worker processes."""
+    from .limits import check_array_bytes, check_memory
+    from .spec import TrainConfig
+
+    check_array_bytes(trials * episodes * np.dtype(np.float64).itemsize, "trials x episodes",
+                      "an array of every trial's returns")
+    check_memory(network, env_id, env_kwargs, TrainConfig(episodes=episodes, trials=min(trials, CHUNK_TRIALS)),
+                 names={"train.trials": "trials", "train.episodes": "episodes"})  # a job's engine
     workers = min(workers or default_workers(), trials)
     jobs = learning_jobs(network, env_id, env_kwargs, trials, episodes, seed, workers)
     returns = None

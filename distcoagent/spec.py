@@ -258,6 +258,7 @@ def _features(value, where):
 
 
 COAGENT_KEYS = {"name", "inputs", "policy", "execution", "rule", "features", "initial", "init_scale"}
+MAX_NAME = 64  # a coagent's name: in Ray actor names, metrics labels and every message about it
 
 
 def parse(raw: dict, source: str = "spec") -> RunSpec:
@@ -300,6 +301,9 @@ def parse(raw: dict, source: str = "spec") -> RunSpec:
         _check_keys(table, COAGENT_KEYS, where)
         merged = {**defaults, **table}
         name = string(merged.get("name"), f"{where}.name")
+        if len(name) > MAX_NAME or not name.isprintable():
+            raise SpecError(f"{where}.name: expected a name of at most {MAX_NAME} printable characters, got "
+                            f"{show(name)}")
         if name == "obs" or ":" in name:
             raise SpecError(f"{where}.name: {name!r} is not allowed ('obs' or containing ':')")
         where = f"coagent[{i}] ({name})"
@@ -342,7 +346,27 @@ def parse(raw: dict, source: str = "spec") -> RunSpec:
     from .freerun import check_free_options
 
     check_free_options(network, free.get("env_rate"), free.get("coagents"))
-    return RunSpec(network, env["id"], env_kwargs, TrainConfig(**train), raw, ray, free)
+    config = TrainConfig(**train)
+    _check_ray_against(ray, network, config)
+    return RunSpec(network, env["id"], env_kwargs, config, raw, ray, free)
+
+
+def _check_ray_against(ray: dict, network: Network, config: TrainConfig) -> None:
+    """The [ray] table against the network's coagents and the run's micro-batches (what RayEngine would
+    refuse, refused by ``validate`` and before ``train`` touches a run directory)."""
+    from .ray_engine.placement import PlacementError, coagent_groups, resource_requests
+
+    try:
+        groups = coagent_groups(network, ray.get("coagents_per_actor", 1), ray.get("groups"))
+        resource_requests(groups, ray.get("resources"), network)
+    except PlacementError as error:
+        raise SpecError(f"ray.{error}") from None
+    replicas = ray.get("replicas", 1)
+    batches = min(config.micro_batches, config.trials)  # trial_slices' count, without building them
+    if config.engine == "ray" and replicas > batches:
+        raise SpecError(f"ray.replicas: {replicas} replicas need at least {replicas} micro-batches (there are "
+                        f"{batches}); set train.micro_batches (--micro-batches) >= replicas, at most trials = "
+                        f"{config.trials}")
 
 
 def _check_env_options(env_id: str, options: dict) -> None:
@@ -440,6 +464,10 @@ def check_env(spec: RunSpec) -> gym.Env:
     try:
         spec.network.input_spaces(env.observation_space, env.action_space)
         check_memory(spec, env=env)
+        if spec.train.engine == "inprocess":
+            from .blocks import default_threads
+
+            default_threads()  # DISTCOAGENT_THREADS, as the engine reads it
     except BaseException:
         env.close()
         raise

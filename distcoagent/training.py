@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 import time
 from pathlib import Path
 from typing import Callable, Sequence
@@ -96,24 +97,56 @@ def _run_config(network: Network, env: str, env_kwargs: dict, config: TrainConfi
             "run": {k: getattr(config, k) for k in ("episodes", "trials", "envs_per_trial", "seed", "micro_batches")}}
 
 
-def prepare_run_dir(out: str | Path, *, resume: bool, overwrite: bool) -> Path:
-    """The run directory ``out``: refused if it holds a run (unless resuming or overwriting) or is a file."""
+def check_run_dir(out: str | Path, *, resume: bool, overwrite: bool) -> Path:
+    """The run directory ``out``, checked and left as it is: refused if it is a file, if it holds a run
+    (unless resuming or overwriting), if it holds none to resume, or if a run file's name is taken by
+    something that is not a file (a checkpoint could not be written there at the end)."""
     run_dir = Path(out)
+    flag = "--resume" if resume else "--out"
     if run_dir.exists() and not run_dir.is_dir():
-        raise SpecError(f"--out: {run_dir} is a file, expected a run directory (a new or empty folder)")
+        raise SpecError(f"{flag}: {run_dir} is a file, expected a run directory (a new or empty folder)")
     holds_run = (run_dir / "config.json").is_file()
-    if resume:
-        if not holds_run:
-            raise SpecError(f"--resume: {run_dir} is not a run directory (it has no config.json)")
-        return run_dir
-    if holds_run and not overwrite:
+    if resume and not holds_run:
+        raise SpecError(f"--resume: {run_dir} is not a run directory (it has no config.json)")
+    if not resume and holds_run and not overwrite:
         raise SpecError(f"--out: {run_dir} already holds a run; pass --resume {run_dir} to continue it, "
                         "or --overwrite to replace it")
-    if holds_run:
-        for name in RUN_FILES:
-            (run_dir / name).unlink(missing_ok=True)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    for name in RUN_FILES:
+        path = run_dir / name
+        if path.exists() and not path.is_file():
+            raise SpecError(f"{flag}: {path} is not a file; the run writes its {name} there (move it away)")
+    if run_dir.is_dir() and not os.access(run_dir, os.W_OK | os.X_OK):
+        raise SpecError(f"{flag}: {run_dir} is not writable")
     return run_dir
+
+
+def prepare_run_dir(out: str | Path, *, resume: bool, overwrite: bool) -> Path:
+    """``check_run_dir``, then the directory made ready: an overwritten run's files removed, the folder
+    made.  Call it once everything else about the run has been checked: it is what cannot be undone."""
+    run_dir = check_run_dir(out, resume=resume, overwrite=overwrite)
+    if not resume:
+        if (run_dir / "config.json").is_file():  # overwrite
+            for name in RUN_FILES:
+                (run_dir / name).unlink(missing_ok=True)
+        run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir
+
+
+def read_run_config(run_dir: str | Path, flag: str = "--resume") -> dict:
+    """A run directory's config.json, or a SpecError naming the file if it cannot be what train wrote."""
+    path = Path(run_dir) / "config.json"
+    try:
+        config = json.loads(path.read_text())
+    except UnicodeDecodeError as error:
+        raise SpecError(f"{flag}: {path} is damaged (not UTF-8 text: {error.reason})") from None
+    except json.JSONDecodeError as error:
+        raise SpecError(f"{flag}: {path} is damaged (not JSON: {error.msg} at line {error.lineno})") from None
+    shapes = {"train": dict, "env": dict, "spec": (dict, type(None))}
+    wrong = [k for k, kind in shapes.items() if not isinstance(config, dict) or not isinstance(config.get(k), kind)]
+    if wrong:
+        raise SpecError(f"{flag}: {path} is damaged (expected a table with env, train and spec, as train writes "
+                        f"it; {wrong[0]!r} is missing or of the wrong kind)")
+    return config
 
 
 def train(network: Network | RunSpec, env: str | None = None, *, env_kwargs: dict | None = None,
@@ -171,11 +204,11 @@ def train(network: Network | RunSpec, env: str | None = None, *, env_kwargs: dic
         from .ray_engine.cluster import resolve_address
 
         resolve_address(config.address)  # a refused cluster leaves no run directory behind
-    if out is not None:
-        run_dir = prepare_run_dir(out, resume=resume, overwrite=overwrite)
+    if out is not None:  # everything about the run is checked before its directory changes
+        run_dir = check_run_dir(out, resume=resume, overwrite=overwrite)
         config_hash = checkpoint.spec_hash(_run_config(network, env, env_kwargs, config))
         if resume:
-            saved = json.loads((run_dir / "config.json").read_text())
+            saved = read_run_config(run_dir)
             if saved.get("spec_hash") not in (None, config_hash):
                 raise SpecError(f"--resume: {run_dir} was started with another spec (network, environment, "
                                 "trials, envs_per_trial, seed, micro_batches or episodes differ)")
@@ -184,23 +217,27 @@ def train(network: Network | RunSpec, env: str | None = None, *, env_kwargs: dic
                     state = checkpoint.read(run_dir / checkpoint.FILE, config_hash)
                 except checkpoint.CheckpointError as error:
                     raise SpecError(str(error)) from None
-            (run_dir / "error.txt").unlink(missing_ok=True)
-        else:
-            _write_json(run_dir / "config.json", {"env": {"id": env, **env_kwargs}, "network": network.to_config(),
-                                                  "train": config.__dict__, "ray": ray_options or {},
-                                                  "free": free_options or {},
-                                                  "spec": raw, "spec_hash": config_hash})
         raster = RasterSpec(tuple(range(min(RASTER_ENVS, config.trials * config.envs_per_trial))))
-        log = MetricsLog(run_dir / "metrics.jsonl", run=run_dir.name, network=network.to_config(),
-                         trials=config.trials, envs_per_trial=config.envs_per_trial,
-                         raster_envs=list(raster.env_ids), raster_window=raster.window, every=metrics_every)
-        saver = Checkpointer(run_dir, config_hash, every_episodes, every_seconds)
-        observers += [log, saver]
+    ray_table = dict(ray_options or {})  # as the run's config.json records it
     if run_dir is not None and config.engine == "ray":
-        ray_options = {"run_name": run_dir.name, **(ray_options or {})}
+        ray_options = {"run_name": run_dir.name, **ray_table}
     record = run_dir / REPLAY_FILE if run_dir is not None and config.clock == "free" else None
     runner = make_engine(network, env, env_kwargs, config, ray_options, raster, free_options, record)
     try:
+        if run_dir is not None:
+            prepare_run_dir(run_dir, resume=resume, overwrite=overwrite)
+            if resume:
+                (run_dir / "error.txt").unlink(missing_ok=True)
+            else:
+                _write_json(run_dir / "config.json", {"env": {"id": env, **env_kwargs},
+                                                      "network": network.to_config(), "train": config.__dict__,
+                                                      "ray": ray_table, "free": free_options or {},
+                                                      "spec": raw, "spec_hash": config_hash})
+            log = MetricsLog(run_dir / "metrics.jsonl", run=run_dir.name, network=network.to_config(),
+                             trials=config.trials, envs_per_trial=config.envs_per_trial,
+                             raster_envs=list(raster.env_ids), raster_window=raster.window, every=metrics_every)
+            saver = Checkpointer(run_dir, config_hash, every_episodes, every_seconds)
+            observers += [log, saver]
         if state is not None:
             runner.restore(state)
         if run_dir is not None and getattr(runner, "placement", None):
@@ -214,7 +251,7 @@ def train(network: Network | RunSpec, env: str | None = None, *, env_kwargs: dic
             result = runner.train(config.episodes, progress=progress, observers=observers, stop=stop)
     except BaseException as error:
         partial = getattr(runner, "partial", None)
-        if run_dir is not None:
+        if log is not None:  # the run had started in its directory
             interrupted = isinstance(error, KeyboardInterrupt)
             if not interrupted:
                 (run_dir / "error.txt").write_text(f"{type(error).__name__}: {error}\n")

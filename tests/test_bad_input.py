@@ -108,6 +108,35 @@ def test_box_features_with_bounds_are_accepted():
     check_env(parse(cartpole_with(critic={"step": 0.01, "features": CARTPOLE["coagent"][0]["features"]}))).close()
 
 
+@pytest.mark.parametrize("changes, field, expected", [
+    ({"ray": {"groups": [["bit"], ["nobody"]]}}, r"^ray\.groups", r"unknown \['nobody'\], missing \['act'\]"),
+    ({"ray": {"resources": {"nobody": {"gpu": 1}}}}, r"^ray\.resources", r"unknown coagent\(s\) \['nobody'\]"),
+    ({"ray": {"replicas": 2}, "train": {"engine": "ray", "trials": 4}}, r"^ray\.replicas",
+     "2 replicas need at least 2 micro-batches"),
+    ({"free": {"coagents": [1]}}, r"^free\.coagents", "expected a table of coagent names"),
+    ({"coagent__0__name": "b" * 65}, r"coagent\[0\]\.name", "at most 64 printable characters"),
+    ({"coagent__0__name": "bit\nnext"}, r"coagent\[0\]\.name", "at most 64 printable characters"),
+])
+def test_what_train_would_refuse_validate_refuses_too(changes, field, expected):
+    """Placement against the network's coagents and the run's micro-batches, the [free] table's shape,
+    names fit for one line: refused when the spec is read (``validate``, and ``train`` before it starts)."""
+    with pytest.raises(SpecError) as info:
+        check_env(parse(spec_with(**changes)))
+    message = str(info.value)
+    assert __import__("re").search(field, message), message
+    assert __import__("re").search(expected, message), message
+
+
+def test_replicas_are_checked_only_for_the_ray_engine():
+    check_env(parse(spec_with(ray={"replicas": 2}))).close()  # in-process: the [ray] table waits for --engine ray
+
+
+def test_a_bad_thread_count_in_the_environment_is_refused_by_validate(monkeypatch):
+    monkeypatch.setenv("DISTCOAGENT_THREADS", "abc")
+    with pytest.raises(SpecError, match="DISTCOAGENT_THREADS: expected a positive integer, got 'abc'"):
+        check_env(parse(BASE))
+
+
 def test_well_formed_base_spec_is_accepted():
     check_env(parse(BASE)).close()
 

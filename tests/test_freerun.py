@@ -314,3 +314,35 @@ def test_replay_refuses_a_resumed_run_on_an_environment_that_cannot_be_saved(tmp
     ExecutionLog(out / FILE).mark_restore(0, 5)
     with pytest.raises(SpecError, match="resumed or recovered 1 time.*CartPole-v1.*cannot be saved"):
         replay(out, network=cartpole())
+
+
+def test_replay_of_a_damaged_run_directory_names_the_file(tmp_path, capsys):
+    """``distcoagent replay`` exits 1 only for "not identical": a config, parameters or record that cannot
+    be read is exit 2 and one line naming the file (the files here: a tick-clock run's, plus a record)."""
+    from pathlib import Path
+
+    from distcoagent.cli import main
+    from distcoagent.replay import FILE
+
+    spec = Path(__file__).resolve().parents[1] / "examples" / "paper_gridworld.toml"
+    good = tmp_path / "good"
+    assert main(["train", str(spec), "--episodes", "2", "--trials", "2", "--out", str(good), "--quiet"]) == 0
+    (good / FILE).write_bytes(b"")
+    params, config = (good / "params.msgpack").read_bytes(), (good / "config.json").read_text()
+    cases = {
+        "config.json": ("config.json", "{not json"), "config is a list": ("config.json", "[1, 2]"),
+        "params.msgpack": ("params.msgpack", params[: len(params) // 2]),
+        "params of garbage": ("params.msgpack", b"\x93\x01\x02\x03" + b"\xff" * 40),
+        FILE: (FILE, serialize.dumps(7)),  # a value that is not a record
+        "record without ticks": (FILE, b""),
+    }
+    for what, (name, content) in cases.items():
+        case = tmp_path / what.replace(" ", "_")
+        case.mkdir()
+        for file, data in (("config.json", config), ("params.msgpack", params), (FILE, b"")):
+            (case / file).write_bytes(data.encode() if isinstance(data, str) else data)
+        (case / name).write_bytes(content.encode() if isinstance(content, str) else content)
+        capsys.readouterr()
+        assert main(["replay", str(case)]) == 2, what
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and name in err and "internal error" not in err, (what, err)

@@ -134,3 +134,17 @@ def test_curve_bands_of_partial_columns_raise_no_warning():
         mean, half = mean_and_band(values)
     np.testing.assert_array_equal(mean, [1.0, np.nan, 3.0, 7.0])
     np.testing.assert_allclose(half, [0.0, 0.0, 1.96 * np.sqrt(2) / np.sqrt(2), 1.96 * 2 / np.sqrt(3)])
+
+
+def test_reproduce_refuses_bad_flags_before_running(cli, tmp_path, capsys):
+    """Found before the study: a negative seed, --out naming a file, sizes no machine holds."""
+    a_file = tmp_path / "afile"
+    a_file.write_text("mine")
+    cases = [(["--seed", "-1"], "--seed: expected an integer >= 0"), (["--out", str(a_file)], "--out:"),
+             (["--trials", str(10**12)], "trials x episodes"), (["--episodes", str(10**13)], "trials x episodes")]
+    for args, expected in cases:
+        capsys.readouterr()
+        assert cli(["reproduce", "fig6", "--out", str(tmp_path / "figs"), *args]) == 2, args
+        err = capsys.readouterr().err
+        assert expected in err and len(err.strip().splitlines()) == 1, (args, err)
+    assert a_file.read_text() == "mine" and not (tmp_path / "figs").exists()

@@ -9,7 +9,8 @@ def register(subparsers) -> None:
                     "executions recorded in RUN_DIR/executions.msgpack forced (train --clock free writes "
                     "it), and compare: every parameter must equal RUN_DIR/params.msgpack bit for bit, and "
                     "every recorded output of the sampled environments must be what the replay computes. "
-                    "Exit 0 when identical, 1 otherwise.")
+                    "Exit 0 when identical, 1 otherwise, 2 if RUN_DIR cannot be read (a missing or damaged "
+                    "file, named).")
     p.add_argument("run_dir", metavar="RUN_DIR", help="a finished free-running run directory")
     p.set_defaults(func=run)
 

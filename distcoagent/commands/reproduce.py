@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+from pathlib import Path
 
 
 def register(subparsers) -> None:
@@ -46,6 +47,14 @@ def run(args) -> int:
             print(f"distcoagent reproduce: error: --{flag}: expected a positive integer, got {value}",
                   file=sys.stderr)
             return 2
+    if args.seed < 0:
+        print(f"distcoagent reproduce: error: --seed: expected an integer >= 0, got {args.seed}", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():  # found before the study runs, not after
+        print(f"distcoagent reproduce: error: --out: {out} is a file, expected a directory (new or existing)",
+              file=sys.stderr)
+        return 2
     if args.figure == "option-critic":
         from ..reproduce_option_critic import report
 
