@@ -6,7 +6,9 @@ Each run is a fresh process (as `distcoagent reproduce fig6` is), interleaved ov
 best kept; it reports its wall time, the curve (both variants must print the same), and the
 peak resident set of the main process and of the largest worker.  Untimed (tracing slows every
 allocation): the peak traced memory (numpy arrays and Python objects) of the main process during
-a full run, and of one worker's share of the trials run in this process.  The kernels' compile
+a full run, and of one worker's share of the trials run in this process; and, in a run sampled
+from outside, the memory of the whole run, main process and workers, each page counted once
+(``footprint_run``).  The kernels' compile
 time is measured too: into an empty cache (a fresh install's first run pays it once) and loaded
 from the cache (every process).
 
@@ -56,6 +58,56 @@ def fig6_run(compiled: bool, trials: int, episodes: int, workers: int, out: str,
     if proc.returncode != 0:
         raise SystemExit(proc.stderr)
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _process_tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (Linux: /proc/PID/task/TID/children)."""
+    tree, i = [pid], 0
+    while i < len(tree):
+        try:
+            for task in os.listdir(f"/proc/{tree[i]}/task"):
+                tree += [int(c) for c in Path(f"/proc/{tree[i]}/task/{task}/children").read_text().split()]
+        except OSError:  # it ended meanwhile
+            pass
+        i += 1
+    return tree
+
+
+def _memory_kib(pid: int) -> tuple[int, int] | None:
+    """(anonymous memory, shared pages split between the processes that share them: ``Pss_Anon``;
+    resident pages of mapped files, the libraries' code and data: ``RssFile``) of one process, in KiB."""
+    def field(text: str, name: str) -> int:
+        return int(text.split(name + ":")[1].split()[0])
+
+    try:
+        return (field(Path(f"/proc/{pid}/smaps_rollup").read_text(), "Pss_Anon"),
+                field(Path(f"/proc/{pid}/status").read_text(), "RssFile"))
+    except (OSError, IndexError, ValueError):  # gone, or exiting (a zombie has no memory to report)
+        return None
+
+
+def footprint_run(trials: int, episodes: int, workers: int, out: str, every: float = 0.02) -> dict:
+    """The memory of a whole run (the main process and its workers), sampled every ``every`` seconds in
+    a run of its own (sampling takes CPU).  Footprint: the processes' anonymous memory, each page once
+    (forked workers share their parent's pages until they write them), plus the library pages of the
+    process that maps the most (the processes map the same libraries; a page of a shared library also
+    serves other programs, so it is counted in full, once).  None where /proc lacks the fields."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "DISTCOAGENT_KERNELS": "1", "TRACE": ""}
+    proc = subprocess.Popen([sys.executable, "-c", RUN, str(trials), str(episodes), str(workers), out], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=str(ROOT))
+    peak = {"footprint_mib": 0.0, "anon_mib": 0.0, "library_mib": 0.0, "processes": 0}
+    while proc.poll() is None:
+        sizes = [m for m in map(_memory_kib, _process_tree(proc.pid)) if m is not None]
+        if sizes:
+            anon, library = sum(a for a, _ in sizes) / 1024, max(f for _, f in sizes) / 1024
+            if anon + library > peak["footprint_mib"]:
+                peak = {"footprint_mib": anon + library, "anon_mib": anon, "library_mib": library,
+                        "processes": len(sizes)}
+        time.sleep(every)
+    _, err = proc.communicate()
+    if proc.returncode != 0:
+        raise SystemExit(err)
+    return peak if peak["processes"] else None
 
 
 def traced_worker_mib(trials: int, episodes: int, workers: int) -> float:
@@ -122,6 +174,7 @@ def main() -> None:
     report["peak_traced_main_mib"] = fig6_run(True, args.trials, args.episodes, args.workers, f"{args.out}/traced",
                                               traced=True)["peak_traced_main_mib"]
     report["peak_traced_worker_mib"] = traced_worker_mib(args.trials, args.episodes, args.workers)
+    report["peak_footprint"] = footprint_run(args.trials, args.episodes, args.workers, f"{args.out}/sampled")
     curves = {name: run.pop("mean_return") for name, run in report["runs"].items()}
     report["same_curve"] = len({json.dumps(c) for c in curves.values()}) == 1
     print(f"Figure 6: {args.trials} trials x {args.episodes} episodes, {args.workers} workers, "
@@ -135,10 +188,20 @@ def main() -> None:
               f"{run['peak_rss_main_mib']:>15.0f}{run['peak_rss_worker_mib']:>17.0f}")
     print(f"peak traced memory (kernels): main process {report['peak_traced_main_mib']:.1f} MiB, "
           f"a worker {report['peak_traced_worker_mib']:.1f} MiB")
+    footprint = report["peak_footprint"]
+    if footprint is not None:
+        print(f"memory of the whole run (kernels; {footprint['processes']} processes at the peak, sampled): "
+              f"{footprint['footprint_mib']:.0f} MiB = {footprint['anon_mib']:.0f} anonymous (each page once) + "
+              f"{footprint['library_mib']:.0f} of libraries")
     if len(curves) > 1:
         print(f"same curve (every episode's mean return, all digits): {report['same_curve']}")
     wall = report["runs"]["kernels"]["wall_seconds"]
     print(f"goal: full Figure 6 in at most 6 s: {'met' if wall <= 6 else 'NOT met'} ({wall:.1f} s)")
+    if footprint is not None:
+        peak = footprint["footprint_mib"]
+        print(f"goal: peak memory of the full Figure 6 under 150 MiB: {'met' if peak < 150 else 'NOT met'} "
+              f"({peak:.0f} MiB for the whole run; largest process "
+              f"{max(report['runs']['kernels']['peak_rss_main_mib'], report['runs']['kernels']['peak_rss_worker_mib']):.0f} MiB resident)")
     if args.profile_trials:
         report["profile"] = profile(args.profile_trials, args.profile_episodes)
         print(json.dumps(report["profile"], indent=1))

@@ -1,5 +1,9 @@
 """The paper's experiments and the gradcheck/reproduce commands, at tiny sizes."""
+import gc
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -24,6 +28,55 @@ def test_learning_curves_do_not_depend_on_the_jobs(monkeypatch):
     for workers in (1, 2):
         jobs = reproduce.learning_curves(network, env_id, env_kwargs, trials=7, episodes=3, seed=4, workers=workers)
         np.testing.assert_array_equal(whole, jobs)
+
+
+SHARED_KERNELS = """
+import gc, json, os, sys
+from pathlib import Path
+from distcoagent import reproduce
+from distcoagent.kernels import block
+
+parent, out = os.getpid(), Path(sys.argv[1])
+real = reproduce._learning_slice
+
+def recording(job):  # what a worker finds when its job starts
+    if os.getpid() != parent:
+        (out / f"{os.getpid()}-{job[3]}.json").write_text(json.dumps([len(block.run.overloads), gc.get_freeze_count()]))
+    return real(job)
+
+reproduce._learning_slice = recording
+loaded = len(block.run.overloads)
+network, env_id, env_kwargs = reproduce.paper_setup()
+reproduce.learning_curves(network, env_id, env_kwargs, trials=4, episodes=2, seed=0, workers=2)
+print(json.dumps({"loaded_before": loaded, "frozen_after": gc.get_freeze_count()}))
+"""
+
+
+def test_forked_workers_share_the_kernels_loaded_before_the_fork(tmp_path):
+    """A fresh process: learning curves on 2 workers load the kernels once, in the parent, and the workers
+    start with them (and with the parent's objects frozen out of the garbage collector's passes)."""
+    env = {k: v for k, v in os.environ.items() if k != "DISTCOAGENT_KERNELS"}
+    proc = subprocess.run([sys.executable, "-c", SHARED_KERNELS, str(tmp_path)], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    parent = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert parent == {"loaded_before": 0, "frozen_after": 0}  # nothing loaded before; unfrozen after
+    seen = [json.loads(path.read_text()) for path in sorted(tmp_path.glob("*.json"))]
+    assert len(seen) == 2  # two jobs (trials 0-1 and 2-3), each in a worker
+    for loaded, frozen in seen:
+        assert loaded >= 1 and frozen > 0
+
+
+def test_the_workers_pool_leaves_a_callers_frozen_objects_alone():
+    gc.freeze()
+    try:
+        frozen = gc.get_freeze_count()
+        assert frozen > 0
+        with reproduce._pool(2) as pool:
+            assert list(pool.map(abs, [-1, -2])) == [1, 2]
+        assert gc.get_freeze_count() == frozen
+    finally:
+        gc.unfreeze()
 
 
 def test_fig5_and_fig6_write_png_and_json(tmp_path):
