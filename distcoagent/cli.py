@@ -49,9 +49,15 @@ def _free_flags(args) -> dict:
 def _train(args) -> int:
     from tqdm import tqdm
 
+    from . import checkpoint
     from .spec import parse
     from .training import read_run_config, summarize, train
 
+    for flag, value in (("--port", args.port), ("--host", args.host), ("--allow-remote", args.allow_remote or None)):
+        if value is not None and not args.dashboard:
+            raise SpecError(f"{flag}: only with --dashboard (it is the dashboard's)")
+    args.port = 8765 if args.port is None else args.port
+    args.host = "127.0.0.1" if args.host is None else args.host
     if args.dashboard and not 0 <= args.port <= 65535:
         raise SpecError(f"--port: expected a port in 0-65535, got {args.port}")
 
@@ -87,7 +93,13 @@ def _train(args) -> int:
             raise SpecError("spec: expected a spec file (or --resume RUN_DIR)")
         spec = load_spec(args.spec, overrides, ray_overrides, free_overrides)
         out = Path(args.out) if args.out else _default_out(args.spec)
+    for flag, value in (("--env-rate", args.env_rate), ("--delay", args.delay), ("--coagent-rate", args.coagent_rate)):
+        if value is not None and spec.train.clock != "free":
+            raise SpecError(f"{flag}: only with the free-running clock (--clock free, or clock = \"free\" in [train])")
     check_env(spec).close()
+    if args.resume and not (out / checkpoint.FILE).exists():
+        print(f"note: {out} has no checkpoint (the run stopped before its first one): it starts again from its "
+              "first episode, with the same numbers", file=sys.stderr)
     dashboard = None
     if args.dashboard:
         from .dashboard import DashboardError, start_background
@@ -179,8 +191,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write a checkpoint every N episodes or every SECONDS (e.g. 60s), and at the end "
                         "(default 300s; 'never': only at the end and on Ctrl-C)")
     p.add_argument("--dashboard", action="store_true", help="serve the live dashboard while training")
-    p.add_argument("--port", type=int, default=8765, help="with --dashboard: TCP port (default 8765)")
-    p.add_argument("--host", default="127.0.0.1", help="with --dashboard: address to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="with --dashboard: TCP port (default 8765)")
+    p.add_argument("--host", help="with --dashboard: address to bind (default 127.0.0.1)")
     p.add_argument("--allow-remote", action="store_true", help="with --dashboard: allow a non-loopback --host")
     p.add_argument("--episodes", type=int, help="episodes per environment (spec: train.episodes)")
     p.add_argument("--trials", type=int, help="independent learners run side by side, each with its own "
@@ -244,6 +256,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        from .kernels import check_switch
+
+        check_switch()
         return args.func(args)
     except SpecError as error:
         print(f"distcoagent {args.command}: error: {_line(error)}", file=sys.stderr)

@@ -418,7 +418,11 @@ def load_spec(path: str | Path, overrides: dict | None = None, ray_overrides: di
               free_overrides: dict | None = None) -> RunSpec:
     """Read and validate a TOML spec; ``overrides`` replace keys of [train], ``ray_overrides``
     keys of [ray], ``free_overrides`` keys of [free] (CLI flags; None values are ignored)."""
+    if not str(path).strip():
+        raise SpecError("spec: expected the path of a TOML spec file, got an empty string")
     path = Path(path)
+    if path.is_dir():
+        raise SpecError(f"spec: {str(path)!r} is a directory, expected a TOML spec file")
     if not path.is_file():
         raise SpecError(f"spec: no such file {str(path)!r}")
     try:

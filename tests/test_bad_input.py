@@ -162,3 +162,52 @@ def test_diverging_parameters_stop_the_run_naming_the_coagent():
                                                                           critic="own"))], action="act")
     with pytest.raises(NonFiniteError, match=r"coagent 'act': non-finite .* at atomic tick \d+"):
         train(net, SCRIPTED_ID, env_kwargs={"rewards": [1e10] * 5}, episodes=20, trials=1)
+
+
+def test_cli_flags_and_paths_that_cannot_apply_get_one_line(tmp_path, capsys, monkeypatch):
+    """Flags of another mode are refused, not silently ignored; paths that are not what is expected are
+    named; an unknown word in DISTCOAGENT_KERNELS is refused (it would silently mean 'on')."""
+    from pathlib import Path
+
+    from distcoagent.cli import main
+
+    spec = str(Path(__file__).resolve().parents[1] / "examples" / "paper_gridworld.toml")
+    run = tmp_path / "run"
+    assert main(["train", spec, "--episodes", "2", "--trials", "2", "--out", str(run), "--quiet"]) == 0
+    (run / "metrics.jsonl").unlink()
+    (run / "metrics.jsonl").mkdir()
+    (tmp_path / "adir.toml").mkdir()
+    cases = [
+        (["train", spec, "--port", "9000", "--out", str(tmp_path / "a")], {}, "--port: only with --dashboard"),
+        (["train", spec, "--delay", "act=0.1", "--out", str(tmp_path / "b")], {}, "--delay: only with the free"),
+        (["validate", spec], {"DISTCOAGENT_KERNELS": "maybe"}, "DISTCOAGENT_KERNELS: expected 1"),
+        (["validate", str(tmp_path / "adir.toml")], {}, "is a directory, expected a TOML spec file"),
+        (["validate", ""], {}, "got an empty string"),
+        (["gradcheck", spec, "--out", ""], {}, "--out: expected a file for the JSON report"),
+        (["dashboard", str(run), "--port", "0"], {}, "metrics.jsonl is not a file"),
+    ]
+    for args, env, expected in cases:
+        with monkeypatch.context() as patch:
+            for key, value in env.items():
+                patch.setenv(key, value)
+            capsys.readouterr()
+            assert main(args) == 2, args
+        err = capsys.readouterr().err
+        assert expected in err and len(err.strip().splitlines()) == 1, (args, err)
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_resuming_a_run_without_a_checkpoint_says_it_starts_again(tmp_path, capsys):
+    from pathlib import Path
+
+    from distcoagent.cli import main
+
+    spec = str(Path(__file__).resolve().parents[1] / "examples" / "paper_gridworld.toml")
+    run = tmp_path / "run"
+    assert main(["train", spec, "--episodes", "2", "--trials", "2", "--out", str(run), "--quiet"]) == 0
+    returns = (run / "returns.csv").read_text()
+    (run / "checkpoint.msgpack").unlink()
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run), "--quiet"]) == 0
+    assert "has no checkpoint" in capsys.readouterr().err
+    assert (run / "returns.csv").read_text() == returns  # the same run again, from its first episode

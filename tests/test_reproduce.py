@@ -68,13 +68,14 @@ def test_forked_workers_share_the_kernels_loaded_before_the_fork(tmp_path):
 
 
 def test_the_workers_pool_leaves_a_callers_frozen_objects_alone():
+    """Frozen by the caller: still frozen after the pool (its own freeze and unfreeze would have emptied
+    the permanent generation; frozen objects that die meanwhile leave it, so the count may drop)."""
     gc.freeze()
     try:
-        frozen = gc.get_freeze_count()
-        assert frozen > 0
+        assert gc.get_freeze_count() > 0
         with reproduce._pool(2) as pool:
             assert list(pool.map(abs, [-1, -2])) == [1, 2]
-        assert gc.get_freeze_count() == frozen
+        assert gc.get_freeze_count() > 0
     finally:
         gc.unfreeze()
 

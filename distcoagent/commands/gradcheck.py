@@ -41,6 +41,8 @@ def run(args) -> int:
     number(args.step, "--step", 0, low_open=True)
     if args.seed is not None:
         integer(args.seed, "--seed", 0, MAX_SEED)
+    if args.out is not None and not args.out.strip():
+        raise SpecError("--out: expected a file for the JSON report, got an empty string")
     out = Path(args.out) if args.out else None
     if out is not None:  # before minutes of sampling, not after
         if out.is_dir():

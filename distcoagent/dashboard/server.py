@@ -19,7 +19,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from .follow import CONFIG_FILE, RunFollower
+from .follow import CONFIG_FILE, METRICS_FILE, RunFollower
 
 STATIC_DIR = Path(__file__).parent / "static"
 FOLLOWER = web.AppKey("follower", RunFollower)
@@ -44,6 +44,9 @@ def check_run_dir(run_dir) -> Path:
         raise DashboardError(f"RUN_DIR: {run_dir} is not a directory")
     if not (path / CONFIG_FILE).is_file():
         raise DashboardError(f"RUN_DIR: {run_dir} is not a run directory (it has no {CONFIG_FILE})")
+    metrics = path / METRICS_FILE
+    if metrics.exists() and not metrics.is_file():
+        raise DashboardError(f"RUN_DIR: {metrics} is not a file (the run's metrics go there)")
     return path
 
 

@@ -25,7 +25,18 @@ import os
 import time
 from contextlib import contextmanager
 
-_switched_on = os.environ.get("DISTCOAGENT_KERNELS", "1").strip().lower() not in ("0", "false", "no", "off")
+OFF, ON = ("0", "false", "no", "off"), ("1", "true", "yes", "on", "")
+_switched_on = os.environ.get("DISTCOAGENT_KERNELS", "1").strip().lower() not in OFF
+
+
+def check_switch() -> None:
+    """``DISTCOAGENT_KERNELS`` is a word for on or off (any other value would silently mean on)."""
+    value = os.environ.get("DISTCOAGENT_KERNELS", "1")
+    if value.strip().lower() not in OFF + ON:
+        from ..network import SpecError
+
+        raise SpecError(f"DISTCOAGENT_KERNELS: expected 1 (compiled kernels, the default) or 0 (numpy only), "
+                        f"got {value[:40]!r}")
 _available: bool | None = None
 _enabled = False  # available and not inside ``disabled()``: what ``enabled()`` returns
 
