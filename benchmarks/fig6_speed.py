@@ -26,6 +26,7 @@ import platform
 import pstats
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -93,10 +94,15 @@ def footprint_run(trials: int, episodes: int, workers: int, out: str, every: flo
     process that maps the most (the processes map the same libraries; a page of a shared library also
     serves other programs, so it is counted in full, once).  None where /proc lacks the fields."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "DISTCOAGENT_KERNELS": "1", "TRACE": ""}
+    errors = tempfile.TemporaryFile("w+")  # read at the end: a pipe nobody reads could fill and block the run
     proc = subprocess.Popen([sys.executable, "-c", RUN, str(trials), str(episodes), str(workers), out], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=str(ROOT))
+                            stdout=subprocess.DEVNULL, stderr=errors, text=True, cwd=str(ROOT))
     peak = {"footprint_mib": 0.0, "anon_mib": 0.0, "library_mib": 0.0, "processes": 0}
+    deadline = time.monotonic() + 3600
     while proc.poll() is None:
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise SystemExit("footprint_run: the sampled run took more than an hour")
         sizes = [m for m in map(_memory_kib, _process_tree(proc.pid)) if m is not None]
         if sizes:
             anon, library = sum(a for a, _ in sizes) / 1024, max(f for _, f in sizes) / 1024
@@ -104,9 +110,9 @@ def footprint_run(trials: int, episodes: int, workers: int, out: str, every: flo
                 peak = {"footprint_mib": anon + library, "anon_mib": anon, "library_mib": library,
                         "processes": len(sizes)}
         time.sleep(every)
-    _, err = proc.communicate()
     if proc.returncode != 0:
-        raise SystemExit(err)
+        errors.seek(0)
+        raise SystemExit(errors.read())
     return peak if peak["processes"] else None
 
 

@@ -51,7 +51,7 @@ def _train(args) -> int:
 
     from . import checkpoint
     from .spec import parse
-    from .training import read_run_config, summarize, train
+    from .training import check_run_dir, read_run_config, summarize, train
 
     for flag, value in (("--port", args.port), ("--host", args.host), ("--allow-remote", args.allow_remote or None)):
         if value is not None and not args.dashboard:
@@ -97,9 +97,12 @@ def _train(args) -> int:
         if value is not None and spec.train.clock != "free":
             raise SpecError(f"{flag}: only with the free-running clock (--clock free, or clock = \"free\" in [train])")
     check_env(spec).close()
-    if args.resume and not (out / checkpoint.FILE).exists():
-        print(f"note: {out} has no checkpoint (the run stopped before its first one): it starts again from its "
-              "first episode, with the same numbers", file=sys.stderr)
+    if args.resume:
+        check_run_dir(out, resume=True, overwrite=False)  # what train would refuse, before the note
+        if not (out / checkpoint.FILE).exists():
+            same = ", with the same numbers" if spec.train.clock == "tick" else ""
+            print(f"note: {out} has no checkpoint (the run stopped before its first one): it starts again from "
+                  f"its first episode{same}", file=sys.stderr)
     dashboard = None
     if args.dashboard:
         from .dashboard import DashboardError, start_background

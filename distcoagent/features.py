@@ -139,11 +139,12 @@ def bounds_problem(features, space: InputSpace) -> str | None:
 
 
 def _unit_box(obs: np.ndarray, space: InputSpace, features) -> np.ndarray:
-    problem = bounds_problem(features, space)
-    if problem is not None:
-        raise ValueError(f"features: {problem}")
+    """Observations scaled into the unit box (``bounds_problem`` checked the bounds when the network
+    met its environment; an encoder built by hand gets this check only)."""
     low = np.asarray(features.low if features.low is not None else space.low, dtype=np.float64)
     high = np.asarray(features.high if features.high is not None else space.high, dtype=np.float64)
+    if not (np.all(np.isfinite(low)) and np.all(np.isfinite(high))):
+        raise ValueError(f"features: {bounds_problem(features, space)}")
     x = (np.asarray(obs, dtype=np.float64) - low) / (high - low)
     return np.clip(x, 0.0, 1.0)
 

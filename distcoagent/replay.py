@@ -55,6 +55,7 @@ def read_records(path: str | Path, restores: list | None = None) -> list[dict]:
         for value in serialize.iter_loads(f):
             if not isinstance(value, dict):
                 raise ValueError(f"{path}: not an execution record ({type(value).__name__})")
+            _check_record(value, path)
             if value.get("kind") == "restore":
                 k, tick = value["k"], value["tick"]
                 records = [r for r in records if r["k"] != k or r["tick"] < tick]
@@ -63,6 +64,27 @@ def read_records(path: str | Path, restores: list | None = None) -> list[dict]:
             else:
                 records.append(value)
     return records
+
+
+# a step record's fields and their kinds (``freerun.FreeEnvironment`` writes them); a restore marker has k, tick
+_STEP = {"k": int, "tick": int, "batch": int, "executed": dict, "rows": list, "outputs": dict}
+
+
+def _check_record(value: dict, path) -> None:
+    """A record's fields are there and of their kinds, else ValueError naming the first that is not."""
+    fields = ("k", "tick") if value.get("kind") == "restore" else tuple(_STEP)
+    for name in fields:
+        kind = _STEP[name]
+        if isinstance(value.get(name), bool) or not isinstance(value.get(name), kind):
+            raise ValueError(f"{path}: a record's {name!r} is missing or not {kind.__name__} "
+                             f"({type(value.get(name)).__name__})")
+    if value.get("kind") != "restore":
+        packed = (value["batch"] + 7) // 8 if value["batch"] >= 0 else -1
+        if not all(isinstance(b, np.ndarray) and b.dtype == np.uint8 and b.size == packed
+                   for b in value["executed"].values()):
+            raise ValueError(f"{path}: a record's executions are not packed bits of its batch")
+        if not all(isinstance(v, list) and len(v) == len(value["rows"]) for v in value["outputs"].values()):
+            raise ValueError(f"{path}: a record's outputs do not match its rows")
 
 
 @dataclass
@@ -167,6 +189,11 @@ def replay(run_dir: str | Path, network=None) -> ReplayReport:
         records = read_records(record_file, restores)
     except (ValueError, KeyError, TypeError) as error:
         raise SpecError(f"replay: {record_file} is damaged ({type(error).__name__}: {error})") from None
+    for r in records:
+        unknown = sorted((set(r["executed"]) | set(r["outputs"])) - set(network.order))
+        if unknown:
+            raise SpecError(f"replay: {record_file} is damaged (a record names {unknown[0]!r}, not a coagent of "
+                            f"the run's network: {', '.join(network.order)})")
     engine = InProcessEngine(network, env_id, env, trials=train["trials"], envs_per_trial=train["envs_per_trial"],
                              seed=train["seed"], micro_batches=train["micro_batches"], compact=False)
     if restores and not all(getattr(side.env, "restorable", False) for side in engine.env_sides):

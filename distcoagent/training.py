@@ -115,8 +115,11 @@ def check_run_dir(out: str | Path, *, resume: bool, overwrite: bool) -> Path:
         path = run_dir / name
         if path.exists() and not path.is_file():
             raise SpecError(f"{flag}: {path} is not a file; the run writes its {name} there (move it away)")
-    if run_dir.is_dir() and not os.access(run_dir, os.W_OK | os.X_OK):
-        raise SpecError(f"{flag}: {run_dir} is not writable")
+    existing = next(p for p in (run_dir, *run_dir.parents) if p.exists())  # the folder it goes in, if new
+    if not existing.is_dir():
+        raise SpecError(f"{flag}: {existing} is a file, so {run_dir} cannot be made")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise SpecError(f"{flag}: {existing} is not writable")
     return run_dir
 
 
@@ -226,9 +229,7 @@ def train(network: Network | RunSpec, env: str | None = None, *, env_kwargs: dic
     try:
         if run_dir is not None:
             prepare_run_dir(run_dir, resume=resume, overwrite=overwrite)
-            if resume:
-                (run_dir / "error.txt").unlink(missing_ok=True)
-            else:
+            if not resume:
                 _write_json(run_dir / "config.json", {"env": {"id": env, **env_kwargs},
                                                       "network": network.to_config(), "train": config.__dict__,
                                                       "ray": ray_table, "free": free_options or {},
@@ -238,7 +239,9 @@ def train(network: Network | RunSpec, env: str | None = None, *, env_kwargs: dic
                              raster_envs=list(raster.env_ids), raster_window=raster.window, every=metrics_every)
             saver = Checkpointer(run_dir, config_hash, every_episodes, every_seconds)
             observers += [log, saver]
-        if state is not None:
+            if resume:  # the run goes on: the last attempt's failure is history
+                (run_dir / "error.txt").unlink(missing_ok=True)
+        if state is not None and state.get("episodes") is not None:  # a finished run needs only its results
             runner.restore(state)
         if run_dir is not None and getattr(runner, "placement", None):
             _write_json(run_dir / "placement.json", {"actors": runner.placement})

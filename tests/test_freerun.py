@@ -335,6 +335,10 @@ def test_replay_of_a_damaged_run_directory_names_the_file(tmp_path, capsys):
         "params of garbage": ("params.msgpack", b"\x93\x01\x02\x03" + b"\xff" * 40),
         FILE: (FILE, serialize.dumps(7)),  # a value that is not a record
         "record without ticks": (FILE, b""),
+        "record missing fields": (FILE, serialize.dumps({"k": 0, "tick": 0})),
+        "record of another network": (FILE, serialize.dumps({"k": 0, "tick": 0, "batch": 2, "rows": [],
+                                                              "executed": {"zz": np.packbits(np.ones(2, bool))},
+                                                              "outputs": {}})),
     }
     for what, (name, content) in cases.items():
         case = tmp_path / what.replace(" ", "_")

@@ -51,8 +51,9 @@ def run(args) -> int:
         print(f"distcoagent reproduce: error: --seed: expected an integer >= 0, got {args.seed}", file=sys.stderr)
         return 2
     out = Path(args.out)
-    if out.exists() and not out.is_dir():  # found before the study runs, not after
-        print(f"distcoagent reproduce: error: --out: {out} is a file, expected a directory (new or existing)",
+    existing = next(p for p in (out, *out.parents) if p.exists())  # found before the study runs, not after
+    if not existing.is_dir():
+        print(f"distcoagent reproduce: error: --out: {existing} is a file, expected a directory (new or existing)",
               file=sys.stderr)
         return 2
     if args.figure == "option-critic":
