@@ -185,6 +185,7 @@ def test_cli_flags_and_paths_that_cannot_apply_get_one_line(tmp_path, capsys, mo
         (["validate", ""], {}, "got an empty string"),
         (["gradcheck", spec, "--out", ""], {}, "--out: expected a file for the JSON report"),
         (["dashboard", str(run), "--port", "0"], {}, "metrics.jsonl is not a file"),
+        (["train", spec, "--out", str(run / "returns.csv" / "x")], {}, "returns.csv is a file, so"),
     ]
     for args, env, expected in cases:
         with monkeypatch.context() as patch:
