@@ -69,9 +69,40 @@ class Coagent:
     init_scale: float = 0.0
 
     def __post_init__(self):
+        from .network import SpecError
+
+        where = f"coagents.{self.name}" if isinstance(self.name, str) else "coagent"
+        if not isinstance(self.name, str) or not self.name:
+            raise SpecError(f"coagent.name: expected a non-empty string, got {self.name!r}")
+        if isinstance(self.inputs, str) or not isinstance(self.inputs, (list, tuple)) or not self.inputs \
+                or not all(isinstance(i, str) and i for i in self.inputs):
+            raise SpecError(f"{where}.inputs: expected a non-empty list of input names ('obs', a coagent's name "
+                            f"or 'prev:NAME'), got {self.inputs!r}")
         object.__setattr__(self, "inputs", tuple(self.inputs))
-        if isinstance(self.initial, list):
-            object.__setattr__(self, "initial", tuple(self.initial))
+        for field_name, kind, example in (("policy", Policy, "policies.Softmax(2)"),
+                                          ("execution", Execution, "execution.Constant(0.5)"),
+                                          ("rule", LearningRule, "rules.ActorCritic(...)")):
+            value = getattr(self, field_name)
+            if not isinstance(value, kind):
+                raise SpecError(f"{where}.{field_name}: expected a {kind.__name__} object such as {example}, got "
+                                f"{value!r}")
+        if not (self.features is None or self.features == "tabular" or isinstance(self.features, ObservationFeatures)):
+            raise SpecError(f"{where}.features: expected 'tabular', None or a features object (features.Raw(), "
+                            f"features.Fourier(order), features.TileCoding(...)), got {self.features!r}")
+        initial = self.initial
+        if isinstance(initial, (list, tuple, np.ndarray)):
+            values = np.asarray(initial, dtype=object).ravel()
+            if not values.size or not all(isinstance(v, (int, float, np.number)) and not isinstance(v, bool)
+                                          and np.isfinite(v) and v >= 0 for v in values):
+                raise SpecError(f"{where}.initial: expected probabilities (finite, >= 0), got {list(values)!r}")
+            object.__setattr__(self, "initial", tuple(v.item() if isinstance(v, np.generic) else v for v in values))
+        elif initial not in ("uniform", "zeros") or not isinstance(initial, str):
+            raise SpecError(f"{where}.initial: expected 'uniform', 'zeros' or a list of probabilities, got "
+                            f"{initial!r}")
+        scale = self.init_scale
+        if isinstance(scale, bool) or not isinstance(scale, (int, float, np.number)) or not np.isfinite(scale) \
+                or scale < 0:
+            raise SpecError(f"{where}.init_scale: expected a finite number >= 0, got {scale!r}")
 
     def sources(self, kind: str) -> list[str]:
         """Names of coagents read with kind 'cur' or 'prev'."""
@@ -85,7 +116,12 @@ def initial_outputs(coagent: Coagent, stream: Stream, env_ids: np.ndarray, ticks
     if not space.discrete:
         return np.zeros((env_ids.size, space.dim))
     n, initial = space.n, coagent.initial
-    probs = np.full(n, 1.0 / n) if initial == "uniform" else np.asarray(initial, dtype=np.float64)
+    if initial == "uniform":
+        probs = np.full(n, 1.0 / n)
+    elif initial == "zeros":  # output 0
+        probs = np.eye(n)[0]
+    else:
+        probs = np.asarray(initial, dtype=np.float64)
     u = stream.uniform(env_ids, ticks, INITIAL_OUTPUT_SLOT)
     return categorical(np.broadcast_to(probs, (env_ids.size, n)), u)
 

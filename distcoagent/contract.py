@@ -217,6 +217,29 @@ class Engine(abc.ABC):
         self.close()
 
 
+def check_run_arguments(progress, observers, stop) -> list:
+    """``train``'s callbacks: ``progress`` and ``stop`` callables or None, ``observers`` a sequence of
+    ``Observer``; a SpecError naming the argument otherwise (before any tick).  Returns the observers."""
+    from .network import SpecError
+
+    for name, value in (("progress", progress), ("stop", stop)):
+        if value is not None and not callable(value):
+            raise SpecError(f"{name}: expected a function (or None), got {type(value).__name__}")
+    if observers is None or isinstance(observers, (str, bytes, Observer)) or not hasattr(observers, "__iter__"):
+        raise SpecError(f"observers: expected a list of Observer objects (distcoagent.contract.Observer), got "
+                        f"{type(observers).__name__}")
+    observers = list(observers)
+    for i, o in enumerate(observers):
+        if not isinstance(o, Observer):
+            raise SpecError(f"observers[{i}]: expected an Observer (subclass distcoagent.contract.Observer), got "
+                            f"{type(o).__name__}")
+        every = o.metrics_every
+        if every is not None and (isinstance(every, bool) or not isinstance(every, (int, float, np.number))
+                                  or not np.isfinite(every) or every < 0):
+            raise SpecError(f"observers[{i}].metrics_every: expected seconds >= 0 (or None), got {every!r}")
+    return observers
+
+
 class MetricsClock:
     """Calls observers' ``on_metrics`` when their period has passed (engines share this)."""
 

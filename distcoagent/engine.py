@@ -28,7 +28,7 @@ import numpy as np
 from . import batched, kernels
 from .blocks import TickBlocks, default_threads
 from .contract import (STATE_FORMAT, Engine, MetricsClock, Observer, RunMetrics, TickEvent, TrainResult,
-                       combine_metrics)
+                       check_run_arguments, combine_metrics)
 from .coagent import NonFiniteError
 from .network import Network, SpecError
 from .tick import (EnvironmentSide, EpisodeBook, EpisodeKeys, Feedback, Flush, NetworkBatch, RasterSpec,
@@ -47,6 +47,16 @@ def trial_slices(trials: int, micro_batches: int) -> list[tuple[int, int]]:
         raise SpecError(f"micro_batches: expected an integer in 1..trials ({trials}), got {micro_batches!r}")
     edges = np.linspace(0, trials, micro_batches + 1).round().astype(int)
     return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:])]
+
+
+def check_network(network, env_id, env_kwargs) -> None:
+    """What an engine is built from: a Network, an environment id, keyword options (SpecError otherwise)."""
+    if not isinstance(network, Network):
+        raise SpecError(f"network: expected a distcoagent.Network, got {type(network).__name__}")
+    if not isinstance(env_id, str) or not env_id:
+        raise SpecError(f"env: expected a gymnasium environment id (a string), got {env_id!r}")
+    if env_kwargs is not None and not isinstance(env_kwargs, dict):
+        raise SpecError(f"env_kwargs: expected a dict of the environment's options, got {type(env_kwargs).__name__}")
 
 
 def check_counts(trials, envs_per_trial, threads=1) -> None:
@@ -114,6 +124,7 @@ class InProcessEngine(Engine):
                  envs_per_trial: int = 1, seed: int = 0, micro_batches: int = 1, compact: bool = True,
                  first_trial: int = 0, episode_keys: EpisodeKeys | None = None, raster: RasterSpec | None = None,
                  forced=None, threads: int | None = None):
+        check_network(network, env_id, env_kwargs)
         check_counts(trials, envs_per_trial, 1 if threads is None else threads)
         # threads that run a micro-batch's blocks, each on its own range of trials (no number changes)
         self.threads = int(threads) if threads is not None else default_threads()
@@ -153,6 +164,7 @@ class InProcessEngine(Engine):
               observers: Sequence[Observer] = (), stop: Callable[[], bool] | None = None) -> TrainResult:
         """Run until every environment has finished ``episodes`` episodes (or ``stop()`` is true)."""
         check_episodes(episodes)
+        observers = check_run_arguments(progress, observers, stop)
         if self.episodes is None:
             self._begin(int(episodes))
         elif self.episodes != episodes:

@@ -18,10 +18,15 @@ from typing import Callable
 
 import numpy as np
 
+from .checks import flag, whole
 from .features import LocalState, TabularState
 
 
 def _check_probability(value, what: str) -> None:
+    given = np.asarray(value, dtype=object).ravel()
+    if not given.size or not all(isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
+                                 for v in given):
+        raise ValueError(f"{what}: expected probabilities in [0, 1] (numbers), got {value!r}")
     arr = np.asarray(value, dtype=np.float64)
     if not np.all(np.isfinite(arr)) or np.any(arr < 0) or np.any(arr > 1):
         raise ValueError(f"{what}: expected probabilities in [0, 1], got {value!r}")
@@ -62,9 +67,9 @@ class Periodic(Execution):
     offset: int = 0
 
     def __post_init__(self):
-        if not isinstance(self.period, int) or self.period < 1:
-            raise ValueError(f"execution.period: expected a positive integer, got {self.period!r}")
-        if not isinstance(self.offset, int) or not 0 <= self.offset < self.period:
+        object.__setattr__(self, "period", whole(self.period, "execution.period", 1))
+        object.__setattr__(self, "offset", whole(self.offset, "execution.offset", 0))
+        if not 0 <= self.offset < self.period:
             raise ValueError(f"execution.offset: expected an integer in [0, period), got {self.offset!r}")
 
     def beta(self, x, episode_tick, outputs):
@@ -100,6 +105,12 @@ class Driven(Execution):
     coagent: str = ""
     when: int = 1
     at_episode_start: bool = True
+
+    def __post_init__(self):
+        if not isinstance(self.coagent, str) or not self.coagent:
+            raise ValueError(f"execution.coagent: expected the driving coagent's name, got {self.coagent!r}")
+        object.__setattr__(self, "when", whole(self.when, "execution.when", 0))
+        object.__setattr__(self, "at_episode_start", flag(self.at_episode_start, "execution.at_episode_start"))
 
     @property
     def drivers(self):

@@ -18,6 +18,8 @@ from typing import Sequence
 
 import numpy as np
 
+from .checks import whole
+
 
 @dataclass(frozen=True)
 class InputSpace:
@@ -157,6 +159,9 @@ class Fourier(ObservationFeatures):
     low: tuple[float, ...] | None = None
     high: tuple[float, ...] | None = None
 
+    def __post_init__(self):
+        object.__setattr__(self, "order", whole(self.order, "features.order", 0))
+
     def _coefficients(self, dim: int) -> np.ndarray:
         grids = np.meshgrid(*[np.arange(self.order + 1)] * dim, indexing="ij")
         return np.stack([g.ravel() for g in grids], axis=1).astype(np.float64)
@@ -176,6 +181,10 @@ class TileCoding(ObservationFeatures):
     tiles: int = 4
     low: tuple[float, ...] | None = None
     high: tuple[float, ...] | None = None
+
+    def __post_init__(self):
+        object.__setattr__(self, "tilings", whole(self.tilings, "features.tilings", 1))
+        object.__setattr__(self, "tiles", whole(self.tiles, "features.tiles", 1))
 
     def size(self, space):
         return self.tilings * (self.tiles + 1) ** space.dim

@@ -16,6 +16,7 @@ import numpy as np
 
 from . import batched, kernels
 from .batched import ENV, FIELDS_OF, TRIAL, ArrayDict
+from .checks import lam, step
 from .coagent import Coagent, parse_input
 from .features import Encoder, InputSpace, ObservationFeatures, bounds_problem
 from .policies import Gaussian
@@ -39,10 +40,14 @@ class SharedCritic:
     features: ObservationFeatures | None = None
 
     def __post_init__(self):
-        if not np.isfinite(self.step) or self.step < 0:
-            raise SpecError(f"critic.step: expected a finite step size >= 0, got {self.step!r}")
-        if not 0 <= self.lam <= 1:
-            raise SpecError(f"critic.lam: expected lambda in [0, 1], got {self.lam!r}")
+        try:
+            step(self.step, "critic.step")
+            lam(self.lam, "critic.lam")
+        except ValueError as error:
+            raise SpecError(str(error)) from None
+        if self.features is not None and not isinstance(self.features, ObservationFeatures):
+            raise SpecError(f"critic.features: expected None or a features object (features.Fourier(order), "
+                            f"features.TileCoding(...), features.Raw()), got {self.features!r}")
 
     def to_config(self):
         return {"step": self.step, "lam": self.lam,
@@ -55,6 +60,9 @@ def space_of(space: gym.Space) -> InputSpace:
     if isinstance(space, gym.spaces.Box):
         return InputSpace(dim=int(np.prod(space.shape)), low=space.low.ravel(), high=space.high.ravel())
     raise SpecError(f"env: observation space {space} is not supported; expected Discrete or Box")
+
+
+MAX_TICKS_PER_STEP = 10**6  # atomic ticks per environment step: more and one step alone outlasts any run
 
 
 @dataclass(frozen=True)
@@ -71,9 +79,23 @@ class Network:
     order: tuple[str, ...] = field(init=False, default=())
 
     def __post_init__(self):
+        if isinstance(self.coagents, (Coagent, str, dict)) or not hasattr(self.coagents, "__iter__"):
+            raise SpecError(f"coagents: expected a list of Coagent objects, got {type(self.coagents).__name__}")
         object.__setattr__(self, "coagents", tuple(self.coagents))
+        wrong = [type(c).__name__ for c in self.coagents if not isinstance(c, Coagent)]
+        if wrong:
+            raise SpecError(f"coagents: expected a list of Coagent objects, got a {wrong[0]} among them")
         if isinstance(self.action, list):
             object.__setattr__(self, "action", tuple(self.action))
+        if not (isinstance(self.action, str) and self.action) and not (
+                isinstance(self.action, tuple) and self.action and all(isinstance(a, str) for a in self.action)):
+            raise SpecError(f"action: expected a coagent's name, or a list of names, got {self.action!r}")
+        if isinstance(self.gamma, bool) or not isinstance(self.gamma, (int, float, np.number)):
+            raise SpecError(f"gamma: expected a discount in (0, 1], got {self.gamma!r}")
+        if isinstance(self.ticks_per_step, np.integer):
+            object.__setattr__(self, "ticks_per_step", int(self.ticks_per_step))
+        if self.critic is not None and not isinstance(self.critic, SharedCritic):
+            raise SpecError(f"critic: expected None or a SharedCritic(step, lam), got {self.critic!r}")
         names = [c.name for c in self.coagents]
         if not names:
             raise SpecError("coagents: expected at least one coagent")
@@ -85,8 +107,10 @@ class Network:
                 raise SpecError(f"coagents.name: {n!r} is not allowed (empty, 'obs', or contains ':')")
         if not 0 < self.gamma <= 1:
             raise SpecError(f"gamma: expected a discount in (0, 1], got {self.gamma!r}")
-        if not isinstance(self.ticks_per_step, int) or self.ticks_per_step < 1:
-            raise SpecError(f"ticks_per_step: expected a positive integer, got {self.ticks_per_step!r}")
+        if isinstance(self.ticks_per_step, bool) or not isinstance(self.ticks_per_step, int) \
+                or not 1 <= self.ticks_per_step <= MAX_TICKS_PER_STEP:
+            raise SpecError(f"ticks_per_step: expected an integer in 1..{MAX_TICKS_PER_STEP}, got "
+                            f"{self.ticks_per_step!r}")
         graph = {}
         for c in self.coagents:
             deps = set()
@@ -164,7 +188,10 @@ class Network:
                                     f"{[s.n for s in spaces[c.name]]}), got {len(table)}")
             if isinstance(c.initial, tuple):
                 out = outputs[c.name]
-                if not out.discrete or len(c.initial) != out.n or abs(sum(c.initial) - 1) > 1e-9 \
+                if not out.discrete:
+                    raise SpecError(f"coagents.{c.name}.initial: probabilities are for discrete outputs; this "
+                                    "coagent's output is continuous (its U_-1 is zeros)")
+                if len(c.initial) != out.n or abs(sum(c.initial) - 1) > 1e-9 \
                         or min(c.initial) < 0:
                     raise SpecError(f"coagents.{c.name}.initial: expected {out.n} probabilities summing "
                                     f"to 1, got {list(c.initial)}")

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .checks import whole
 from .features import InputSpace, LocalState
 from .rng import Stream, categorical
 
@@ -79,8 +80,7 @@ class Softmax(Policy):
     name = "softmax"
 
     def __post_init__(self):
-        if not isinstance(self.n, int) or self.n < 2:
-            raise ValueError(f"softmax.n: expected an integer >= 2 outputs, got {self.n!r}")
+        object.__setattr__(self, "n", whole(self.n, "softmax.n", 2))
 
     def output_space(self):
         return InputSpace(n=self.n)
@@ -145,8 +145,11 @@ class Gaussian(Policy):
     linear_params = ("W",)
 
     def __post_init__(self):
-        if not isinstance(self.dim, int) or self.dim < 1:
-            raise ValueError(f"gaussian.dim: expected a positive integer, got {self.dim!r}")
+        object.__setattr__(self, "dim", whole(self.dim, "gaussian.dim", 1))
+        for name in ("init_log_std", "min_log_std"):
+            if not isinstance(getattr(self, name), (int, float, np.integer, np.floating)) \
+                    or isinstance(getattr(self, name), bool):
+                raise ValueError(f"gaussian.{name}: expected a number, got {getattr(self, name)!r}")
 
     def output_space(self):
         return InputSpace(dim=self.dim)

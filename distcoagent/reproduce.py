@@ -31,7 +31,7 @@ import numpy as np
 
 from .engine import InProcessEngine, trial_slices
 from .envs import GridWorldEnv
-from .network import Network
+from .network import Network, SpecError
 from .plotting import mean_and_band, plot_band
 
 # Figure 5's modules (scipy among them, about 24 MiB) are imported where Figure 5 uses them: Figure
@@ -134,7 +134,7 @@ def learning_curves(network: Network, env_id: str, env_kwargs: dict, trials: int
 def fig6(trials: int = 10_000, episodes: int = 200, seed: int = 0, out: Path | str = "figures",
          workers: int | None = None) -> dict:
     """Figure 6: writes fig6.png and fig6.json under ``out``; returns the JSON summary."""
-
+    check_out(out)
     network, env_id, env_kwargs = paper_setup()
     start = time.perf_counter()
     returns = learning_curves(network, env_id, env_kwargs, trials, episodes, seed, workers)
@@ -147,6 +147,18 @@ def fig6(trials: int = 10_000, episodes: int = 200, seed: int = 0, out: Path | s
                "mean_return": mean.tolist(), "ci95_halfwidth": half.tolist(),
                "final_mean_last10": float(mean[-10:].mean()), "first_episode_mean": float(mean[0])}
     return _save(out, summary, lambda path: _plot_fig6(mean, half, optimum, trials, path))
+
+
+def check_out(out) -> Path:
+    """A figure's output folder, checked before the study runs (SpecError): a path, not a file, under a
+    folder that exists or can be made."""
+    if not isinstance(out, (str, os.PathLike)) or not str(out).strip():
+        raise SpecError(f"out: expected a folder's path, got {out!r}")
+    out = Path(out)
+    existing = next(p for p in (out, *out.parents) if p.exists())
+    if not existing.is_dir():
+        raise SpecError(f"out: {existing} is a file, expected a folder (new or existing)")
+    return out
 
 
 def _save(out, summary: dict, plot) -> dict:
@@ -291,6 +303,12 @@ def fig5(trials: int = 20, episodes: int = 1000, seed: int = 0, out: Path | str 
     from .gradients.compiled import Compiled
     from .gradients.estimators import trained_params
 
+    check_out(out)
+    for name, value in (("trials", trials), ("episodes", episodes)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise SpecError(f"{name}: expected a positive integer, got {value!r}")
+    if isinstance(step, bool) or not isinstance(step, (int, float, np.number)) or not np.isfinite(step) or step <= 0:
+        raise SpecError(f"step: expected a positive finite-difference step, got {step!r}")
     network, env_id, env_kwargs = paper_setup()
     start = time.perf_counter()
     grid, lines, timing = fig5_curves(network, env_id, env_kwargs, trials, episodes, seed, step, workers,

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .batched import ENV, TRIAL, ArrayDict
+from .checks import flag, lam, real, step
 
 
 def _group_sum(weights: np.ndarray, traces: np.ndarray) -> np.ndarray:
@@ -162,9 +163,7 @@ class LearningRule:
 
 
 def _check_step(value, field: str) -> float:
-    if not isinstance(value, (int, float)) or not np.isfinite(value) or value < 0:
-        raise ValueError(f"{field}: expected a finite step size >= 0, got {value!r}")
-    return float(value)
+    return step(value, field)
 
 
 @dataclass(frozen=True)
@@ -185,8 +184,7 @@ class ActorCritic(LearningRule):
     def __post_init__(self):
         _check_step(self.actor_step, "rule.actor_step")
         _check_step(self.critic_step, "rule.critic_step")
-        if not 0 <= self.lam <= 1:
-            raise ValueError(f"rule.lam: expected lambda in [0, 1], got {self.lam!r}")
+        lam(self.lam, "rule.lam")
         if self.critic not in ("shared", "own"):
             raise ValueError(f"rule.critic: expected 'shared' or 'own', got {self.critic!r}")
 
@@ -269,6 +267,7 @@ class Reinforce(LearningRule):
     def __post_init__(self):
         _check_step(self.step, "rule.step")
         _check_step(self.baseline_step, "rule.baseline_step")
+        flag(self.baseline, "rule.baseline")
 
     def init(self, unit):
         P, E, B = unit.trials, unit.envs_per_trial, unit.batch
@@ -406,8 +405,8 @@ class ExpectedActorCritic(LearningRule):
     def __post_init__(self):
         _check_step(self.actor_step, "rule.actor_step")
         _check_step(self.critic_step, "rule.critic_step")
-        if not 0 <= self.lam <= 1:
-            raise ValueError(f"rule.lam: expected lambda in [0, 1], got {self.lam!r}")
+        lam(self.lam, "rule.lam")
+        real(self.initial_value, "rule.initial_value")
         costs = tuple(float(c) for c in np.ravel(self.costs))
         if not all(np.isfinite(costs)):
             raise ValueError(f"rule.costs: expected finite numbers, got {self.costs!r}")

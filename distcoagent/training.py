@@ -21,7 +21,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from . import checkpoint, serialize
-from .contract import Observer
+from .contract import Observer, check_run_arguments
 from .engine import InProcessEngine, TrainResult
 from .limits import check_memory
 from .network import Network, SpecError
@@ -111,6 +111,10 @@ def check_run_dir(out: str | Path, *, resume: bool, overwrite: bool) -> Path:
     if not resume and holds_run and not overwrite:
         raise SpecError(f"--out: {run_dir} already holds a run; pass --resume {run_dir} to continue it, "
                         "or --overwrite to replace it")
+    taken = [name for name in RUN_FILES if (run_dir / name).exists()] if not holds_run else []
+    if taken:  # not a run's directory, but files a run would write over
+        raise SpecError(f"{flag}: {run_dir} holds {', '.join(taken[:3])}, not from a run (it has no config.json); "
+                        "expected a new or empty folder, or a run directory")
     for name in RUN_FILES:
         path = run_dir / name
         if path.exists() and not path.is_file():
@@ -179,6 +183,17 @@ def train(network: Network | RunSpec, env: str | None = None, *, env_kwargs: dic
     >>> result.returns.shape
     (2, 1, 3)
     """
+    for name, flag in (("resume", resume), ("overwrite", overwrite)):
+        if not isinstance(flag, (bool, np.bool_)):
+            raise SpecError(f"{name}: expected True or False, got {flag!r}")
+    if out is not None and (not isinstance(out, (str, os.PathLike)) or not str(out).strip()):
+        raise SpecError(f"out: expected the path of a run directory, got {out!r}")
+    if resume and out is None:
+        raise SpecError("resume: expected out= too (the run directory to continue)")
+    if isinstance(metrics_every, bool) or not isinstance(metrics_every, (int, float, np.number)) \
+            or not np.isfinite(metrics_every) or metrics_every < 0:
+        raise SpecError(f"metrics_every: expected seconds >= 0, got {metrics_every!r}")
+    observers = check_run_arguments(progress, observers, stop)
     overrides = dict(episodes=episodes, trials=trials, seed=seed, envs_per_trial=envs_per_trial,
                      engine=engine, micro_batches=micro_batches, address=address, clock=clock)
     overrides = {k: v for k, v in overrides.items() if v is not None}
@@ -191,8 +206,9 @@ def train(network: Network | RunSpec, env: str | None = None, *, env_kwargs: dic
         free_options = {**spec.free, **(free_options or {})}
         raw = spec.raw
     else:
-        if env is None:
-            raise SpecError("env: expected a gymnasium environment id")
+        from .engine import check_network
+
+        check_network(network, env, env_kwargs)
         config = TrainConfig(**overrides)
     if free_options:
         from .freerun import check_free_options

@@ -212,3 +212,90 @@ def test_resuming_a_run_without_a_checkpoint_says_it_starts_again(tmp_path, caps
     assert main(["train", "--resume", str(run), "--quiet"]) == 0
     assert "has no checkpoint" in capsys.readouterr().err
     assert (run / "returns.csv").read_text() == returns  # the same run again, from its first episode
+
+
+def _api_cases():
+    from distcoagent import execution, features, policies, rules
+    from distcoagent.network import SharedCritic
+
+    bit = dict(name="bit", inputs=["obs"], policy=Softmax(2))
+    return [
+        (lambda: Coagent(**{**bit, "name": 5}), "coagent.name"),
+        (lambda: Coagent(**{**bit, "inputs": "obs"}), "coagents.bit.inputs"),
+        (lambda: Coagent(**{**bit, "inputs": []}), "coagents.bit.inputs"),
+        (lambda: Coagent(**{**bit, "inputs": [5]}), "coagents.bit.inputs"),
+        (lambda: Coagent(**{**bit, "policy": "softmax"}), "coagents.bit.policy"),
+        (lambda: Coagent(**bit, execution=0.5), "coagents.bit.execution"),
+        (lambda: Coagent(**bit, rule="actor_critic"), "coagents.bit.rule"),
+        (lambda: Coagent(**bit, features="fourier"), "coagents.bit.features"),
+        (lambda: Coagent(**bit, initial="zeroes"), "coagents.bit.initial"),
+        (lambda: Coagent(**bit, initial=[float("nan"), 1.0]), "coagents.bit.initial"),
+        (lambda: Coagent(**bit, init_scale="0.1"), "coagents.bit.init_scale"),
+        (lambda: Coagent(**bit, init_scale=-1.0), "coagents.bit.init_scale"),
+        (lambda: Network(Coagent(**bit), action="bit"), "coagents: expected a list"),
+        (lambda: Network([Coagent(**bit)], action=None), "action:"),
+        (lambda: Network([Coagent(**bit)], action=()), "action:"),
+        (lambda: Network([Coagent(**bit)], action="bit", gamma="0.9"), "gamma:"),
+        (lambda: Network([Coagent(**bit)], action="bit", ticks_per_step=10**30), "ticks_per_step"),
+        (lambda: Network([Coagent(**bit)], action="bit", ticks_per_step=True), "ticks_per_step"),
+        (lambda: Network([Coagent(**bit)], action="bit", critic=0.1), "critic:"),
+        (lambda: SharedCritic(step="0.1"), "critic.step"),
+        (lambda: SharedCritic(lam=None), "critic.lam"),
+        (lambda: rules.ActorCritic(lam="0.5"), "rule.lam"),
+        (lambda: rules.ActorCritic(actor_step=True), "rule.actor_step"),
+        (lambda: rules.Reinforce(baseline="no"), "rule.baseline"),
+        (lambda: policies.Gaussian(1, min_log_std="x"), "gaussian.min_log_std"),
+        (lambda: features.Fourier(order="3"), "features.order"),
+        (lambda: features.Fourier(order=-1), "features.order"),
+        (lambda: features.TileCoding(tiles=0), "features.tiles"),
+        (lambda: execution.Constant(True), "execution.probability"),
+        (lambda: execution.Constant("0.5"), "execution.probability"),
+        (lambda: execution.Periodic(True), "execution.period"),
+        (lambda: execution.Driven("b", when="1"), "execution.when"),
+    ]
+
+
+@pytest.mark.parametrize("index", range(32))
+def test_python_api_objects_refuse_bad_fields_naming_them(index):
+    """Wrong types and values for the network's objects: a ValueError (SpecError is one) naming the field,
+    at construction, not a TypeError or AttributeError from numpy or the first tick."""
+    cases = _api_cases()
+    assert len(cases) == 32
+    make, named = cases[index]
+    with pytest.raises(ValueError) as info:
+        make()
+    assert named in str(info.value), str(info.value)
+
+
+def test_python_api_run_arguments_are_checked_before_the_directory_changes(tmp_path):
+    from distcoagent import InProcessEngine, reproduce
+    from distcoagent.examples import paper_network
+
+    net, grid = paper_network(), "distcoagent/GridWorld-v0"
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "returns.csv").write_text("my own data")
+    bad_calls = {
+        "foreign files": dict(out=mine),
+        "overwrite": dict(out=tmp_path / "a", overwrite="no"),
+        "resume": dict(out=tmp_path / "b", resume=1),
+        "resume without out": dict(resume=True),
+        "empty out": dict(out=""),
+        "metrics_every": dict(out=tmp_path / "c", metrics_every="2"),
+        "stop": dict(out=tmp_path / "d", stop=True),
+        "progress": dict(out=tmp_path / "e", progress="x"),
+        "observers": dict(out=tmp_path / "f", observers=[object()]),
+    }
+    for what, kwargs in bad_calls.items():
+        with pytest.raises(SpecError):
+            train(net, grid, env_kwargs={"size": 3}, episodes=1, trials=1, **kwargs)
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["mine"], what
+    assert (mine / "returns.csv").read_text() == "my own data"
+    with pytest.raises(SpecError, match="network: expected a distcoagent.Network"):
+        InProcessEngine(None, grid)
+    engine = InProcessEngine(net, grid, {"size": 3})
+    for kwargs, named in ((dict(stop=True), "stop"), (dict(progress=5), "progress"), (dict(observers="abc"), "observers")):
+        with pytest.raises(SpecError, match=named):
+            engine.train(1, **kwargs)
+    with pytest.raises(SpecError, match="out: .* is a file"):
+        reproduce.fig6(trials=2, episodes=2, out=mine / "returns.csv")

@@ -4,7 +4,6 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-from pathlib import Path
 
 
 def register(subparsers) -> None:
@@ -40,6 +39,7 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     from .. import reproduce
+    from ..network import SpecError
 
     for flag in ("trials", "episodes", "workers"):
         value = getattr(args, flag)
@@ -50,11 +50,10 @@ def run(args) -> int:
     if args.seed < 0:
         print(f"distcoagent reproduce: error: --seed: expected an integer >= 0, got {args.seed}", file=sys.stderr)
         return 2
-    out = Path(args.out)
-    existing = next(p for p in (out, *out.parents) if p.exists())  # found before the study runs, not after
-    if not existing.is_dir():
-        print(f"distcoagent reproduce: error: --out: {existing} is a file, expected a directory (new or existing)",
-              file=sys.stderr)
+    try:
+        reproduce.check_out(args.out)  # found before the study runs, not after
+    except SpecError as error:
+        print(f"distcoagent reproduce: error: --{error}", file=sys.stderr)
         return 2
     if args.figure == "option-critic":
         from ..reproduce_option_critic import report

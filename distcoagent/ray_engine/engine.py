@@ -61,9 +61,9 @@ from typing import Callable, Sequence
 import numpy as np
 
 from ..coagent import NonFiniteError
-from ..contract import (Engine, MetricsClock, Observer, RunMetrics, TickEvent, TrainResult,
+from ..contract import (Engine, MetricsClock, Observer, RunMetrics, TickEvent, TrainResult, check_run_arguments,
                         combine_metrics)
-from ..engine import check_counts, check_episodes, check_state, result_from_state, trial_slices
+from ..engine import check_counts, check_episodes, check_network, check_state, result_from_state, trial_slices
 from ..envs import make_batch
 from ..network import Network, SpecError
 from .actors import Command, CoagentWorker, EnvironmentWorker
@@ -174,6 +174,7 @@ class RayEngine(Engine):
                  raster=None, max_recoveries: int = 3, snapshot_every: float = 30.0, export_metrics: bool = True,
                  run_name: str | None = None, replicas: int = 1,
                  replica_resources: list[dict[str, float]] | None = None, ticks_per_execution: int = 4):
+        check_network(network, env_id, env_kwargs)
         check_counts(trials, envs_per_trial)
         if transport not in TRANSPORTS:
             raise SpecError(f"transport: expected one of {TRANSPORTS}, got {transport!r}")
@@ -447,6 +448,7 @@ class RayEngine(Engine):
     def train(self, episodes: int, progress: Callable[[int], None] | None = None,
               observers: Sequence[Observer] = (), stop: Callable[[], bool] | None = None) -> TrainResult:
         """Run until every environment has finished ``episodes`` episodes (or ``stop()`` is true)."""
+        observers = check_run_arguments(progress, observers, stop)
         tickers = [o for o in observers if o.wants_ticks]
         clock = self._open(episodes, observers,
                            lambda: self._run(Command("begin", int(episodes), self.tick_count, bool(tickers))))

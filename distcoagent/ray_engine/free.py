@@ -23,7 +23,7 @@ from collections import deque
 from typing import Callable, Sequence
 
 
-from ..contract import Observer, RunMetrics, TrainResult, combine_metrics
+from ..contract import Observer, RunMetrics, TrainResult, check_run_arguments, combine_metrics
 from ..engine import check_state
 from ..freerun import FreeCoagent, FreeEnvironment, check_free_options, warm_up
 from ..network import SpecError
@@ -137,6 +137,7 @@ class FreeRunningEngine(RayEngine):
         """Run until every environment has finished ``episodes`` episodes (or ``stop()`` is true)."""
         import ray
 
+        observers = check_run_arguments(progress, observers, stop)
         if any(o.wants_ticks for o in observers):
             raise SpecError("observers: the free-running mode has no ticks to report one by one; use "
                             "metrics (on_metrics) or the execution record")
