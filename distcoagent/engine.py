@@ -126,6 +126,10 @@ class InProcessEngine(Engine):
                  forced=None, threads: int | None = None):
         check_network(network, env_id, env_kwargs)
         check_counts(trials, envs_per_trial, 1 if threads is None else threads)
+        if isinstance(first_trial, bool) or not isinstance(first_trial, (int, np.integer)) or first_trial < 0:
+            raise SpecError(f"first_trial: expected an integer >= 0, got {first_trial!r}")
+        if isinstance(micro_batches, bool):
+            raise SpecError(f"micro_batches: expected an integer in 1..trials ({trials}), got {micro_batches!r}")
         # threads that run a micro-batch's blocks, each on its own range of trials (no number changes)
         self.threads = int(threads) if threads is not None else default_threads()
         self.forced = forced  # a recorded execution pattern to impose (``replay.ExecutionSchedule``)

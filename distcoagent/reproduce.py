@@ -53,6 +53,13 @@ def paper_setup() -> tuple[Network, str, dict]:
     return paper_network(), "distcoagent/GridWorld-v0", {"size": 5, "max_steps": 100}
 
 
+def check_workers(workers) -> None:
+    """``workers``: None (one per CPU, at most 8) or a positive integer."""
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, (int, np.integer))
+                                or workers < 1):
+        raise SpecError(f"workers: expected a positive integer (or None: one per CPU), got {workers!r}")
+
+
 def default_workers() -> int:
     return max(1, min(os.cpu_count() or 1, 8))
 
@@ -117,6 +124,7 @@ def learning_curves(network: Network, env_id: str, env_kwargs: dict, trials: int
                       "an array of every trial's returns")
     check_memory(network, env_id, env_kwargs, TrainConfig(episodes=episodes, trials=min(trials, CHUNK_TRIALS)),
                  names={"train.trials": "trials", "train.episodes": "episodes"})  # a job's engine
+    check_workers(workers)
     workers = min(workers or default_workers(), trials)
     jobs = learning_jobs(network, env_id, env_kwargs, trials, episodes, seed, workers)
     returns = None
@@ -248,6 +256,7 @@ def fig5_curves(network: Network, env_id: str, env_kwargs: dict, trials: int, ep
     len(grid))}, timing).  Lines: ACPGT vs finite differences, and (``exact``) each vs exact dJ/dtheta."""
     from .gradients.estimators import trained_params
 
+    check_workers(workers)
     params = trained_params(network, env_id, env_kwargs, train_episodes, trials, seed)
     grid = data_grid(episodes)
     workers = min(workers or default_workers(), trials)

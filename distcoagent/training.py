@@ -213,7 +213,14 @@ def train(network: Network | RunSpec, env: str | None = None, *, env_kwargs: dic
     if free_options:
         from .freerun import check_free_options
 
+        if not isinstance(free_options, dict):
+            raise SpecError(f"free_options: expected a dict with env_rate and/or coagents, got {free_options!r:.80}")
+        unknown = sorted(map(str, set(free_options) - {"env_rate", "coagents"}))
+        if unknown:
+            raise SpecError(f"free_options.{unknown[0]}: unknown key; expected env_rate or coagents")
         check_free_options(network, free_options.get("env_rate"), free_options.get("coagents"))
+    if env_kwargs is not None and not isinstance(env_kwargs, dict):
+        raise SpecError(f"env_kwargs: expected a dict of the environment's options, got {type(env_kwargs).__name__}")
     env_kwargs = dict(env_kwargs or {})
     every_episodes, every_seconds = parse_checkpoint_every(checkpoint_every)
     run_dir, observers, log, raster, saver = None, list(observers), None, None, None

@@ -294,8 +294,33 @@ def test_python_api_run_arguments_are_checked_before_the_directory_changes(tmp_p
     with pytest.raises(SpecError, match="network: expected a distcoagent.Network"):
         InProcessEngine(None, grid)
     engine = InProcessEngine(net, grid, {"size": 3})
-    for kwargs, named in ((dict(stop=True), "stop"), (dict(progress=5), "progress"), (dict(observers="abc"), "observers")):
+    for kwargs, named in ((dict(stop=True), "stop"), (dict(progress=5), "progress"),
+                          (dict(observers="abc"), "observers")):
         with pytest.raises(SpecError, match=named):
             engine.train(1, **kwargs)
     with pytest.raises(SpecError, match="out: .* is a file"):
         reproduce.fig6(trials=2, episodes=2, out=mine / "returns.csv")
+    for kwargs, named in ((dict(free_options={"bogus": 1}), "free_options.bogus"),
+                          (dict(env_kwargs="size=3"), "env_kwargs")):
+        with pytest.raises(SpecError, match=named):
+            train(net, grid, episodes=1, trials=1, **{"env_kwargs": {"size": 3}, **kwargs})
+    for workers in (0, -1, "2", 1.5):
+        with pytest.raises(SpecError, match="workers: expected a positive integer"):
+            reproduce.learning_curves(net, grid, {"size": 3}, trials=2, episodes=1, workers=workers)
+    for kwargs, named in ((dict(first_trial=-1), "first_trial"), (dict(micro_batches=True), "micro_batches")):
+        with pytest.raises(SpecError, match=named):
+            InProcessEngine(net, grid, {"size": 3}, trials=2, **kwargs)
+
+
+@pytest.mark.parametrize("kwargs, named", [
+    (dict(exact="no"), "exact"), (dict(episodes=True), "episodes"), (dict(train_episodes=-1), "train_episodes"),
+    (dict(fd_episodes=0), "fd_episodes"), (dict(params="x"), "params"),
+])
+def test_gradcheck_arguments_are_checked_before_sampling(kwargs, named):
+    from distcoagent.examples import paper_network
+    from distcoagent.gradients import gradcheck
+
+    with pytest.raises(ValueError, match=named):
+        gradcheck(paper_network(), "distcoagent/GridWorld-v0", {"size": 3}, **{"episodes": 5, **kwargs})
+    with pytest.raises(ValueError, match="spec_or_network"):
+        gradcheck(None)

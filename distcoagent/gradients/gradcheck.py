@@ -106,6 +106,9 @@ def resolve(spec_or_network, env_id=None, env_kwargs=None, seed=None):
             raise ValueError("env_id: a Network needs an environment id (or pass a spec)")
         return spec_or_network, env_id, dict(env_kwargs or {}), 0 if seed is None else seed
     spec = spec_or_network
+    if not hasattr(spec, "network"):
+        raise ValueError(f"spec_or_network: expected a Network, a RunSpec or a spec file's path, got "
+                         f"{type(spec).__name__}")
     return (spec.network, env_id or spec.env_id, dict(spec.env_kwargs if env_kwargs is None else env_kwargs),
             getattr(spec, "seed", 0) if seed is None else seed)
 
@@ -121,6 +124,17 @@ def gradcheck(spec_or_network, env_id: str | None = None, env_kwargs: dict | Non
     episodes: ACPGT episodes; fd_episodes: episode pairs per coordinate (default: episodes).
     step: finite-difference step h; exact: also compute J and the gradient exactly.
     """
+    from ..checks import flag, whole
+
+    whole(episodes, "episodes", 1)
+    if fd_episodes is not None:
+        whole(fd_episodes, "fd_episodes", 1)
+    whole(train_episodes, "train_episodes", 0)
+    flag(exact, "exact")
+    flag(fd, "fd")
+    if params is not None and not isinstance(params, dict):
+        raise ValueError(f"params: expected a dict of each coagent's parameters (as train returns them), got "
+                         f"{type(params).__name__}")
     network, env_id, env_kwargs, seed = resolve(spec_or_network, env_id, env_kwargs, seed)
     if params is None and train_episodes > 0:
         params = trained_params(network, env_id, env_kwargs, train_episodes, 1, seed)[0]
