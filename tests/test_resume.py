@@ -112,12 +112,20 @@ def test_an_existing_run_is_never_overwritten_silently(spec, tmp_path):
     assert refused.returncode == 2 and "is a file" in refused.stderr and a_file.read_text() == "not a run"
 
 
-def test_a_refused_command_changes_nothing_in_the_run_directory(spec, tmp_path):
+def test_a_refused_command_changes_nothing_in_the_run_directory(spec, tmp_path, capsys, monkeypatch):
     """Every check of a run comes before its directory changes: an --overwrite that is then refused keeps
     the old run whole, a refused new run leaves no directory, and a resume refused for a damaged
-    config.json or a checkpoint name taken by a folder is refused before any training."""
+    config.json or a checkpoint name taken by a folder is refused before any training.  (In this process:
+    every case is refused before an engine starts.)"""
+    from distcoagent.cli import main
+
+    def run(*args) -> tuple[int, str]:
+        capsys.readouterr()
+        code = main(list(map(str, args)))
+        return code, capsys.readouterr().err
+
     out = tmp_path / "run"
-    assert cli("train", spec, "--episodes", "2", "--trials", "2", "--out", out, "--quiet").returncode == 0
+    assert run("train", spec, "--episodes", "2", "--trials", "2", "--out", out, "--quiet")[0] == 0
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     placement = tmp_path / "placement.toml"
     placement.write_text(SPEC + '\n[ray]\ngroups = [["bit_a", "act"], ["nobody"]]\n')
@@ -128,27 +136,27 @@ def test_a_refused_command_changes_nothing_in_the_run_directory(spec, tmp_path):
         "groups": ([placement, "--engine", "ray"], {}, "ray.groups"),
     }
     for what, (args, env, expected) in refused.items():
-        for target, extra in ((out, ["--overwrite"]), (tmp_path / f"new-{len(env)}-{len(args)}", [])):
-            proc = subprocess.run([sys.executable, "-m", "distcoagent.cli", "train", *map(str, args), "--episodes",
-                                   "2", "--trials", "2", "--out", str(target), "--quiet", *extra],
-                                  capture_output=True, text=True, cwd=ROOT, timeout=120, env={**os.environ, **env})
-            assert proc.returncode == 2 and expected in proc.stderr, (what, proc.stderr)
-            assert len(proc.stderr.strip().splitlines()) == 1, (what, proc.stderr)
+        new = tmp_path / f"new-{what.replace(' ', '-')}"
+        for target, extra in ((out, ["--overwrite"]), (new, [])):
+            with monkeypatch.context() as patch:
+                for key, value in env.items():
+                    patch.setenv(key, value)
+                code, err = run("train", *args, "--episodes", "2", "--trials", "2", "--out", target, "--quiet",
+                                *extra)
+            assert code == 2 and expected in err and len(err.strip().splitlines()) == 1, (what, err)
         assert {p.name: p.read_bytes() for p in out.iterdir()} == before, what
-        assert not (tmp_path / f"new-{len(env)}-{len(args)}").exists(), what
+        assert not new.exists(), what
     config = (out / "config.json").read_text()
     for what, text in {"not JSON": "{not json", "a list": "[1, 2]", "no train table": '{"env": {}}'}.items():
         (out / "config.json").write_text(text)
-        proc = cli("train", "--resume", out, "--quiet")
-        assert proc.returncode == 2 and "config.json is damaged" in proc.stderr, (what, proc.stderr)
-        assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+        code, err = run("train", "--resume", out, "--quiet")
+        assert code == 2 and "config.json is damaged" in err and len(err.strip().splitlines()) == 1, (what, err)
     (out / "config.json").write_text(config)
     (out / checkpoint.FILE).unlink()
     (out / checkpoint.FILE).mkdir()
-    started = time.monotonic()
-    proc = cli("train", "--resume", out, "--quiet")
-    assert proc.returncode == 2 and f"{checkpoint.FILE} is not a file" in proc.stderr, proc.stderr
-    assert time.monotonic() - started < 60 and not any(p.name.startswith(".") for p in out.iterdir())
+    code, err = run("train", "--resume", out, "--quiet")
+    assert code == 2 and f"{checkpoint.FILE} is not a file" in err, err
+    assert not any(p.name.startswith(".") for p in out.iterdir())  # no checkpoint's temporary file: no training
 
 
 @pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["SIGINT", "SIGTERM"])
