@@ -250,6 +250,14 @@ def train(network: Network | RunSpec, env: str | None = None, *, env_kwargs: dic
     record = run_dir / REPLAY_FILE if run_dir is not None and config.clock == "free" else None
     runner = make_engine(network, env, env_kwargs, config, ray_options, raster, free_options, record)
     try:
+        if state is not None and state.get("episodes") is not None:  # a finished run needs only its results
+            try:
+                runner.restore(state)
+            except SpecError:
+                raise
+            except (KeyError, TypeError, IndexError, ValueError) as error:  # sound checksum, foreign content
+                raise SpecError(f"checkpoint: {run_dir / checkpoint.FILE} does not hold a state of this run "
+                                f"({type(error).__name__}: {error})") from None
         if run_dir is not None:
             prepare_run_dir(run_dir, resume=resume, overwrite=overwrite)
             if not resume:
@@ -264,8 +272,6 @@ def train(network: Network | RunSpec, env: str | None = None, *, env_kwargs: dic
             observers += [log, saver]
             if resume:  # the run goes on: the last attempt's failure is history
                 (run_dir / "error.txt").unlink(missing_ok=True)
-        if state is not None and state.get("episodes") is not None:  # a finished run needs only its results
-            runner.restore(state)
         if run_dir is not None and getattr(runner, "placement", None):
             _write_json(run_dir / "placement.json", {"actors": runner.placement})
         if state is not None and state.get("episodes") is None:  # the run had finished: only its results

@@ -324,3 +324,28 @@ def test_gradcheck_arguments_are_checked_before_sampling(kwargs, named):
         gradcheck(paper_network(), "distcoagent/GridWorld-v0", {"size": 3}, **{"episodes": 5, **kwargs})
     with pytest.raises(ValueError, match="spec_or_network"):
         gradcheck(None)
+
+
+def test_a_checkpoint_with_a_sound_checksum_but_foreign_content_is_refused(tmp_path, capsys):
+    """Written by hand with a recomputed checksum: its content does not restore; one line naming the
+    checkpoint, exit 2, and the run directory as it was."""
+    import json as json_
+    from pathlib import Path
+
+    from distcoagent import checkpoint
+    from distcoagent.cli import main
+
+    spec = str(Path(__file__).resolve().parents[1] / "examples" / "paper_gridworld.toml")
+    run = tmp_path / "run"
+    assert main(["train", spec, "--episodes", "2", "--trials", "2", "--out", str(run), "--quiet",
+                 "--checkpoint-every", "1"]) == 0
+    state = checkpoint.read(run / checkpoint.FILE)
+    state["episodes"] = 3  # unfinished, so that resuming restores it
+    del state["batches"][0]["coagents"]
+    checkpoint.write(run, state, json_.loads((run / "config.json").read_text())["spec_hash"])
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "checkpoint.msgpack does not hold a state of this run" in err and len(err.strip().splitlines()) == 1, err
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before
