@@ -55,7 +55,7 @@ class Coagent:
     rule: its learning rule (default: frozen).
     features: "tabular" (all inputs discrete), or an ObservationFeatures for "obs" with
         one-hot codes of discrete inputs (linear); None picks tabular when it can.
-    initial: U_{-1}: "uniform" over discrete outputs, a list of probabilities, or "zeros".
+    initial: U_{-1}: "uniform" over discrete outputs, a list of probabilities, or "zeros" (output 0).
     init_scale: parameters start at N(0, init_scale**2) per trial (0: all zeros).
     """
 
