@@ -21,6 +21,7 @@ import numpy as np
 
 from . import batched, kernels
 from .batched import ENV, FIELDS_OF, TRIAL, ArrayDict
+from .checks import is_number
 from .execution import Constant, Execution
 from .features import Encoder, InputSpace, ObservationFeatures
 from .policies import Policy
@@ -92,16 +93,14 @@ class Coagent:
         initial = self.initial
         if isinstance(initial, (list, tuple, np.ndarray)):
             values = np.asarray(initial, dtype=object).ravel()
-            if not values.size or not all(isinstance(v, (int, float, np.number)) and not isinstance(v, bool)
-                                          and np.isfinite(v) and v >= 0 for v in values):
+            if not values.size or not all(is_number(v) and np.isfinite(v) and v >= 0 for v in values):
                 raise SpecError(f"{where}.initial: expected probabilities (finite, >= 0), got {list(values)!r}")
             object.__setattr__(self, "initial", tuple(v.item() if isinstance(v, np.generic) else v for v in values))
         elif initial not in ("uniform", "zeros") or not isinstance(initial, str):
             raise SpecError(f"{where}.initial: expected 'uniform', 'zeros' or a list of probabilities, got "
                             f"{initial!r}")
         scale = self.init_scale
-        if isinstance(scale, bool) or not isinstance(scale, (int, float, np.number)) or not np.isfinite(scale) \
-                or scale < 0:
+        if not is_number(scale) or not np.isfinite(scale) or scale < 0:
             raise SpecError(f"{where}.init_scale: expected a finite number >= 0, got {scale!r}")
 
     def sources(self, kind: str) -> list[str]:

@@ -220,6 +220,7 @@ class Engine(abc.ABC):
 def check_run_arguments(progress, observers, stop) -> list:
     """``train``'s callbacks: ``progress`` and ``stop`` callables or None, ``observers`` a sequence of
     ``Observer``; a SpecError naming the argument otherwise (before any tick).  Returns the observers."""
+    from .checks import is_number
     from .network import SpecError
 
     for name, value in (("progress", progress), ("stop", stop)):
@@ -234,8 +235,7 @@ def check_run_arguments(progress, observers, stop) -> list:
             raise SpecError(f"observers[{i}]: expected an Observer (subclass distcoagent.contract.Observer), got "
                             f"{type(o).__name__}")
         every = o.metrics_every
-        if every is not None and (isinstance(every, bool) or not isinstance(every, (int, float, np.number))
-                                  or not np.isfinite(every) or every < 0):
+        if every is not None and (not is_number(every) or not np.isfinite(every) or every < 0):
             raise SpecError(f"observers[{i}].metrics_every: expected seconds >= 0 (or None), got {every!r}")
     return observers
 

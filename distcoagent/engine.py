@@ -27,6 +27,7 @@ import numpy as np
 
 from . import batched, kernels
 from .blocks import TickBlocks, default_threads
+from .checks import is_integer
 from .contract import (STATE_FORMAT, Engine, MetricsClock, Observer, RunMetrics, TickEvent, TrainResult,
                        check_run_arguments, combine_metrics)
 from .coagent import NonFiniteError
@@ -126,7 +127,7 @@ class InProcessEngine(Engine):
                  forced=None, threads: int | None = None):
         check_network(network, env_id, env_kwargs)
         check_counts(trials, envs_per_trial, 1 if threads is None else threads)
-        if isinstance(first_trial, bool) or not isinstance(first_trial, (int, np.integer)) or first_trial < 0:
+        if not is_integer(first_trial) or first_trial < 0:
             raise SpecError(f"first_trial: expected an integer >= 0, got {first_trial!r}")
         if isinstance(micro_batches, bool):
             raise SpecError(f"micro_batches: expected an integer in 1..trials ({trials}), got {micro_batches!r}")

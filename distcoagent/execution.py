@@ -18,14 +18,13 @@ from typing import Callable
 
 import numpy as np
 
-from .checks import flag, whole
+from .checks import flag, is_number, whole
 from .features import LocalState, TabularState
 
 
 def _check_probability(value, what: str) -> None:
     given = np.asarray(value, dtype=object).ravel()
-    if not given.size or not all(isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
-                                 for v in given):
+    if not given.size or not all(is_number(v) for v in given):
         raise ValueError(f"{what}: expected probabilities in [0, 1] (numbers), got {value!r}")
     arr = np.asarray(value, dtype=np.float64)
     if not np.all(np.isfinite(arr)) or np.any(arr < 0) or np.any(arr > 1):

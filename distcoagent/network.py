@@ -16,7 +16,7 @@ import numpy as np
 
 from . import batched, kernels
 from .batched import ENV, FIELDS_OF, TRIAL, ArrayDict
-from .checks import lam, step
+from .checks import is_number, lam, step
 from .coagent import Coagent, parse_input
 from .features import Encoder, InputSpace, ObservationFeatures, bounds_problem
 from .policies import Gaussian
@@ -90,7 +90,7 @@ class Network:
         if not (isinstance(self.action, str) and self.action) and not (
                 isinstance(self.action, tuple) and self.action and all(isinstance(a, str) for a in self.action)):
             raise SpecError(f"action: expected a coagent's name, or a list of names, got {self.action!r}")
-        if isinstance(self.gamma, bool) or not isinstance(self.gamma, (int, float, np.number)):
+        if not is_number(self.gamma):
             raise SpecError(f"gamma: expected a discount in (0, 1], got {self.gamma!r}")
         if isinstance(self.ticks_per_step, np.integer):
             object.__setattr__(self, "ticks_per_step", int(self.ticks_per_step))

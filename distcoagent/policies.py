@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .checks import whole
+from .checks import is_number, whole
 from .features import InputSpace, LocalState
 from .rng import Stream, categorical
 
@@ -147,8 +147,7 @@ class Gaussian(Policy):
     def __post_init__(self):
         object.__setattr__(self, "dim", whole(self.dim, "gaussian.dim", 1))
         for name in ("init_log_std", "min_log_std"):
-            if not isinstance(getattr(self, name), (int, float, np.integer, np.floating)) \
-                    or isinstance(getattr(self, name), bool):
+            if not is_number(getattr(self, name)):
                 raise ValueError(f"gaussian.{name}: expected a number, got {getattr(self, name)!r}")
 
     def output_space(self):

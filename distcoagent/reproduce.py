@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .checks import is_integer, is_number, nearest_existing
 from .engine import InProcessEngine, trial_slices
 from .envs import GridWorldEnv
 from .network import Network, SpecError
@@ -55,8 +56,7 @@ def paper_setup() -> tuple[Network, str, dict]:
 
 def check_workers(workers) -> None:
     """``workers``: None (one per CPU, at most 8) or a positive integer."""
-    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, (int, np.integer))
-                                or workers < 1):
+    if workers is not None and (not is_integer(workers) or workers < 1):
         raise SpecError(f"workers: expected a positive integer (or None: one per CPU), got {workers!r}")
 
 
@@ -163,7 +163,7 @@ def check_out(out) -> Path:
     if not isinstance(out, (str, os.PathLike)) or not str(out).strip():
         raise SpecError(f"out: expected a folder's path, got {out!r}")
     out = Path(out)
-    existing = next(p for p in (out, *out.parents) if p.exists())
+    existing = nearest_existing(out)
     if not existing.is_dir():
         raise SpecError(f"out: {existing} is a file, expected a folder (new or existing)")
     return out
@@ -314,9 +314,9 @@ def fig5(trials: int = 20, episodes: int = 1000, seed: int = 0, out: Path | str 
 
     check_out(out)
     for name, value in (("trials", trials), ("episodes", episodes)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        if not is_integer(value) or value < 1:
             raise SpecError(f"{name}: expected a positive integer, got {value!r}")
-    if isinstance(step, bool) or not isinstance(step, (int, float, np.number)) or not np.isfinite(step) or step <= 0:
+    if not is_number(step) or not np.isfinite(step) or step <= 0:
         raise SpecError(f"step: expected a positive finite-difference step, got {step!r}")
     network, env_id, env_kwargs = paper_setup()
     start = time.perf_counter()

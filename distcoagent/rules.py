@@ -162,10 +162,6 @@ class LearningRule:
         return {"kind": self.kind}
 
 
-def _check_step(value, field: str) -> float:
-    return step(value, field)
-
-
 @dataclass(frozen=True)
 class ActorCritic(LearningRule):
     """Actor-critic(lambda) on the SMDP reward stream (SPEC §3a), own or shared critic.
@@ -182,8 +178,8 @@ class ActorCritic(LearningRule):
     kind = "actor_critic"
 
     def __post_init__(self):
-        _check_step(self.actor_step, "rule.actor_step")
-        _check_step(self.critic_step, "rule.critic_step")
+        step(self.actor_step, "rule.actor_step")
+        step(self.critic_step, "rule.critic_step")
         lam(self.lam, "rule.lam")
         if self.critic not in ("shared", "own"):
             raise ValueError(f"rule.critic: expected 'shared' or 'own', got {self.critic!r}")
@@ -265,8 +261,8 @@ class Reinforce(LearningRule):
     kind = "reinforce"
 
     def __post_init__(self):
-        _check_step(self.step, "rule.step")
-        _check_step(self.baseline_step, "rule.baseline_step")
+        step(self.step, "rule.step")
+        step(self.baseline_step, "rule.baseline_step")
         flag(self.baseline, "rule.baseline")
 
     def init(self, unit):
@@ -403,8 +399,8 @@ class ExpectedActorCritic(LearningRule):
     kind = "expected_actor_critic"
 
     def __post_init__(self):
-        _check_step(self.actor_step, "rule.actor_step")
-        _check_step(self.critic_step, "rule.critic_step")
+        step(self.actor_step, "rule.actor_step")
+        step(self.critic_step, "rule.critic_step")
         lam(self.lam, "rule.lam")
         real(self.initial_value, "rule.initial_value")
         costs = tuple(float(c) for c in np.ravel(self.costs))

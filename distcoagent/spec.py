@@ -51,8 +51,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import gymnasium as gym
-import numpy as np
 
+from .checks import is_integer, is_number
 from .coagent import Coagent
 from .execution import EXECUTIONS
 from .features import FEATURES
@@ -90,15 +90,14 @@ def _bounds(low, high, low_open: bool = False) -> str:
 
 def integer(value, where: str, low: int | None = None, high: int | None = None) -> int:
     """``value`` as an int (not a bool, not a float) in [low, high], else a SpecError naming ``where``."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or \
-            (low is not None and value < low) or (high is not None and value > high):
+    if not is_integer(value) or (low is not None and value < low) or (high is not None and value > high):
         raise SpecError(f"{where}: expected an integer{_bounds(low, high)}, got {show(value)}")
     return int(value)
 
 
 def number(value, where: str, low: float | None = None, high: float | None = None, low_open: bool = False) -> float:
     """``value`` as a finite float in [low, high] (or (low, high] with ``low_open``), else a SpecError."""
-    ok = not isinstance(value, bool) and isinstance(value, (int, float, np.integer, np.floating))
+    ok = is_number(value)
     if ok:
         try:
             value = float(value)
@@ -178,7 +177,7 @@ class TrainConfig:
     def __post_init__(self):
         for name in ("episodes", "trials", "envs_per_trial", "micro_batches"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            if not is_integer(value) or value < 1:
                 raise SpecError(f"train.{name}: expected a positive integer, got {show(value)}")
             setattr(self, name, int(value))
         self.seed = integer(self.seed, "train.seed", 0, MAX_SEED)

@@ -21,6 +21,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from . import checkpoint, serialize
+from .checks import is_number, nearest_existing
 from .contract import Observer, check_run_arguments
 from .engine import InProcessEngine, TrainResult
 from .limits import check_memory
@@ -119,7 +120,7 @@ def check_run_dir(out: str | Path, *, resume: bool, overwrite: bool) -> Path:
         path = run_dir / name
         if path.exists() and not path.is_file():
             raise SpecError(f"{flag}: {path} is not a file; the run writes its {name} there (move it away)")
-    existing = next(p for p in (run_dir, *run_dir.parents) if p.exists())  # the folder it goes in, if new
+    existing = nearest_existing(run_dir)  # the folder it goes in, if new
     if not existing.is_dir():
         raise SpecError(f"{flag}: {existing} is a file, so {run_dir} cannot be made")
     if not os.access(existing, os.W_OK | os.X_OK):
@@ -190,8 +191,7 @@ def train(network: Network | RunSpec, env: str | None = None, *, env_kwargs: dic
         raise SpecError(f"out: expected the path of a run directory, got {out!r}")
     if resume and out is None:
         raise SpecError("resume: expected out= too (the run directory to continue)")
-    if isinstance(metrics_every, bool) or not isinstance(metrics_every, (int, float, np.number)) \
-            or not np.isfinite(metrics_every) or metrics_every < 0:
+    if not is_number(metrics_every) or not np.isfinite(metrics_every) or metrics_every < 0:
         raise SpecError(f"metrics_every: expected seconds >= 0, got {metrics_every!r}")
     observers = check_run_arguments(progress, observers, stop)
     overrides = dict(episodes=episodes, trials=trials, seed=seed, envs_per_trial=envs_per_trial,
