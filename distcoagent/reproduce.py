@@ -32,6 +32,7 @@ import numpy as np
 from .checks import is_integer, is_number, nearest_existing
 from .engine import InProcessEngine, trial_slices
 from .envs import GridWorldEnv
+from .kernels import prebuilt
 from .network import Network, SpecError
 from .plotting import mean_and_band, plot_band
 
@@ -122,13 +123,15 @@ def learning_curves(network: Network, env_id: str, env_kwargs: dict, trials: int
 
     check_array_bytes(trials * episodes * np.dtype(np.float64).itemsize, "trials x episodes",
                       "an array of every trial's returns")
-    check_memory(network, env_id, env_kwargs, TrainConfig(episodes=episodes, trials=min(trials, CHUNK_TRIALS)),
-                 names={"train.trials": "trials", "train.episodes": "episodes"})  # a job's engine
     check_workers(workers)
     workers = min(workers or default_workers(), trials)
+    one_episode = (network, env_id, env_kwargs, 0, 1, 1, seed, workers)  # trial 0's first episode
+    # its kernels compiled ahead of time (once per install): then no process of the study imports numba
+    prebuilt.prepare(_learning_slice, one_episode)
+    check_memory(network, env_id, env_kwargs, TrainConfig(episodes=episodes, trials=min(trials, CHUNK_TRIALS)),
+                 names={"train.trials": "trials", "train.episodes": "episodes"})  # a job's engine
     jobs = learning_jobs(network, env_id, env_kwargs, trials, episodes, seed, workers)
     returns = None
-    one_episode = (network, env_id, env_kwargs, 0, 1, 1, seed, workers)  # trial 0's first episode
     with contextlib.ExitStack() as stack:
         parts = (map(_learning_slice, jobs) if workers == 1 else
                  stack.enter_context(_pool(workers, lambda: _learning_slice(one_episode))).map(_learning_slice, jobs))

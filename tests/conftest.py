@@ -6,6 +6,9 @@ import pytest
 
 TESTS = str(Path(__file__).parent)
 sys.path.insert(0, TESTS)  # tests import their shared fakes by module name
+# Studies run on numba's compiled kernels here, never on a module compiled ahead of time into the
+# package's cache (``kernels.prebuilt``): test_prebuilt.py builds its own, in a folder of its own.
+os.environ.setdefault("DISTCOAGENT_PREBUILT", "0")
 
 
 class SharedRay:

@@ -181,6 +181,7 @@ def test_cli_flags_and_paths_that_cannot_apply_get_one_line(tmp_path, capsys, mo
         (["train", spec, "--port", "9000", "--out", str(tmp_path / "a")], {}, "--port: only with --dashboard"),
         (["train", spec, "--delay", "act=0.1", "--out", str(tmp_path / "b")], {}, "--delay: only with the free"),
         (["validate", spec], {"DISTCOAGENT_KERNELS": "maybe"}, "DISTCOAGENT_KERNELS: expected 1"),
+        (["validate", spec], {"DISTCOAGENT_PREBUILT": "sometimes"}, "DISTCOAGENT_PREBUILT: expected 1"),
         (["validate", str(tmp_path / "adir.toml")], {}, "is a directory, expected a TOML spec file"),
         (["validate", ""], {}, "got an empty string"),
         (["gradcheck", spec, "--out", ""], {}, "--out: expected a file for the JSON report"),

@@ -55,7 +55,8 @@ print(json.dumps({"loaded_before": loaded, "frozen_after": gc.get_freeze_count()
 def test_forked_workers_share_the_kernels_loaded_before_the_fork(tmp_path):
     """A fresh process: learning curves on 2 workers load the kernels once, in the parent, and the workers
     start with them (and with the parent's objects frozen out of the garbage collector's passes)."""
-    env = {k: v for k, v in os.environ.items() if k != "DISTCOAGENT_KERNELS"}
+    env = {**{k: v for k, v in os.environ.items() if k != "DISTCOAGENT_KERNELS"},
+           "DISTCOAGENT_PREBUILT": "0"}  # numba in every process (test_prebuilt.py: with no numba at all)
     proc = subprocess.run([sys.executable, "-c", SHARED_KERNELS, str(tmp_path)], env=env, capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr

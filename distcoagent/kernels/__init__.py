@@ -17,7 +17,8 @@ them when ``enabled()``; otherwise, or for kinds of coagent without a kernel, th
 ``DISTCOAGENT_KERNELS=0`` to run numpy everywhere; tests switch with ``disabled()``.  Compiled
 code is cached on disk (``cache=True``): ``compile_all()`` compiles or loads every kernel and
 says how long it took; ``load(...)`` loads those of the modules named (what the sides of a tick
-name with their ``load_kernels``).
+name with their ``load_kernels``).  numba is imported when a kernel first runs; a study's
+processes may run kernels compiled ahead of time instead and never import it (``prebuilt``).
 """
 from __future__ import annotations
 
@@ -29,32 +30,32 @@ OFF, ON = ("0", "false", "no", "off"), ("1", "true", "yes", "on", "")
 _switched_on = os.environ.get("DISTCOAGENT_KERNELS", "1").strip().lower() not in OFF
 
 
-def check_switch() -> None:
-    """``DISTCOAGENT_KERNELS`` is a word for on or off (any other value would silently mean on)."""
-    value = os.environ.get("DISTCOAGENT_KERNELS", "1")
-    if value.strip().lower() not in OFF + ON:
-        from ..network import SpecError
+SWITCHES = {"DISTCOAGENT_KERNELS": "1 (compiled kernels, the default) or 0 (numpy only)",
+            "DISTCOAGENT_PREBUILT": "1 (studies on kernels compiled ahead of time, the default) or 0 (numba only)"}
 
-        raise SpecError(f"DISTCOAGENT_KERNELS: expected 1 (compiled kernels, the default) or 0 (numpy only), "
-                        f"got {value[:40]!r}")
+
+def check_switch() -> None:
+    """``DISTCOAGENT_KERNELS`` and ``DISTCOAGENT_PREBUILT`` are words for on or off (any other value would
+    silently mean on)."""
+    for name, expected in SWITCHES.items():
+        value = os.environ.get(name, "1")
+        if value.strip().lower() not in OFF + ON:
+            from ..network import SpecError
+
+            raise SpecError(f"{name}: expected {expected}, got {value[:40]!r}")
 _available: bool | None = None
 _enabled = False  # available and not inside ``disabled()``: what ``enabled()`` returns
 
 
 def available() -> bool:
-    """Kernels can run in this process: not switched off (``DISTCOAGENT_KERNELS=0``, then numba is
-    not even imported) and numba imports."""
+    """Kernels can run in this process: not switched off (``DISTCOAGENT_KERNELS=0``) and numba is
+    installed.  numba itself is imported when a kernel first runs (``_jit.materialize``), unless the
+    process runs kernels compiled ahead of time only (``prebuilt``)."""
     global _available, _enabled
     if _available is None:
-        _available = False
-        if _switched_on:
-            try:
-                import numba  # noqa: F401
-                _available = True
-            except ImportError:
-                pass
-            else:
-                _import_numba_numpy_support()
+        import importlib.util
+
+        _available = _switched_on and importlib.util.find_spec("numba") is not None
         _enabled = _available
     return _available
 
