@@ -64,9 +64,9 @@ class TickBlocks:
         critic_size = env_side.critic.params["w"].shape[1] if env_side.critic is not None else 0
         # a trial's copy of its state while its ticks run (``kernels.block.run``)
         widest = max(u.params["W"].shape[2] for u in units)
-        self._local = lambda: (np.empty(offset), np.empty(offset), np.empty((U, 4)), np.empty((U, 6), dtype=np.int64),
-                               np.empty(U, dtype=np.uint64), np.empty(critic_size), np.empty(critic_size),
-                               np.empty(1), np.empty(widest), np.empty(U, dtype=np.int64))
+        self._local = lambda: (apart(offset), apart(offset), apart((U, 4)), apart((U, 6), np.int64),
+                               apart(U, np.uint64), apart(critic_size), apart(critic_size),
+                               apart(1), apart(widest), apart(U, np.int64))
         self.local: list[tuple] = []  # one per range of trials run at once
         self.threads = threads
         self._ranges: tuple[int, list] = (0, [])  # (batch size, its ranges of trials)
@@ -144,8 +144,9 @@ class TickBlocks:
         if self._ranges[0] != B:  # the batch changed (finished trials cut out or put back)
             self._ranges = (B, trial_ranges(B, self.threads))
         ranges = self._ranges[1]
-        counts = np.zeros((len(ranges), U, 6), dtype=np.int64)
-        errors = np.full((len(ranges), 4), -1, dtype=np.int64)
+        # each range's own counters, error slot and arena, on cache lines no other range writes
+        counts = [apart((U, 6), np.int64, 0) for _ in ranges]
+        errors = [apart(4, np.int64, -1) for _ in ranges]
         locals_ = self._locals(len(ranges))
         last = t0 + ticks
         for part in (0, 1):
@@ -160,7 +161,8 @@ class TickBlocks:
             else:
                 for done in [self._pool().submit(k.run, *call) for call in calls]:
                     done.result()
-        counts = counts.sum(axis=0)
+        counts = np.sum(counts, axis=0)
+        errors = np.stack(errors)
         failed = errors[errors[:, 0] >= 0]
         error = failed[failed[:, 0].argmin()] if failed.size else errors[0]
         for i, unit in enumerate(units):
@@ -227,6 +229,22 @@ class TickBlocks:
 
 
 MIN_TRIALS_PER_THREAD = 64  # fewer trials per thread than this: fewer threads
+
+
+LINE = 128  # bytes: a cache line and the one the hardware prefetches beside it
+
+
+def apart(shape, dtype=np.float64, fill=None) -> np.ndarray:
+    """A C-contiguous array with ``LINE`` bytes of nothing on each side: threads that each write their
+    own such array never write to the same cache line (two small arrays allocated one after the other
+    may share one, and then every write of one thread evicts the line from the other's cache)."""
+    dtype = np.dtype(dtype)
+    size = int(np.prod(shape))
+    pad = -(-LINE // dtype.itemsize)
+    out = np.empty(size + 2 * pad, dtype=dtype)[pad:pad + size].reshape(shape)
+    if fill is not None:
+        out.fill(fill)
+    return out
 
 
 def trial_ranges(trials: int, threads: int) -> list[tuple[int, int]]:
