@@ -19,6 +19,7 @@ STUDY = """
 import json, os, sys
 from pathlib import Path
 from distcoagent import reproduce
+from distcoagent.kernels import _jit
 
 parent, out = os.getpid(), Path(sys.argv[1])
 
@@ -26,13 +27,14 @@ class Recording(reproduce.InProcessEngine):  # what a worker holds once its job 
     def train(self, *args, **kwargs):
         result = super().train(*args, **kwargs)
         if os.getpid() != parent:
-            (out / f"worker-{os.getpid()}-{id(self)}.json").write_text(json.dumps("numba" in sys.modules))
+            (out / f"worker-{os.getpid()}-{id(self)}.json").write_text(json.dumps(
+                ["numba" in sys.modules, _jit.materialized()]))
         return result
 
 reproduce.InProcessEngine = Recording
 network, env_id, env_kwargs = reproduce.paper_setup()
 returns = reproduce.learning_curves(network, env_id, env_kwargs, trials=6, episodes=4, seed=3, workers=2)
-print(json.dumps({"returns": returns.tolist(), "numba": "numba" in sys.modules}))
+print(json.dumps({"returns": returns.tolist(), "numba": ["numba" in sys.modules, _jit.materialized()]}))
 """
 
 
@@ -49,17 +51,18 @@ def _study(tmp_path, name: str, **env):
 
 def test_a_study_runs_without_numba_on_kernels_compiled_once(tmp_path):
     """First study: the module is built (one line says so) and neither the main process nor its two forked
-    workers import numba; the returns are numba's to every bit.  A second study finds the module, builds
-    nothing, and passes over a damaged manifest beside it."""
+    workers run numba (the main process imported it to see that it works: nothing was built yet); the
+    returns are numba's to every bit.  A second study finds the module, builds nothing, passes over a
+    damaged manifest beside it, and no process of it imports numba at all."""
     cache = tmp_path / "prebuilt"
     on = {"DISTCOAGENT_PREBUILT": "1", "DISTCOAGENT_PREBUILT_DIR": str(cache)}
     reference, numba_main, workers, _ = _study(tmp_path, "numba", DISTCOAGENT_PREBUILT="0")
-    assert numba_main and workers == [True, True]  # the JIT path: numba everywhere (the test can fail)
+    assert numba_main == [True, True] and workers == [[True, True]] * 2  # numba everywhere (the test can fail)
 
     returns, numba_main, workers, err = _study(tmp_path, "first", **on)
     assert "compiling the study's kernels ahead of time" in err
     np.testing.assert_array_equal(returns, reference)
-    assert not numba_main and workers == [False, False]
+    assert numba_main == [True, False] and workers == [[True, False]] * 2
     (stamp,) = cache.iterdir()
     files = sorted(stamp.iterdir(), key=lambda p: p.suffix)
     assert [p.suffix for p in files] == [".json", Path(importlib.machinery.EXTENSION_SUFFIXES[0]).suffix]
@@ -70,7 +73,7 @@ def test_a_study_runs_without_numba_on_kernels_compiled_once(tmp_path):
     returns, numba_main, workers, err = _study(tmp_path, "second", **on)
     assert "compiling" not in err and err.strip() == ""
     np.testing.assert_array_equal(returns, reference)
-    assert not numba_main and workers == [False, False]
+    assert numba_main == [False, False] and workers == [[False, False]] * 2
     assert len(list(stamp.iterdir())) == 3  # nothing built again
 
 
@@ -82,7 +85,7 @@ def test_a_failed_build_says_why_once_and_the_study_runs_on_numba(tmp_path):
     reference, _, _, _ = _study(tmp_path, "numba", DISTCOAGENT_PREBUILT="0")
     returns, numba_main, workers, err = _study(tmp_path, "failed", **env)
     np.testing.assert_array_equal(returns, reference)
-    assert numba_main and workers == [True, True]
+    assert numba_main == [True, True] and workers == [[True, True]] * 2
     (line,) = [line for line in err.splitlines() if "not compiled ahead of time" in line]
     assert "no-cc" in line and "failed.txt" in line
     returns, _, _, err = _study(tmp_path, "again", **env)
@@ -90,11 +93,25 @@ def test_a_failed_build_says_why_once_and_the_study_runs_on_numba(tmp_path):
     assert "compiling" not in err and "not compiled ahead of time" not in err
 
 
+def _unaligned() -> np.ndarray:
+    raw = np.zeros(8 * 4 + 1, dtype=np.uint8)
+    a = raw[1:].view(np.float64)
+    assert not a.flags.aligned
+    return a
+
+
+def _readonly() -> np.ndarray:
+    a = np.zeros(3)
+    a.flags.writeable = False
+    return a
+
+
 @pytest.mark.parametrize("value", [
-    np.zeros(3), np.zeros((2, 3), dtype=np.int64), np.zeros((3, 2))[:, 0], np.zeros((3, 2)).T,
-    np.zeros(4, dtype=bool), np.zeros(2, dtype=np.uint64), np.zeros(3, dtype=np.int8), np.zeros((2, 2, 2)),
+    np.zeros(3), np.zeros((2, 3), dtype=np.int64), np.zeros((3, 2))[:, 0], np.zeros((3, 2)).T, np.zeros(()),
+    np.zeros(0), np.zeros((1, 1)), np.zeros(4, dtype=bool), np.zeros(2, dtype=np.uint64), np.zeros(3, dtype=np.int8),
+    np.zeros((2, 2, 2)), _unaligned(), _readonly(),
     1, 2 ** 63, 0.5, True, np.bool_(False), np.uint64(7), np.int64(-1), np.float64(1.5), np.float32(1.5),
-    (np.zeros(2), np.zeros(2)), (np.zeros(2), np.zeros((2, 2)), 3), ((np.zeros(1), 1.0), True),
+    (np.zeros(2), np.zeros(2)), (np.zeros(2), np.zeros((2, 2)), 3), ((np.zeros(1), 1.0), True), (),
 ])
 def test_argument_keys_are_numbas_types(value):
     """A prebuilt version is chosen by ``key_of`` of the arguments; it must be the key of the numba type
@@ -102,9 +119,45 @@ def test_argument_keys_are_numbas_types(value):
     import numba
 
     assert prebuilt.key_of(value) == prebuilt.key_of_type(numba.typeof(value))
-    readonly = np.zeros(3)
-    readonly.flags.writeable = False
-    assert prebuilt.key_of(readonly) == prebuilt.key_of_type(numba.typeof(readonly)) != prebuilt.key_of(np.zeros(3))
+
+
+def test_arguments_no_version_can_take_get_keys_of_their_own():
+    """Structured arrays (two records of one size would share ``dtype.str``) and objects numba does not
+    type are keyed so that no version matches them."""
+    a = np.zeros(2, dtype=[("x", "<f8"), ("y", "<f8")])
+    b = np.zeros(2, dtype=[("x", "<i8"), ("y", "<i8")])
+    assert prebuilt.key_of(a)[0] == "?" and prebuilt.key_of(a) != prebuilt.key_of(b)
+    assert prebuilt.key_of(_readonly()) != prebuilt.key_of(np.zeros(3))
+    assert prebuilt.key_of("text")[0] == "?" and prebuilt.key_of(None)[0] == "?"
+
+
+def test_every_kernel_version_has_a_name_of_its_own_in_a_module():
+    """Two kernel modules each have an ``act`` and an ``observe`` (coagent, expected): a study running
+    both must still build one module."""
+    import importlib
+    import pkgutil
+
+    import distcoagent.kernels as package
+
+    for info in pkgutil.iter_modules(package.__path__):
+        importlib.import_module(f"{package.__name__}.{info.name}")
+    kernels = [k for k in _jit.REGISTRY.values() if not k.options.get("inline")]
+    names = [prebuilt.export_name(k, i) for k in kernels for i in range(2)]
+    assert len(names) == len(set(names)) and len(kernels) > 10
+    assert {"coagent__act_0", "expected__act_0"} <= set(names)
+
+
+def test_a_study_that_cannot_reach_the_build_process_is_said_so(tmp_path, monkeypatch):
+    """A workload that cannot be pickled for the build's process: one reason, nothing kept that would stop
+    later studies from building (it is this study's, not the machine's)."""
+    monkeypatch.setenv("DISTCOAGENT_PREBUILT_DIR", str(tmp_path))
+
+    def local():  # a local function does not pickle
+        pass
+
+    why, lacking = prebuilt.build(local)
+    assert "cannot be sent to the build's process" in why and not lacking
+    assert [p.name for p in prebuilt.folder().iterdir()] == []  # its work folder is gone too
 
 
 def test_a_call_of_other_types_goes_to_numba():

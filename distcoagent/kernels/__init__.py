@@ -48,14 +48,28 @@ _enabled = False  # available and not inside ``disabled()``: what ``enabled()`` 
 
 
 def available() -> bool:
-    """Kernels can run in this process: not switched off (``DISTCOAGENT_KERNELS=0``) and numba is
-    installed.  numba itself is imported when a kernel first runs (``_jit.materialize``), unless the
-    process runs kernels compiled ahead of time only (``prebuilt``)."""
+    """Kernels can run in this process: not switched off (``DISTCOAGENT_KERNELS=0``, then numba is
+    not even imported) and numba imports.  Where kernels compiled ahead of time for this install are
+    there (``prebuilt``: built by this numba, so it imported then), numba is only looked for, not
+    imported: a process that runs them only never imports it."""
     global _available, _enabled
     if _available is None:
         import importlib.util
 
-        _available = _switched_on and importlib.util.find_spec("numba") is not None
+        _available = False
+        if _switched_on and importlib.util.find_spec("numba") is not None:
+            from . import prebuilt
+
+            if prebuilt.may_serve():
+                _available = True
+            else:
+                try:
+                    import numba  # noqa: F401
+                    _available = True
+                except ImportError:
+                    pass
+                else:
+                    _import_numba_numpy_support()
         _enabled = _available
     return _available
 

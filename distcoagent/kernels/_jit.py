@@ -73,11 +73,12 @@ def _by_name(name: str):
 
 
 def _decorate(fn, options: dict):
-    k = Kernel(fn, options)
-    if _materialized:  # a kernel module imported after numba took over: a dispatcher right away
-        k.dispatcher = _compile(fn, options)
-        return k.dispatcher
-    return k
+    with _lock:  # not while ``materialize`` walks the registry
+        k = Kernel(fn, options)
+        if _materialized:  # a kernel module imported after numba took over: a dispatcher right away
+            k.dispatcher = _compile(fn, options)
+            return k.dispatcher
+        return k
 
 
 def kernel(fn, nogil: bool = False):
@@ -107,7 +108,7 @@ def _compile(fn, options: dict):
 
 def jit(k: Kernel):
     """The numba dispatcher of ``k`` (every kernel becomes one the first time any is asked for)."""
-    if k.dispatcher is None:
+    if not _materialized:  # (not ``k.dispatcher``: it is set before the modules' names are)
         materialize()
     return k.dispatcher
 
@@ -119,6 +120,11 @@ def materialize() -> None:
     with _lock:
         if _materialized:
             return
+        try:
+            import numba  # noqa: F401
+        except ImportError as exc:
+            raise RuntimeError(f"numba is installed but does not import ({exc}); DISTCOAGENT_KERNELS=0 runs "
+                               f"numpy instead") from None
         from . import _import_numba_numpy_support
 
         _import_numba_numpy_support()

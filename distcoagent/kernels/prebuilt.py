@@ -50,11 +50,14 @@ _loaded: set[str] = set()  # manifests loaded in this process
 # ---------------------------------------------------------------------- argument types
 def key_of(value):
     """The type of an argument as numba's ``typeof`` sees it, as a hashable key: arrays by dtype, ndim,
-    layout, writable and aligned; tuples element by element; scalars by numba's name."""
+    layout and writable (numba's ``typeof`` ignores alignment); tuples element by element; scalars by
+    numba's name.  Anything else (structured dtypes among them) gets a key no version has."""
     if isinstance(value, np.ndarray):
+        if value.dtype.fields is not None or value.dtype.kind not in "biuf":
+            return ("?", str(value.dtype))
         flags = value.flags
         layout = "C" if flags.c_contiguous else "F" if flags.f_contiguous else "A"
-        return ("a", value.dtype.str, value.ndim, layout, bool(flags.writeable), bool(flags.aligned))
+        return ("a", value.dtype.str, value.ndim, layout, bool(flags.writeable))
     if isinstance(value, tuple):
         return ("t",) + tuple(key_of(v) for v in value)
     if isinstance(value, (bool, np.bool_)):
@@ -73,8 +76,8 @@ def key_of_type(t):
     from numba.core import types
     from numba.np.numpy_support import as_dtype
 
-    if isinstance(t, types.Array):
-        return ("a", as_dtype(t.dtype).str, t.ndim, t.layout, bool(t.mutable), bool(t.aligned))
+    if isinstance(t, types.Array) and isinstance(t.dtype, (types.Boolean, types.Integer, types.Float)):
+        return ("a", as_dtype(t.dtype).str, t.ndim, t.layout, bool(t.mutable))
     if isinstance(t, (tuple, types.BaseTuple)):  # a signature's arguments, or a tuple argument
         return ("t",) + tuple(key_of_type(x) for x in (t if isinstance(t, tuple) else t.types))
     if isinstance(t, (types.Boolean, types.Integer, types.Float)):
@@ -99,9 +102,13 @@ def run(kernel, table: dict, args: tuple):
 # ---------------------------------------------------------------------- where modules live
 def stamp() -> str:
     """What a prebuilt module depends on: the kernel sources, numba, numpy, Python and the platform."""
-    from importlib.metadata import version
+    from importlib.metadata import PackageNotFoundError, version
 
-    parts = [_jit.source_digest(), version("numba"), np.__version__, sys.version, sys.platform, platform.machine()]
+    try:
+        numba_version = version("numba")
+    except PackageNotFoundError:  # installed without its metadata
+        numba_version = "unknown"
+    parts = [_jit.source_digest(), numba_version, np.__version__, sys.version, sys.platform, platform.machine()]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:20]
 
 
@@ -111,9 +118,9 @@ def base_folder() -> Path:
     override = os.environ.get("DISTCOAGENT_PREBUILT_DIR", "").strip()
     if override:
         return Path(override)
-    here = Path(__file__).parent / "__pycache__"
+    here = _package_folder().parent
     if os.access(here if here.is_dir() else here.parent, os.W_OK):
-        return here / "prebuilt"
+        return _package_folder()
     cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
     return cache / "distcoagent" / "prebuilt"
 
@@ -122,14 +129,24 @@ def folder() -> Path:
     return base_folder() / stamp()
 
 
+def switched_on() -> bool:
+    return os.environ.get("DISTCOAGENT_PREBUILT", "1").strip().lower() not in OFF
+
+
+def may_serve() -> bool:
+    """Prebuilt kernels of this install's kernel sources, numba and numpy are there (and not switched off)."""
+    try:
+        return switched_on() and any(folder().glob("*.json"))
+    except OSError:
+        return False
+
+
 def enabled() -> bool:
     """Prebuilt kernels may serve this process: kernels on, ``DISTCOAGENT_PREBUILT`` not off, and numba
     not yet in charge here (once it is, every kernel runs through it)."""
     from . import available, enabled as kernels_on
 
-    if os.environ.get("DISTCOAGENT_PREBUILT", "1").strip().lower() in OFF:
-        return False
-    return available() and kernels_on() and not _jit.materialized()
+    return switched_on() and available() and kernels_on() and not _jit.materialized()
 
 
 def load_all() -> int:
@@ -178,67 +195,113 @@ def prepare(fn, *args) -> bool:
     """Make the kernels that ``fn(*args)`` runs available without numba in this process (and in the
     processes it forks): load them, or build them once (a subprocess) and load them.  Returns whether
     they are; if not (no C compiler, prebuilt kernels off, numba already in charge here), the study
-    runs on numba as before, and the reason is printed once to stderr."""
+    runs on numba as before, and one line on stderr says why.  Only ``prepare`` runs kernels while it
+    works (other threads would find only prebuilt ones allowed)."""
     if not enabled():
         return False
     load_all()
     if covers(fn, *args):
         return True
     failed = folder() / FAILED
-    if failed.is_file():
+    if failed.is_file():  # this machine cannot build them (said once, when it was found)
         return False
     print("distcoagent: compiling the study's kernels ahead of time, once per install (about 20 s)",
           file=sys.stderr, flush=True)
-    why = build(fn, *args)
+    why, lacking = build(fn, *args)
     if why is None:
         load_all()
         if covers(fn, *args):
             return True
         why = "the module built does not cover the study's kernels"
-    try:
-        failed.parent.mkdir(parents=True, exist_ok=True)
-        failed.write_text(why + "\n")
-    except OSError:
-        pass
+    note = ""
+    if lacking:  # the machine lacks something (a C compiler, pycc): do not try again at every study
+        try:
+            failed.write_text(why + "\n")
+            note = f" Delete {failed} to try again."
+        except OSError:
+            pass
     print(f"distcoagent: kernels not compiled ahead of time ({why}); numba compiles them in each process "
-          f"instead (more memory, the same numbers). Delete {failed} to try again.", file=sys.stderr)
+          f"instead (more memory, the same numbers).{note}", file=sys.stderr)
     return False
 
 
-def build(fn, *args) -> str | None:
+LACKING = 3  # the build's exit status when the machine lacks what it needs (not this study's fault)
+TIMEOUT = 900  # seconds a build may take
+
+
+def build(fn, *args) -> tuple[str | None, bool]:
     """Compile ahead of time every kernel version ``fn(*args)`` uses, in a subprocess, into ``folder()``.
-    Returns None, or why it failed."""
+    Returns (None, False), or (why it failed, whether the machine lacks what a build needs)."""
     here = folder()
     try:
         here.mkdir(parents=True, exist_ok=True)
+        _drop_abandoned(here)
         work = Path(tempfile.mkdtemp(prefix="build-", dir=here))
     except OSError as exc:
-        return f"cannot write {here}: {exc.strerror or exc}"
+        return f"cannot write {here}: {exc.strerror or exc}", False
     try:
-        (work / "workload.pickle").write_bytes(pickle.dumps((fn, args)))
+        try:
+            workload = pickle.dumps((fn, args))
+        except Exception as exc:  # noqa: BLE001 (pickle raises what the object's reducer raises)
+            return f"the study cannot be sent to the build's process: {type(exc).__name__}: {exc}", False
+        (work / "workload.pickle").write_bytes(workload)
         root = str(Path(__file__).resolve().parents[2])
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
-        proc = subprocess.run([sys.executable, "-m", "distcoagent.kernels.prebuilt", str(work)], env=env,
-                              capture_output=True, text=True)
+        try:  # in the work folder: the current folder may hold another checkout of the package
+            proc = subprocess.run([sys.executable, "-m", "distcoagent.kernels.prebuilt", str(work)], env=env,
+                                  cwd=str(work), stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                                  timeout=TIMEOUT)
+        except subprocess.TimeoutExpired:
+            return f"the build took more than {TIMEOUT} s", False
         if proc.returncode != 0:
             lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
-            return lines[-1][:300] if lines else f"the build exited with status {proc.returncode}"
+            why = lines[-1][:300] if lines else f"the build exited with status {proc.returncode}"
+            return why, proc.returncode == LACKING
         data = json.loads((work / "manifest.json").read_text())
         os.replace(work / data["file"], here / data["file"])
         os.replace(work / "manifest.json", here / f"{data['module']}.json")  # last: readers see whole modules
-    except (OSError, ValueError, KeyError, pickle.PicklingError) as exc:
-        return f"{type(exc).__name__}: {exc}"
+    except (OSError, ValueError, KeyError) as exc:
+        return f"{type(exc).__name__}: {exc}", False
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    _drop_stale(here)
-    return None
+    if base_folder() == _package_folder():
+        _drop_stale(here)
+    return None, False
+
+
+def _package_folder() -> Path:
+    return Path(__file__).parent / "__pycache__" / "prebuilt"
 
 
 def _drop_stale(here: Path) -> None:
-    """Modules of other kernel sources or numba versions, beside this one, will not be loaded again."""
+    """In the package's own folder: modules of other kernel sources or numba versions of this install
+    will not be loaded again (a folder shared between installs keeps every install's)."""
     for other in here.parent.iterdir():
         if other != here and other.is_dir() and re.fullmatch(r"[0-9a-f]{20}", other.name):
             shutil.rmtree(other, ignore_errors=True)
+
+
+def _drop_abandoned(here: Path, age: float = 3600.0) -> None:
+    """Work folders of builds that were killed (an hour old: no build takes that long)."""
+    import time
+
+    for work in here.glob("build-*"):
+        try:
+            if time.time() - work.stat().st_mtime > age:
+                shutil.rmtree(work, ignore_errors=True)
+        except OSError:
+            pass
+
+
+def export_name(kernel, i: int) -> str:
+    """The module's name for version ``i`` of ``kernel``: from its module and name (two kernel modules
+    may each have an ``act``)."""
+    return f"{kernel.name.rsplit('.', 2)[-2]}__{kernel.fn.__name__}_{i}"
+
+
+def _lacking(why: str) -> SystemExit:
+    print(why, file=sys.stderr)
+    return SystemExit(LACKING)
 
 
 def _build_here(work: Path) -> None:
@@ -246,20 +309,22 @@ def _build_here(work: Path) -> None:
     ``work``: the module and its manifest."""
     import warnings
 
-    from numba.core.errors import NumbaPendingDeprecationWarning
+    try:
+        from numba.core.errors import NumbaPendingDeprecationWarning
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", NumbaPendingDeprecationWarning)
-        import numba.pycc.compiler as pycc_compiler
-        from numba.pycc import CC
-
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NumbaPendingDeprecationWarning)
+            import numba.pycc.compiler as pycc_compiler
+            from numba.pycc import CC
+    except ImportError as exc:  # numba without pycc (it is pending deprecation), or no setuptools
+        raise _lacking(f"numba's pycc does not import: {exc}")
     name = f"distcoagent_prebuilt_{os.urandom(6).hex()}"
     try:
         cc = CC(name)  # finds the C compiler first: without one, nothing else is worth doing
     except RuntimeError:
         named = os.environ.get("CC")
-        raise SystemExit(f"no working C compiler{f' (CC={named})' if named else ''}; pycc needs one, "
-                         f"with Python's headers")
+        raise _lacking(f"no working C compiler{f' (CC={named})' if named else ''}; pycc needs one, "
+                       f"with Python's headers")
     fn, args = pickle.loads((work / "workload.pickle").read_bytes())
     _jit.materialize()
     fn(*args)
@@ -271,21 +336,28 @@ def _build_here(work: Path) -> None:
         if kernel.options.get("inline") or kernel.dispatcher is None:
             continue
         for i, sig in enumerate(kernel.dispatcher.signatures):
-            export = f"{kernel.fn.__name__}_{i}"
+            try:
+                key = key_of_type(sig)
+            except TypeError:  # an argument no key describes: that version stays with numba
+                continue
+            export = export_name(kernel, i)
             cc.export(export, kernel.dispatcher.overloads[sig].signature)(kernel.fn)
-            kernels.setdefault(kernel.name, []).append([key_of_type(sig), export])
+            kernels.setdefault(kernel.name, []).append([key, export])
         release_gil[kernel.fn] = bool(kernel.options.get("nogil"))
     if not kernels:
         raise SystemExit("the study ran no kernel")
-    compile_extra = pycc_compiler.compile_extra
+    compile_extra, flagged = pycc_compiler.compile_extra, []
 
     def with_kernel_flags(typing, target, func, args, return_type, flags, *rest, **kwargs):
         flags.error_model = "numpy"  # as ``_jit``: a float division by zero gives inf or nan
         flags.release_gil = release_gil.get(func, False)
+        flagged.append(func)
         return compile_extra(typing, target, func, args, return_type, flags, *rest, **kwargs)
 
     pycc_compiler.compile_extra = with_kernel_flags  # pycc compiles with default flags otherwise
     cc.compile()
+    if len(flagged) != sum(len(entries) for entries in kernels.values()):  # another numba: not our flags
+        raise _lacking("numba's pycc no longer compiles through compile_extra: the kernels' flags cannot be set")
     (work / "manifest.json").write_text(json.dumps({"module": name, "file": Path(cc.output_file).name,
                                                     "kernels": kernels}))
 
