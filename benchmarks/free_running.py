@@ -31,6 +31,7 @@ from distcoagent.features import Fourier
 from distcoagent.network import Network, SharedCritic
 from distcoagent.policies import Softmax
 from distcoagent.rules import ActorCritic
+from distcoagent.ray_engine.cluster import shutdown_ray
 
 ROOT = Path(__file__).resolve().parents[1]
 GRID = "distcoagent/GridWorld-v0"
@@ -219,7 +220,7 @@ def main() -> None:
             steps = c["env_steps"][-1] if c["env_steps"] else 0
             print(f"{task:>10} {mode:>10} {c['episodes']:>8} {c['seconds']:>8.1f} {steps:>10.0f} "
                   f"{c['final_mean_return'] if c['final_mean_return'] is not None else float('nan'):>12.2f}", flush=True)
-    ray.shutdown()
+    shutdown_ray()  # and the semaphores its raylet leaves in /dev/shm
     if args.only == "throughput":
         curves = old["learning"]
     out.write_text(json.dumps({"machine": platform.platform(), "time": time.time(), "args": vars(args),

@@ -30,6 +30,7 @@ from distcoagent.blocks import default_threads
 from distcoagent.engine import InProcessEngine
 from distcoagent.examples import paper_network
 from distcoagent.ray_engine import RayEngine
+from distcoagent.ray_engine.cluster import shutdown_ray
 
 GRID = "distcoagent/GridWorld-v0"
 BATCHES = (1, 16, 256, 4096, 16384)
@@ -191,7 +192,7 @@ def main(argv=None):
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2, default=float))
     print(f"wrote {args.out}")
-    ray.shutdown()
+    shutdown_ray()  # and the semaphores its raylet leaves in /dev/shm
 
 
 def variants(B: int, micro: list[int]):

@@ -23,6 +23,7 @@ from pathlib import Path
 from distcoagent.engine import InProcessEngine
 from distcoagent.examples import paper_network
 from distcoagent.tick import CoagentSide, EnvironmentSide
+from distcoagent.ray_engine.cluster import raylet_pid, remove_semaphores_left_by
 
 ROOT = Path(__file__).resolve().parents[1]
 GRID = "distcoagent/GridWorld-v0"
@@ -85,8 +86,11 @@ def main() -> None:
                          "seconds": seconds, "ticks": result.ticks, "ms_per_tick": 1000 * seconds / result.ticks,
                          "env_ticks_per_second": result.ticks * args.trials / seconds})
     finally:
+        raylets = [raylet_pid(node) for node in cluster.list_all_nodes()]
         ray.shutdown()
         cluster.shutdown()
+        for raylet in raylets:  # the semaphores each node's raylet leaves in /dev/shm
+            remove_semaphores_left_by(raylet)
     sizes = message_bytes(args.trials // 2)
     base = rows[0]["env_ticks_per_second"]
     print(f"paper network, B = {args.trials}, {args.episodes} episodes, {args.nodes} local nodes (1 CPU each)")
