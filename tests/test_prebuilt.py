@@ -179,3 +179,19 @@ def test_a_call_of_other_types_goes_to_numba():
             prebuilt.run(kernel, table, (0.5, out))
     finally:
         prebuilt._strict = False
+
+
+def test_a_build_that_failed_is_not_tried_again_in_that_process(tmp_path, monkeypatch, capsys):
+    """A study's own failure (not the machine's) writes no ``failed.txt``, so the next process tries again;
+    within one process, a second study does not pay for a second failing build."""
+    monkeypatch.setenv("DISTCOAGENT_PREBUILT_DIR", str(tmp_path))
+    monkeypatch.setattr(prebuilt, "_failed_here", False)
+    monkeypatch.setattr(prebuilt, "enabled", lambda: True)
+    monkeypatch.setattr(prebuilt, "covers", lambda fn, *args: False)
+    builds = []
+    monkeypatch.setattr(prebuilt, "build", lambda fn, *args: builds.append(fn) or ("a reason of the study's", False))
+    assert prebuilt.prepare(print) is False and prebuilt.prepare(print) is False
+    assert builds == [print]
+    err = capsys.readouterr().err
+    assert err.count("not compiled ahead of time (a reason of the study's)") == 1 and "Delete" not in err
+    assert not (prebuilt.folder() / prebuilt.FAILED).exists()

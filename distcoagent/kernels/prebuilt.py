@@ -45,6 +45,7 @@ class Missing(BaseException):
 
 _strict = False
 _loaded: set[str] = set()  # manifests loaded in this process
+_failed_here = False  # a build failed in this process: not tried again here (each try costs seconds)
 
 
 # ---------------------------------------------------------------------- argument types
@@ -202,8 +203,9 @@ def prepare(fn, *args) -> bool:
     load_all()
     if covers(fn, *args):
         return True
+    global _failed_here
     failed = folder() / FAILED
-    if failed.is_file():  # this machine cannot build them (said once, when it was found)
+    if failed.is_file() or _failed_here:  # this machine cannot build them, or a build failed here already
         return False
     print("distcoagent: compiling the study's kernels ahead of time, once per install (about 20 s)",
           file=sys.stderr, flush=True)
@@ -213,6 +215,7 @@ def prepare(fn, *args) -> bool:
         if covers(fn, *args):
             return True
         why = "the module built does not cover the study's kernels"
+    _failed_here = True
     note = ""
     if lacking:  # the machine lacks something (a C compiler, pycc): do not try again at every study
         try:
