@@ -68,8 +68,9 @@ def default_workers() -> int:
 @contextlib.contextmanager
 def _pool(workers: int, warm_up=None):
     """Worker processes for ``workers`` jobs at once.  ``warm_up()`` first loads, in this process, the
-    kernels the jobs run: forked workers then share numba's compiler state and the loaded kernels
-    (about 50 MiB a process, and a fraction of a second each) instead of each loading its own.  The
+    kernels the jobs run: forked workers then share them (with numba: its compiler state and the
+    loaded kernels, about 50 MiB a process, and a fraction of a second each) instead of each loading
+    its own.  The
     objects alive at the fork are frozen out of the garbage collector's passes until the workers are
     done, so that a collection in a worker does not copy the pages they sit on (``gc.freeze``; left
     alone if the caller froze objects already).  Spawned workers (not on POSIX) start afresh: the warm-up

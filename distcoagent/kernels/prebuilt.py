@@ -358,7 +358,14 @@ def _build_here(work: Path) -> None:
         return compile_extra(typing, target, func, args, return_type, flags, *rest, **kwargs)
 
     pycc_compiler.compile_extra = with_kernel_flags  # pycc compiles with default flags otherwise
-    cc.compile()
+    try:
+        cc.compile()
+    except Exception as exc:  # noqa: BLE001
+        if type(exc).__name__ in ("CompileError", "LinkError"):  # distutils': the machine's toolchain
+            first = next((line for line in str(exc).splitlines() if line.strip()), "")
+            raise _lacking(f"the C compiler could not build pycc's module (are Python's headers installed?): "
+                           f"{first[:200]}")
+        raise
     if len(flagged) != sum(len(entries) for entries in kernels.values()):  # another numba: not our flags
         raise _lacking("numba's pycc no longer compiles through compile_extra: the kernels' flags cannot be set")
     (work / "manifest.json").write_text(json.dumps({"module": name, "file": Path(cc.output_file).name,
