@@ -42,7 +42,7 @@ def _study(tmp_path, name: str, **env):
     out = tmp_path / name
     out.mkdir()
     proc = subprocess.run([sys.executable, "-c", STUDY, str(out)], capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "DISTCOAGENT_KERNELS": "1", **env})
+                          env={**os.environ, "DISTCOAGENT_KERNELS": "1", **env}, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     workers = [json.loads(path.read_text()) for path in sorted(out.glob("worker-*.json"))]
@@ -55,7 +55,7 @@ def test_a_study_runs_without_numba_on_kernels_compiled_once(tmp_path):
     returns are numba's to every bit.  A second study finds the module, builds nothing, passes over a
     damaged manifest beside it, and no process of it imports numba at all."""
     cache = tmp_path / "prebuilt"
-    on = {"DISTCOAGENT_PREBUILT": "1", "DISTCOAGENT_PREBUILT_DIR": str(cache)}
+    on = {"DISTCOAGENT_PREBUILT": "1", "DISTCOAGENT_PREBUILT_DIR": "prebuilt"}  # relative to the study's folder
     reference, numba_main, workers, _ = _study(tmp_path, "numba", DISTCOAGENT_PREBUILT="0")
     assert numba_main == [True, True] and workers == [[True, True]] * 2  # numba everywhere (the test can fail)
 

@@ -117,8 +117,8 @@ def base_folder() -> Path:
     """``DISTCOAGENT_PREBUILT_DIR``, else the package's ``kernels/__pycache__/prebuilt`` (beside numba's
     cache), else ``~/.cache/distcoagent/prebuilt`` when the package's folder is read-only."""
     override = os.environ.get("DISTCOAGENT_PREBUILT_DIR", "").strip()
-    if override:
-        return Path(override)
+    if override:  # absolute: the build's process runs in another folder
+        return Path(override).expanduser().absolute()
     here = _package_folder().parent
     if os.access(here if here.is_dir() else here.parent, os.W_OK):
         return _package_folder()
