@@ -198,12 +198,12 @@ def prepare(fn, *args) -> bool:
     they are; if not (no C compiler, prebuilt kernels off, numba already in charge here), the study
     runs on numba as before, and one line on stderr says why.  Only ``prepare`` runs kernels while it
     works (other threads would find only prebuilt ones allowed)."""
+    global _failed_here
     if not enabled():
         return False
     load_all()
     if covers(fn, *args):
         return True
-    global _failed_here
     failed = folder() / FAILED
     if failed.is_file() or _failed_here:  # this machine cannot build them, or a build failed here already
         return False
