@@ -50,6 +50,26 @@ class Saboteur(Observer):
             self.metrics_every = 3600.0  # done: metrics fetched every tick would cost most of the run
 
 
+class AfterASnapshot(Saboteur):
+    """Acts once a snapshot holds a finished episode: at the first metrics call ``wait`` seconds after every
+    environment had finished one (snapshots come every ``snapshot_every`` seconds). Acting at a fixed tick
+    instead raced the snapshots' clock: a fast run reached that tick before any snapshot held an episode."""
+
+    def __init__(self, act, wait: float):
+        super().__init__(act, at=(1,))
+        self.wait, self.since = wait, None
+
+    def on_metrics(self, metrics):
+        if self.ticks:
+            return
+        if self.since is None and metrics.episodes_done >= 1:
+            self.since = time.monotonic()
+        if self.since is not None and time.monotonic() - self.since >= self.wait:
+            self.ticks.append(metrics.tick)
+            self.act(self.engine)
+            self.metrics_every = 3600.0
+
+
 def kill_actor(name):
     return lambda engine: ray.kill(engine.actors[engine.actor_names.index(name)])
 
@@ -120,7 +140,7 @@ def test_a_failed_run_keeps_its_episodes_and_checkpoint_and_resumes(tmp_path):
 
     expected = in_process(paper(), GRID, {"size": 5}, episodes=EPISODES, **OPTIONS)
     out = tmp_path / "run"
-    saboteur = Saboteur(kill_actor("coagent:bit_a"), at=(30,))
+    saboteur = AfterASnapshot(kill_actor("coagent:bit_a"), wait=2 * SNAPSHOT_EVERY)
     with pytest.raises(RecoveryError):
         train(paper(), GRID, env_kwargs={"size": 5}, episodes=EPISODES, engine="ray", out=out,
               ray_options={"max_recoveries": 0, "snapshot_every": SNAPSHOT_EVERY}, metrics_every=0.0,
