@@ -28,8 +28,6 @@ from contextlib import contextmanager
 
 OFF, ON = ("0", "false", "no", "off"), ("1", "true", "yes", "on", "")
 _switched_on = os.environ.get("DISTCOAGENT_KERNELS", "1").strip().lower() not in OFF
-
-
 SWITCHES = {"DISTCOAGENT_KERNELS": "1 (compiled kernels, the default) or 0 (numpy only)",
             "DISTCOAGENT_PREBUILT": "1 (studies on kernels compiled ahead of time, the default) or 0 (numba only)"}
 
@@ -43,6 +41,8 @@ def check_switch() -> None:
             from ..network import SpecError
 
             raise SpecError(f"{name}: expected {expected}, got {value[:40]!r}")
+
+
 _available: bool | None = None
 _enabled = False  # available and not inside ``disabled()``: what ``enabled()`` returns
 

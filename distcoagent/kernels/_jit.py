@@ -16,6 +16,7 @@ a process that finds all it runs there never imports numba (about 100 MiB less).
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import sys
 import threading
@@ -143,8 +144,10 @@ def materialized() -> bool:
     return _materialized
 
 
+@functools.lru_cache(maxsize=None)
 def source_digest() -> str:
-    """The digest of every kernel source of this package (a compiled kernel depends on all of them)."""
+    """The digest of every kernel source of this package (a compiled kernel depends on all of them); read
+    once per process, as numba's cache stamp is."""
     here = Path(__file__).parent
     return hashlib.sha256(b"".join(p.read_bytes() for p in sorted(here.glob("*.py")))).hexdigest()
 

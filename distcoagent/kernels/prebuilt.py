@@ -32,9 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
-from . import _jit
+from . import OFF, _jit
 
-OFF = ("0", "false", "no", "off")
 FAILED = "failed.txt"  # in a stamp's folder: the build failed there once (why); it is not tried again
 
 
