@@ -70,10 +70,9 @@ def _pool(workers: int, warm_up=None):
     """Worker processes for ``workers`` jobs at once.  ``warm_up()`` first loads, in this process, the
     kernels the jobs run: forked workers then share them (with numba: its compiler state and the
     loaded kernels, about 50 MiB a process, and a fraction of a second each) instead of each loading
-    its own.  The
-    objects alive at the fork are frozen out of the garbage collector's passes until the workers are
-    done, so that a collection in a worker does not copy the pages they sit on (``gc.freeze``; left
-    alone if the caller froze objects already).  Spawned workers (not on POSIX) start afresh: the warm-up
+    its own.  The objects alive at the fork are frozen out of the garbage collector's passes until the
+    workers are done, so that a collection in a worker does not copy the pages they sit on
+    (``gc.freeze``; left alone if the caller froze objects already).  Spawned workers (not on POSIX) start afresh: the warm-up
     then only fills numba's cache once, before they all look for it."""
     fork = os.name == "posix"
     if warm_up is not None:
@@ -127,15 +126,17 @@ def learning_curves(network: Network, env_id: str, env_kwargs: dict, trials: int
     check_workers(workers)
     workers = min(workers or default_workers(), trials)
     one_episode = (network, env_id, env_kwargs, 0, 1, 1, seed, workers)  # trial 0's first episode
-    # its kernels compiled ahead of time (once per install): then no process of the study imports numba
-    prebuilt.prepare(_learning_slice, one_episode)
+    # its kernels compiled ahead of time (once per install): then no process of the study imports numba,
+    # and the workers find them loaded (else the pool's warm-up loads numba's before they fork)
+    ready = prebuilt.prepare(_learning_slice, one_episode)
     check_memory(network, env_id, env_kwargs, TrainConfig(episodes=episodes, trials=min(trials, CHUNK_TRIALS)),
                  names={"train.trials": "trials", "train.episodes": "episodes"})  # a job's engine
     jobs = learning_jobs(network, env_id, env_kwargs, trials, episodes, seed, workers)
     returns = None
     with contextlib.ExitStack() as stack:
+        warm_up = None if ready else (lambda: _learning_slice(one_episode))
         parts = (map(_learning_slice, jobs) if workers == 1 else
-                 stack.enter_context(_pool(workers, lambda: _learning_slice(one_episode))).map(_learning_slice, jobs))
+                 stack.enter_context(_pool(workers, warm_up)).map(_learning_slice, jobs))
         for job, part in zip(jobs, parts):  # in order; each job's part goes in as it comes
             if returns is None:
                 returns = np.empty((trials,) + part.shape[1:], dtype=part.dtype)
