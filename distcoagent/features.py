@@ -126,8 +126,7 @@ def bounds_problem(features, space: InputSpace) -> str | None:
     if not hasattr(features, "low") or space.discrete:
         return None
     kind = type(features).__name__
-    low = np.asarray(features.low if features.low is not None else space.low, dtype=np.float64)
-    high = np.asarray(features.high if features.high is not None else space.high, dtype=np.float64)
+    low, high = _bounds(features, space)
     for name, given, value in (("low", features.low, low), ("high", features.high, high)):
         if given is not None and value.size not in (1, space.dim):
             return (f"{name}: expected {space.dim} bound(s), one per observation dimension, got "
@@ -140,11 +139,17 @@ def bounds_problem(features, space: InputSpace) -> str | None:
     return None
 
 
+def _bounds(features, space: InputSpace) -> tuple[np.ndarray, np.ndarray]:
+    """The box ``features`` scale observations by: its own ``low``/``high``, else the space's."""
+    low = np.asarray(features.low if features.low is not None else space.low, dtype=np.float64)
+    high = np.asarray(features.high if features.high is not None else space.high, dtype=np.float64)
+    return low, high
+
+
 def _unit_box(obs: np.ndarray, space: InputSpace, features) -> np.ndarray:
     """Observations scaled into the unit box (``bounds_problem`` checked the bounds when the network
     met its environment; an encoder built by hand gets this check only)."""
-    low = np.asarray(features.low if features.low is not None else space.low, dtype=np.float64)
-    high = np.asarray(features.high if features.high is not None else space.high, dtype=np.float64)
+    low, high = _bounds(features, space)
     if not (np.all(np.isfinite(low)) and np.all(np.isfinite(high))):
         raise ValueError(f"features: {bounds_problem(features, space)}")
     x = (np.asarray(obs, dtype=np.float64) - low) / (high - low)
