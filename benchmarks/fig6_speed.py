@@ -57,7 +57,8 @@ print(json.dumps({"wall_seconds": wall, "train_seconds": summary["seconds"],
 VARIANTS = {"prebuilt": {"DISTCOAGENT_KERNELS": "1", "DISTCOAGENT_PREBUILT": "1"},
             "numba": {"DISTCOAGENT_KERNELS": "1", "DISTCOAGENT_PREBUILT": "0"},
             "numpy": {"DISTCOAGENT_KERNELS": "0", "DISTCOAGENT_PREBUILT": "0"}}
-PREBUILT_DIR = tempfile.mkdtemp(prefix="fig6-prebuilt-")  # this benchmark's own prebuilt module
+# this benchmark's own prebuilt module (made by the first build, removed at the end of main)
+PREBUILT_DIR = str(Path(tempfile.gettempdir()) / f"fig6-prebuilt-{os.getpid()}")
 PREPARE = """
 import sys, time
 from distcoagent import reproduce
