@@ -25,7 +25,7 @@ from pathlib import Path
 REGISTRY: dict[str, "Kernel"] = {}  # every kernel, by "module.name" (``dispatcher``: numba's)
 _lock = threading.Lock()
 _materialized = False
-routed = False  # calls go through ``prebuilt.run`` (prebuilt kernels loaded, or only those may run)
+route = None  # ``prebuilt.run`` while prebuilt kernels are loaded (or only they may run): calls go through it
 
 
 class Kernel:
@@ -42,10 +42,8 @@ class Kernel:
         REGISTRY[self.name] = self
 
     def __call__(self, *args):
-        if routed:
-            from .prebuilt import run
-
-            return run(self, self.prebuilt or {}, args)
+        if route is not None:
+            return route(self, self.prebuilt or {}, args)
         return jit(self)(*args)
 
     @property

@@ -172,7 +172,7 @@ def load_all() -> int:
                     kernel.prebuilt = table
         except (OSError, ValueError, KeyError, TypeError, ImportError, AttributeError):
             continue  # a damaged or foreign manifest: its kernels stay with numba
-    _jit.routed = _jit.routed or any(k.prebuilt for k in _jit.REGISTRY.values())
+    _set_route()
     return sum(len(k.prebuilt or {}) for k in _jit.REGISTRY.values())
 
 
@@ -180,7 +180,8 @@ def load_all() -> int:
 def covers(fn, *args) -> bool:
     """``fn(*args)`` ran on prebuilt kernels only (it stops at the first kernel that has none)."""
     global _strict
-    _strict = _jit.routed = True
+    _strict = True
+    _set_route()
     try:
         fn(*args)
         return True
@@ -188,7 +189,12 @@ def covers(fn, *args) -> bool:
         return False
     finally:
         _strict = False
-        _jit.routed = any(k.prebuilt for k in _jit.REGISTRY.values())
+        _set_route()
+
+
+def _set_route() -> None:
+    """Kernel calls go through ``run`` while only prebuilt kernels may run, or while some are loaded."""
+    _jit.route = run if _strict or any(k.prebuilt for k in _jit.REGISTRY.values()) else None
 
 
 def prepare(fn, *args) -> bool:
