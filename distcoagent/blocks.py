@@ -14,6 +14,7 @@ path.
 """
 from __future__ import annotations
 
+import math
 import os
 import weakref
 from concurrent.futures import ThreadPoolExecutor
@@ -67,7 +68,7 @@ class TickBlocks:
         self._local = lambda: (apart(offset), apart(offset), apart((U, 4)), apart((U, 6), np.int64),
                                apart(U, np.uint64), apart(critic_size), apart(critic_size),
                                apart(1), apart(widest), apart(U, np.int64))
-        self.local: list[tuple] = []  # one per range of trials run at once
+        self.local: list[tuple] = []  # (arena, counters, error slot) of each range of trials run at once
         self.threads = threads
         self._ranges: tuple[int, list] = (0, [])  # (batch size, its ranges of trials)
         self._executor, self._executor_pid = None, None
@@ -144,27 +145,28 @@ class TickBlocks:
         if self._ranges[0] != B:  # the batch changed (finished trials cut out or put back)
             self._ranges = (B, trial_ranges(B, self.threads))
         ranges = self._ranges[1]
-        # each range's own counters, error slot and arena, on cache lines no other range writes
-        counts = [apart((U, 6), np.int64, 0) for _ in ranges]
-        errors = [apart(4, np.int64, -1) for _ in ranges]
-        locals_ = self._locals(len(ranges))
+        scratch = self._locals(len(ranges))
+        for _, range_counts, range_error in scratch:
+            range_counts.fill(0)
+            range_error.fill(-1)
         last = t0 + ticks
         for part in (0, 1):
             if part == 1:  # finished trials tick on (inactive) until the last trial finishes, or the block ends
                 end = last if book.active.any() else max(t0, int(stop_at.max()))
                 if not (stop_at[stop_at >= 0] < end).any():
                     break  # no trial has inactive ticks to run
-            calls = [(part, lo, hi, t0, last if part == 0 else end, *shared, counts[c], locals_[c], errors[c])
-                     for c, (lo, hi) in enumerate(ranges)]
+            calls = [(part, lo, hi, t0, last if part == 0 else end, *shared, range_counts, arena, range_error)
+                     for (lo, hi), (arena, range_counts, range_error) in zip(ranges, scratch)]
             if len(calls) == 1:
                 k.run(*calls[0])
             else:
                 for done in [self._pool().submit(k.run, *call) for call in calls]:
                     done.result()
-        counts = np.sum(counts, axis=0)
-        errors = np.stack(errors)
-        failed = errors[errors[:, 0] >= 0]
-        error = failed[failed[:, 0].argmin()] if failed.size else errors[0]
+        counts = scratch[0][1].copy()
+        for _, range_counts, _ in scratch[1:]:
+            counts += range_counts
+        failed = [range_error for _, _, range_error in scratch if range_error[0] >= 0]
+        error = min(failed, key=lambda e: e[0]) if failed else scratch[0][2]  # the least stage key, first
         for i, unit in enumerate(units):
             c = counts[i]
             for name, j in (("executions", k.EXECUTIONS), ("ticks", k.TICKS), ("updates", k.UPDATES),
@@ -190,8 +192,10 @@ class TickBlocks:
         return end - t0
 
     def _locals(self, n: int) -> list[tuple]:
+        """Each range's arena, counters and error slot, made once, on cache lines no other range writes."""
+        U = self.unit_ints.shape[0]
         while len(self.local) < n:
-            self.local.append(self._local())
+            self.local.append((self._local(), apart((U, 6), np.int64, 0), apart(4, np.int64, -1)))
         return self.local[:n]
 
     def _pool(self) -> ThreadPoolExecutor:
@@ -239,7 +243,7 @@ def apart(shape, dtype=np.float64, fill=None) -> np.ndarray:
     own such array never write to the same cache line (two small arrays allocated one after the other
     may share one, and then every write of one thread evicts the line from the other's cache)."""
     dtype = np.dtype(dtype)
-    size = int(np.prod(shape))
+    size = math.prod(shape) if isinstance(shape, tuple) else int(shape)
     pad = -(-LINE // dtype.itemsize)
     out = np.empty(size + 2 * pad, dtype=dtype)[pad:pad + size].reshape(shape)
     if fill is not None:
