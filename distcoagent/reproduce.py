@@ -125,12 +125,13 @@ def learning_curves(network: Network, env_id: str, env_kwargs: dict, trials: int
                       "an array of every trial's returns")
     check_workers(workers)
     workers = min(workers or default_workers(), trials)
+    # a job's engine must fit, said before any kernel is built (measuring it runs no kernel)
+    check_memory(network, env_id, env_kwargs, TrainConfig(episodes=episodes, trials=min(trials, CHUNK_TRIALS)),
+                 names={"train.trials": "trials", "train.episodes": "episodes"})
     one_episode = (network, env_id, env_kwargs, 0, 1, 1, seed, workers)  # trial 0's first episode
     # its kernels compiled ahead of time (once per install): then no process of the study imports numba,
     # and the workers find them loaded (else the pool's warm-up loads numba's before they fork)
     ready = prebuilt.prepare(_learning_slice, one_episode)
-    check_memory(network, env_id, env_kwargs, TrainConfig(episodes=episodes, trials=min(trials, CHUNK_TRIALS)),
-                 names={"train.trials": "trials", "train.episodes": "episodes"})  # a job's engine
     jobs = learning_jobs(network, env_id, env_kwargs, trials, episodes, seed, workers)
     returns = None
     with contextlib.ExitStack() as stack:

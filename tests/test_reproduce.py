@@ -204,3 +204,18 @@ def test_reproduce_refuses_bad_flags_before_running(cli, tmp_path, capsys):
         err = capsys.readouterr().err
         assert expected in err and len(err.strip().splitlines()) == 1, (args, err)
     assert a_file.read_text() == "mine" and not (tmp_path / "figs").exists()
+
+
+def test_a_study_that_cannot_fit_is_refused_before_its_kernels_are_built(monkeypatch):
+    """The memory check comes first: a first study on a fresh install would otherwise build its kernels
+    ahead of time (about 20 s) only to be refused."""
+    from distcoagent.examples import paper_network
+    from distcoagent.network import SpecError
+
+    def build(*args):
+        raise AssertionError("the kernels were prepared before the study's memory was checked")
+
+    monkeypatch.setattr(reproduce.prebuilt, "prepare", build)
+    with pytest.raises(SpecError, match=r"^trials x .*this machine has"):
+        reproduce.learning_curves(paper_network(), "distcoagent/GridWorld-v0", {"size": 3000, "max_steps": 5},
+                                  trials=1000, episodes=1, workers=1)

@@ -14,6 +14,8 @@ value) is reported as a code and a row, at the same point as in the numpy code; 
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from . import policy as policies
@@ -247,7 +249,6 @@ class UnitKernel:
         self.actor_step = float(getattr(r, "actor_step", 0.0))
         self.critic_step = float(getattr(r, "critic_step", 0.0))
         self.decay_base = unit.gamma_atomic * r.lam if rule != FROZEN else 0.0
-        self.decays = decay_table(self.decay_base, DECAY_TABLE)
         n = unit.output_space.n
         initial = unit.coagent.initial
         self.initial = np.full(n, 1.0 / n) if initial == "uniform" else np.asarray(initial, dtype=np.float64)
@@ -258,6 +259,11 @@ class UnitKernel:
         self.acc = np.empty((size, K))
         self.critic_acc = np.empty((size if rule == OWN else 0, 1))
         self.table, self.chosen = np.empty((0, K)), np.empty(0, dtype=np.int64)
+
+    @functools.cached_property
+    def decays(self) -> np.ndarray:
+        """The decay table, made at first use: a unit built only to be measured (``limits``) runs no kernel."""
+        return decay_table(self.decay_base, DECAY_TABLE)
 
     @classmethod
     def of(cls, unit) -> "UnitKernel | None":
