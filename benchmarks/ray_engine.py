@@ -9,7 +9,9 @@ trips (the network has depth 2: the two bits, then the action).  It also measure
 compiled-graph reader costs: the CPU an actor burns while the stage before it sleeps (readers spin,
 so on a machine with fewer cores than actors the waiting ones take CPU from the working ones).  The
 in-process engine runs on one thread (the basis of the 30% goal: Ray's actors already share this
-machine's CPUs) and, beside it, on every CPU (its default).
+machine's CPUs) and, beside it, on every CPU (its default), and once more on one thread with its blocks
+off: tick by tick on the same unit kernels the Ray actors run, with no transport at all, which bounds
+what any engine passing a tick's outputs between per-coagent processes can keep on this machine.
 
     PYTHONPATH=. python3 benchmarks/ray_engine.py                 # 1, 16, 256, 4096, 16384
     PYTHONPATH=. python3 benchmarks/ray_engine.py --max-batch 256 # quick
@@ -137,10 +139,16 @@ def main(argv=None):
         threaded, threaded_seconds = run(lambda: InProcessEngine(paper_network(), GRID, env_kwargs, trials=B, seed=0),
                                          args.episodes, args.repeats)
         assert np.array_equal(threaded.returns, inproc.returns), "threads changed the returns"
+        # the bound: the same unit kernels the Ray actors run, tick by tick, with no transport at all
+        unit, unit_seconds = run(lambda: tick_by_tick(InProcessEngine(paper_network(), GRID, env_kwargs, trials=B,
+                                                                      seed=0, threads=1)), args.episodes, args.repeats)
+        assert np.array_equal(unit.returns, inproc.returns), "blocks changed the returns"
         row = {"batch": B, "ticks": inproc.ticks, "inprocess_ms_per_tick": 1e3 * seconds / inproc.ticks,
                "inprocess_env_ticks_per_s": B * inproc.ticks / seconds,
                "inprocess_threads": default_threads(),
-               "inprocess_threads_env_ticks_per_s": B * threaded.ticks / threaded_seconds}
+               "inprocess_threads_env_ticks_per_s": B * threaded.ticks / threaded_seconds,
+               "inprocess_tick_by_tick_ms_per_tick": 1e3 * unit_seconds / unit.ticks,
+               "inprocess_tick_by_tick_env_ticks_per_s": B * unit.ticks / unit_seconds}
         for key, options in variants(B, micro):
             result, seconds = run(lambda: RayEngine(paper_network(), GRID, env_kwargs, trials=B, seed=0,
                                                     **options), args.episodes, args.repeats)
@@ -176,6 +184,12 @@ def main(argv=None):
             r["batch"]: r["ray_env_ticks_per_s"] / r["inprocess_threads_env_ticks_per_s"] for r in big}
         goals["throughput_goal_met (>= 0.3 of in-process on one thread, default placement)"] = all(
             v >= 0.3 for v in default.values())
+        # what an engine with free hand-overs could keep, running the unit kernels tick by tick on one core
+        goals["tick_by_tick_ratio_vs_inprocess"] = {
+            r["batch"]: r["inprocess_tick_by_tick_env_ticks_per_s"] / r["inprocess_env_ticks_per_s"] for r in big}
+        goals["tick_by_tick_ratio_vs_inprocess_on_every_cpu"] = {
+            r["batch"]: r["inprocess_tick_by_tick_env_ticks_per_s"] / r["inprocess_threads_env_ticks_per_s"]
+            for r in big}
     report = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "ray": ray.__version__,
                           "numpy": np.__version__},
               "settings": {"network": "paper (SPEC §4)", "env": GRID, **env_kwargs, "episodes": args.episodes,
@@ -195,6 +209,12 @@ def main(argv=None):
     shutdown_ray()  # and the semaphores its raylet leaves in /dev/shm
 
 
+def tick_by_tick(engine: InProcessEngine) -> InProcessEngine:
+    """``engine`` with its blocks off: every tick runs side by side on the unit kernels, as on Ray."""
+    engine._blocks = []  # the engine's record that no block runs this network
+    return engine
+
+
 def variants(B: int, micro: list[int]):
     """(label, RayEngine options): one actor per coagent (the default), all three packed in one actor,
     more micro-batches, and plain actor calls instead of the compiled graph (small batches only)."""
@@ -207,11 +227,13 @@ def variants(B: int, micro: list[int]):
 
 def _line(row, micro) -> str:
     labels = [k[:-len("_ms_per_tick")] for k in row if k.startswith("ray") and k.endswith("_ms_per_tick")]
-    head = ["batch", "ticks", "inprocess"] + labels
-    head.insert(3, f"inprocess, {row['inprocess_threads']} threads")
+    head = ["batch", "ticks", "inprocess", f"inprocess, {row['inprocess_threads']} threads",
+            "inprocess, tick by tick"] + labels
     cells = [str(row["batch"]), str(row["ticks"]),
              f"{row['inprocess_ms_per_tick']:.2f} ms, {row['inprocess_env_ticks_per_s']:.3g}/s",
-             f"{row['inprocess_threads_env_ticks_per_s']:.3g}/s"]
+             f"{row['inprocess_threads_env_ticks_per_s']:.3g}/s",
+             f"{row['inprocess_tick_by_tick_ms_per_tick']:.2f} ms, "
+             f"{row['inprocess_tick_by_tick_env_ticks_per_s']:.3g}/s"]
     cells += [f"{row[l + '_ms_per_tick']:.2f} ms, {row[l + '_env_ticks_per_s']:.3g}/s" for l in labels]
     return " | ".join(f"{h}: {c}" for h, c in zip(head, cells))
 
