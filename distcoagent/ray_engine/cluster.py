@@ -223,10 +223,28 @@ def connect(address: str | None, timeout: float = 3.0, runtime_env: dict | None 
     if runtime_env:
         options["runtime_env"] = runtime_env
     if address is None:
-        ray.init(address="local", include_dashboard=False, **options)
-        return True
-    ray.init(address=resolve_address(address, timeout), **options)
+        options.update(address="local", include_dashboard=False)
+    else:
+        options["address"] = resolve_address(address, timeout)
+    with _keeping_sigterm_handler():
+        ray.init(**options)
     return True
+
+
+@contextlib.contextmanager
+def _keeping_sigterm_handler():
+    """``ray.init`` in the main thread replaces the SIGTERM handler by one that exits at once; a handler
+    the caller had set (the command line's: finish the tick, write a checkpoint) is put back."""
+    import signal
+    import threading
+
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.getsignal(signal.SIGTERM) if main else None
+    try:
+        yield
+    finally:
+        if callable(previous):
+            signal.signal(signal.SIGTERM, previous)
 
 
 def _installed(path: Path) -> bool:
