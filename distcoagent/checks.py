@@ -3,6 +3,7 @@ train's arguments): one ``ValueError`` naming the field, not a ``TypeError`` fro
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -56,3 +57,16 @@ def flag(value, where: str) -> bool:
 def nearest_existing(path: Path) -> Path:
     """``path`` if it exists, else its nearest parent that does (where it would be made)."""
     return next(p for p in (path, *path.parents) if p.exists())
+
+
+def writable_place(path: Path, where: str) -> Path:
+    """The folder ``path`` is (or will be made) in: an existing folder this process may write in, else a
+    ``SpecError`` naming ``where`` (checked before a run or a study, not after it)."""
+    from .network import SpecError
+
+    existing = nearest_existing(path)
+    if not existing.is_dir():
+        raise SpecError(f"{where}: {existing} is a file, so {path} cannot be made")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise SpecError(f"{where}: {existing} is not writable")
+    return existing

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .checks import is_integer, is_number, nearest_existing
+from .checks import is_integer, is_number, nearest_existing, writable_place
 from .engine import InProcessEngine, trial_slices
 from .envs import GridWorldEnv
 from .kernels import prebuilt
@@ -165,13 +165,14 @@ def fig6(trials: int = 10_000, episodes: int = 200, seed: int = 0, out: Path | s
 
 def check_out(out) -> Path:
     """A figure's output folder, checked before the study runs (SpecError): a path, not a file, under a
-    folder that exists or can be made."""
+    folder that exists or can be made, and that this process may write in."""
     if not isinstance(out, (str, os.PathLike)) or not str(out).strip():
         raise SpecError(f"out: expected a folder's path, got {out!r}")
     out = Path(out)
     existing = nearest_existing(out)
     if not existing.is_dir():
         raise SpecError(f"out: {existing} is a file, expected a folder (new or existing)")
+    writable_place(out, "out")
     return out
 
 

@@ -21,7 +21,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from . import checkpoint, serialize
-from .checks import is_number, nearest_existing
+from .checks import is_number, writable_place
 from .contract import Observer, check_run_arguments
 from .engine import InProcessEngine, TrainResult
 from .limits import check_memory
@@ -120,11 +120,7 @@ def check_run_dir(out: str | Path, *, resume: bool, overwrite: bool) -> Path:
         path = run_dir / name
         if path.exists() and not path.is_file():
             raise SpecError(f"{flag}: {path} is not a file; the run writes its {name} there (move it away)")
-    existing = nearest_existing(run_dir)  # the folder it goes in, if new
-    if not existing.is_dir():
-        raise SpecError(f"{flag}: {existing} is a file, so {run_dir} cannot be made")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise SpecError(f"{flag}: {existing} is not writable")
+    writable_place(run_dir, flag)
     return run_dir
 
 

@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -219,3 +220,38 @@ def test_a_study_that_cannot_fit_is_refused_before_its_kernels_are_built(monkeyp
     with pytest.raises(SpecError, match=r"^trials x .*this machine has"):
         reproduce.learning_curves(paper_network(), "distcoagent/GridWorld-v0", {"size": 3000, "max_steps": 5},
                                   trials=1000, episodes=1, workers=1)
+
+
+def test_reports_and_figures_go_only_where_they_may(cli, tmp_path, capsys, monkeypatch):
+    """``gradcheck --out`` replaces an earlier report but no other file (the spec itself was overwritten once);
+    a folder that cannot be written is said before the sampling or the study, naming --out."""
+    spec = tmp_path / "net.toml"
+    spec.write_text(SPEC.format(max_steps=50))
+    text = spec.read_text()
+    notes = tmp_path / "notes.txt"
+    notes.write_text("mine")
+    for target in (spec, notes):
+        capsys.readouterr()
+        assert cli(["gradcheck", str(spec), "--episodes", "3", "--no-fd", "--out", str(target)]) == 2
+        err = capsys.readouterr().err
+        assert f"--out: {target} exists and is not a gradcheck report" in err and len(err.strip().splitlines()) == 1
+    assert spec.read_text() == text and notes.read_text() == "mine"
+    report = tmp_path / "report.json"
+    for _ in range(2):  # an earlier report is replaced
+        assert cli(["gradcheck", str(spec), "--episodes", "3", "--no-fd", "--out", str(report)]) == 0
+    assert json.loads(report.read_text())["episodes"]["acpgt"] == 3
+
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode: Path(path) != locked and real_access(path, mode))
+    sampled = []
+    monkeypatch.setattr("distcoagent.gradients.gradcheck", lambda *a, **k: sampled.append(1))
+    monkeypatch.setattr(reproduce, "learning_curves", lambda *a, **k: sampled.append(1))
+    for command in (["gradcheck", str(spec), "--out", str(locked / "g.json")],
+                    ["reproduce", "fig6", "--trials", "2", "--episodes", "2", "--out", str(locked / "figs")]):
+        capsys.readouterr()
+        assert cli(command) == 2, command
+        err = capsys.readouterr().err
+        assert f"--out: {locked} is not writable" in err and len(err.strip().splitlines()) == 1, err
+    assert not sampled and list(locked.iterdir()) == []

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 
@@ -30,6 +31,7 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
+    from ..checks import writable_place
     from ..gradients import NotExactError, gradcheck
     from ..limits import check_memory
     from ..network import SpecError
@@ -48,9 +50,12 @@ def run(args) -> int:
         if out.is_dir():
             raise SpecError(f"--out: {out} is a directory; expected a file for the JSON report, "
                             f"e.g. {out / 'gradcheck.json'}")
-        parent = next((p for p in out.parents if p.exists()), None)
-        if parent is not None and not parent.is_dir():
-            raise SpecError(f"--out: {parent} is a file, so {out} cannot be created")
+        if out.exists() and not _is_report(out):  # the spec itself, or anyone's file: not ours to replace
+            raise SpecError(f"--out: {out} exists and is not a gradcheck report; expected a new file (or an "
+                            "earlier report, which is replaced)")
+        if out.exists() and not os.access(out, os.W_OK):
+            raise SpecError(f"--out: {out} is not writable")
+        writable_place(out.parent, "--out")
     spec = load_spec(args.spec)
     seed = spec.train.seed if args.seed is None else args.seed
     check_memory(spec.network, spec.env_id, spec.env_kwargs,
@@ -72,3 +77,12 @@ def run(args) -> int:
             raise SpecError(f"--out: cannot write {out} ({error.strerror or error})") from None
         print(f"\nwrote {out}")
     return 0
+
+
+def _is_report(path: Path) -> bool:
+    """``path`` holds a report an earlier ``gradcheck --out`` wrote."""
+    try:
+        report = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    return isinstance(report, dict) and {"settings", "gradients", "norms"} <= report.keys()
