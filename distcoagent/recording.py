@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from pathlib import Path
 
@@ -59,11 +60,28 @@ class MetricsLog(Observer):
 
     def on_start(self, engine, episodes: int) -> None:
         self.engine = engine
-        if self.path.exists() and self.path.stat().st_size:  # a resumed run goes on in the same file
+        if self.path.exists() and self._whole_records():  # a resumed run goes on in the same file
             return
         self._write({"kind": "start", "time": time.time(), "run": self.run, "engine": engine.name,
                      "episodes": int(episodes), "trials": self.trials, "envs_per_trial": self.envs_per_trial,
                      "network": self.network, "raster": {"envs": self.raster_envs, "window": self.raster_window}})
+
+    def _whole_records(self) -> int:
+        """Drops a last record cut short (a full disk, a killed process), which a resumed run would otherwise
+        continue on the same line, spoiling its own first record too; returns the bytes left."""
+        with open(self.path, "rb+") as f:
+            end = whole = f.seek(0, os.SEEK_END)
+            while whole > 0:  # back to the last newline, a chunk at a time (the log may be large)
+                start = max(0, whole - 65536)
+                f.seek(start)
+                newline = f.read(whole - start).rfind(b"\n")
+                if newline >= 0:
+                    whole = start + newline + 1
+                    break
+                whole = start
+            if whole < end:
+                f.truncate(whole)
+        return whole
 
     def on_metrics(self, metrics: RunMetrics) -> None:
         now = time.time()

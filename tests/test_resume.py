@@ -1,5 +1,6 @@
 """Nothing lost: fresh run directories, checkpoints, Ctrl-C / SIGTERM / SIGKILL and --resume, as a user
 runs them (the CLI in a subprocess), on both engines; damaged checkpoints get one clear error."""
+import json
 import os
 import signal
 import subprocess
@@ -172,6 +173,26 @@ def test_a_signal_writes_a_checkpoint_and_resume_finishes_the_same_run(spec, ref
     assert '"status": "interrupted"' in (out / "metrics.jsonl").read_text()
     resumed = cli("train", "--resume", out, "--quiet")
     assert resumed.returncode == 0, resumed.stderr
+    same_run(reference, out)
+
+
+def test_a_metrics_record_cut_short_is_dropped_when_the_run_resumes(spec, reference, tmp_path):
+    """A full disk or a killed process can leave metrics.jsonl's last record half written; the resumed run
+    must not go on on that line (it spoiled its own first record too, and the dashboard's reading)."""
+    out = tmp_path / "run"
+    proc = start("train", spec, "--out", out, "--quiet")
+    wait_for_file(proc, out / "metrics.jsonl")
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=120)
+    log = out / "metrics.jsonl"
+    whole = log.read_bytes()
+    log.write_bytes(whole[:-30])  # the last record (the run's end) cut in the middle
+    resumed = cli("train", "--resume", out, "--quiet")
+    assert resumed.returncode == 0, resumed.stderr
+    records = [json.loads(line) for line in log.read_text().splitlines()]  # every line a whole record
+    assert [r["kind"] for r in records].count("start") == 1 and records[-1]["kind"] == "end"
+    assert log.read_bytes().startswith(whole[:whole.rfind(b"\n", 0, len(whole) - 1) + 1])  # the rest kept
     same_run(reference, out)
 
 
