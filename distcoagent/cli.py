@@ -71,6 +71,9 @@ def _train(args) -> int:
     if args.resume:
         if args.spec or args.out:
             raise SpecError("--resume: give the run directory only (its spec is in its config.json), not SPEC or --out")
+        if args.overwrite:
+            raise SpecError("--overwrite: not with --resume (a resumed run goes on; to start it again, give its "
+                            "spec with --out RUN_DIR --overwrite)")
         fixed = [k for k in ("episodes", "trials", "seed", "envs_per_trial", "micro_batches") if overrides[k] is not None]
         if fixed:
             raise SpecError(f"--{fixed[0].replace('_', '-')}: a resumed run keeps its own; only --engine, --address "
@@ -96,6 +99,10 @@ def _train(args) -> int:
     for flag, value in (("--env-rate", args.env_rate), ("--delay", args.delay), ("--coagent-rate", args.coagent_rate)):
         if value is not None and spec.train.clock != "free":
             raise SpecError(f"{flag}: only with the free-running clock (--clock free, or clock = \"free\" in [train])")
+    for key, value in ray_overrides.items():
+        if value is not None and spec.train.engine != "ray":
+            raise SpecError(f"--{key.replace('_', '-')}: only with the ray engine (--engine ray, or engine = \"ray\" "
+                            "in [train]); it places the Ray actors")
     check_env(spec).close()
     if args.resume:
         check_run_dir(out, resume=True, overwrite=False)  # what train would refuse, before the note
@@ -116,6 +123,9 @@ def _train(args) -> int:
 
     def on_signal(number, frame):
         if received:  # a second Ctrl-C: stop now, whatever is lost
+            print(f"\na second stop signal ({signal.Signals(number).name}): stopping at once, this tick not saved; "
+                  f"the run resumes from its last checkpoint, if it wrote one (distcoagent train --resume {out})",
+                  file=sys.stderr, flush=True)
             raise KeyboardInterrupt
         received.append(number)
         print(f"\n{signal.Signals(number).name}: finishing the tick and writing a checkpoint "
@@ -135,6 +145,9 @@ def _train(args) -> int:
         print(f"run directory: {out}\nstopped at atomic tick {result.ticks}; checkpoint written. Resume with:\n"
               f"  distcoagent train --resume {out}", file=sys.stderr)
         return STOP_SIGNALS.get(received[0], 130) if received else 130
+    if result.extra.get("trained") is False:
+        print(f"note: {out} had finished its {spec.train.episodes} episodes; nothing to train (its results are "
+              "written again)", file=sys.stderr)
     summary = summarize(result, spec.env_id, spec.env_kwargs)
     width = max(len(k) for k in summary)
     print(f"run directory: {out}")
@@ -168,7 +181,8 @@ def _validate(args) -> int:
     net = spec.network
     print(f"{args.spec}: valid. {len(net.coagents)} coagent(s) in tick order {' -> '.join(net.order)}; "
           f"action {net.action}; env {spec.env_id} ({env.observation_space} -> {env.action_space}); "
-          f"gamma {net.gamma}, {net.ticks_per_step} atomic tick(s) per step")
+          f"gamma {net.gamma}, {net.ticks_per_step} atomic tick(s) per step",
+          file=sys.stderr if args.json else sys.stdout)  # --json: standard output is the JSON alone
     if args.json:
         print(json.dumps(net.to_config(), indent=2))
     return 0
@@ -237,7 +251,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Parse SPEC, check every field, build the environment once and check "
                                    "the network against its observation and action spaces.")
     p.add_argument("spec", help="path to a TOML spec file")
-    p.add_argument("--json", action="store_true", help="also print the resolved network as JSON")
+    p.add_argument("--json", action="store_true", help="print the resolved network as JSON on standard output "
+                                                         "(the summary line then goes to standard error)")
     p.set_defaults(func=_validate)
 
     from .commands import COMMANDS

@@ -185,7 +185,8 @@ class TrainConfig:
         string(self.clock, "train.clock", CLOCKS)
         if self.clock == "free" and self.engine != "ray":
             raise SpecError("train.clock: the free-running clock needs the ray engine (one actor per coagent); "
-                            "add --engine ray")
+                            "add --engine ray, or --clock tick for the logical tick (a free run's checkpoint "
+                            "resumes on either engine with it)")
         if self.address is not None:
             string(self.address, "train.address")
         if self.micro_batches > self.trials:

@@ -28,7 +28,7 @@ from .limits import check_memory
 from .network import Network, SpecError
 from .recording import MetricsLog
 from .replay import FILE as REPLAY_FILE
-from .spec import RunSpec, TrainConfig
+from .spec import ENGINES, RunSpec, TrainConfig
 from .tick import RasterSpec
 
 
@@ -134,6 +134,15 @@ def prepare_run_dir(out: str | Path, *, resume: bool, overwrite: bool) -> Path:
                 (run_dir / name).unlink(missing_ok=True)
         run_dir.mkdir(parents=True, exist_ok=True)
     return run_dir
+
+
+def _finished_by(run_dir: Path, engine: str) -> str:
+    """The engine a finished run's summary names (``engine`` if it has none to read)."""
+    try:
+        named = json.loads((run_dir / "summary.json").read_text()).get("engine")
+    except (OSError, ValueError, AttributeError):
+        return engine
+    return named if named in ENGINES else engine
 
 
 def read_run_config(run_dir: str | Path, flag: str = "--resume") -> dict:
@@ -244,7 +253,10 @@ def train(network: Network | RunSpec, env: str | None = None, *, env_kwargs: dic
     if run_dir is not None and config.engine == "ray":
         ray_options = {"run_name": run_dir.name, **ray_table}
     record = run_dir / REPLAY_FILE if run_dir is not None and config.clock == "free" else None
-    runner = make_engine(network, env, env_kwargs, config, ray_options, raster, free_options, record)
+    finished = state is not None and state.get("episodes") is None  # the run had finished: only its results
+    # a finished run starts no engine (no Ray for nothing); its results keep the engine that finished it
+    runner = None if finished else make_engine(network, env, env_kwargs, config, ray_options, raster,
+                                               free_options, record)
     try:
         if state is not None and state.get("episodes") is not None:  # a finished run needs only its results
             try:
@@ -270,11 +282,12 @@ def train(network: Network | RunSpec, env: str | None = None, *, env_kwargs: dic
                 (run_dir / "error.txt").unlink(missing_ok=True)
         if run_dir is not None and getattr(runner, "placement", None):
             _write_json(run_dir / "placement.json", {"actors": runner.placement})
-        if state is not None and state.get("episodes") is None:  # the run had finished: only its results
+        if finished:
             from .engine import result_from_state
 
-            result = result_from_state(state, network, runner.name)
+            result = result_from_state(state, network, _finished_by(run_dir, config.engine))
             result.finished = True
+            result.extra["trained"] = False  # nothing was left to train
         else:
             result = runner.train(config.episodes, progress=progress, observers=observers, stop=stop)
     except BaseException as error:
@@ -292,7 +305,8 @@ def train(network: Network | RunSpec, env: str | None = None, *, env_kwargs: dic
                     None if interrupted else f"{type(error).__name__}: {error}")
         raise
     finally:
-        runner.close()
+        if runner is not None:
+            runner.close()
     if run_dir is not None:
         write_results(run_dir, result, env, env_kwargs)
         if not result.finished:

@@ -55,6 +55,15 @@ def test_validate_accepts_examples_and_rejects_bad_specs(tmp_path):
     assert proc.returncode == 2 and "Did you mean" in proc.stderr
 
 
+def test_validate_json_prints_json_alone_and_python_m_distcoagent_runs_the_command_line():
+    proc = cli("validate", EXAMPLE, "--json")
+    assert proc.returncode == 0 and "valid" in proc.stderr
+    assert json.loads(proc.stdout)["action"] == "act"  # standard output is the JSON, nothing else
+    module = subprocess.run([sys.executable, "-m", "distcoagent", "validate", EXAMPLE], capture_output=True,
+                            text=True, cwd=ROOT, timeout=120)
+    assert module.returncode == 0 and "bit_a -> bit_b -> act" in module.stdout, module.stderr
+
+
 def test_help_describes_every_option():
     top = cli("--help")
     assert top.returncode == 0 and "train" in top.stdout and "validate" in top.stdout

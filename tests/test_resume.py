@@ -196,6 +196,40 @@ def test_a_metrics_record_cut_short_is_dropped_when_the_run_resumes(spec, refere
     same_run(reference, out)
 
 
+def test_a_second_signal_stops_at_once_says_so_and_loses_only_time(spec, reference, tmp_path):
+    out = tmp_path / "run"
+    proc = start("train", spec, "--out", out, "--quiet", "--checkpoint-every", "5")
+    wait_for_file(proc, out / checkpoint.FILE)
+    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    assert "a second stop signal (SIGTERM): stopping at once" in stderr and f"--resume {out}" in stderr, stderr
+    resumed = cli("train", "--resume", out, "--quiet")
+    assert resumed.returncode == 0, resumed.stderr
+    same_run(reference, out)
+
+
+def test_flags_that_do_not_apply_are_refused_and_a_finished_run_trains_nothing(spec, tmp_path):
+    """--overwrite with --resume, Ray's placement flags without the ray engine: refused in one line, nothing
+    changed. Resuming a finished run (even with --engine ray) starts no engine and keeps its summary's."""
+    out = tmp_path / "run"
+    assert cli("train", spec, "--episodes", "2", "--trials", "2", "--out", out, "--quiet").returncode == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    refused = {("--resume", out, "--overwrite"): "--overwrite: not with --resume",
+               ("--resume", out, "--coagents-per-actor", "2"): "--coagents-per-actor: only with the ray engine",
+               (spec, "--out", tmp_path / "new", "--placement", "PACK"): "--placement: only with the ray engine"}
+    for args, expected in refused.items():
+        proc = cli("train", *args, "--quiet")
+        assert proc.returncode == 2 and expected in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, args
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before and not (tmp_path / "new").exists()
+    again = cli("train", "--resume", out, "--engine", "ray", "--quiet")
+    assert again.returncode == 0 and "had finished its 2 episodes; nothing to train" in again.stderr, again.stderr
+    assert not (out / "placement.json").exists()  # no Ray actor was made
+    assert json.loads((out / "summary.json").read_text())["engine"] == "inprocess"
+    assert (out / "returns.csv").read_bytes() == before["returns.csv"]
+
+
 def test_sigkill_at_several_points_loses_only_time(spec, reference, tmp_path):
     out = tmp_path / "run"
     proc = start("train", spec, "--out", out, "--quiet", "--checkpoint-every", "5")
