@@ -41,10 +41,15 @@ def step(value, where: str) -> float:
     return float(value)
 
 
+INT64_MAX = 2**63 - 1  # every count and clock is a numpy int64
+
+
 def whole(value, where: str, low: int = 0) -> int:
-    """``value`` as an int >= low."""
+    """``value`` as an int in [low, 2**63 - 1]."""
     if not is_integer(value) or value < low:
         raise ValueError(f"{where}: expected an integer >= {low}, got {value!r}")
+    if value > INT64_MAX:
+        raise ValueError(f"{where}: expected an integer at most 2**63 - 1, got {value!r}")
     return int(value)
 
 

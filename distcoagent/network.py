@@ -112,8 +112,12 @@ class Network:
             raise SpecError(f"ticks_per_step: expected an integer in 1..{MAX_TICKS_PER_STEP}, got "
                             f"{self.ticks_per_step!r}")
         graph = {}
+        by_name = {c.name: c for c in self.coagents}
         for c in self.coagents:
             deps = set()
+            twice = sorted({i for i in c.inputs if c.inputs.count(i) > 1})
+            if twice:  # it would square a tabular local state for nothing
+                raise SpecError(f"coagents.{c.name}.inputs: {twice[0]!r} is listed twice; expected each input once")
             for raw in c.inputs:
                 kind, src = parse_input(raw)
                 if kind != "obs" and src not in names:
@@ -125,6 +129,11 @@ class Network:
                 if d not in names:
                     raise SpecError(f"coagents.{c.name}.execution.coagent: unknown coagent {d!r}")
                 deps.add(d)
+                outputs = by_name[d].policy.output_space().n
+                when = getattr(c.execution, "when", None)
+                if when is not None and outputs is not None and when >= outputs:  # it would never execute
+                    raise SpecError(f"coagents.{c.name}.execution.when: expected an output of {d!r} "
+                                    f"(0..{outputs - 1}), got {when}")
             if c.name in deps:
                 raise SpecError(f"coagents.{c.name}.inputs: a coagent cannot read its own output at the "
                                 f"same tick; use 'prev:{c.name}'")

@@ -334,6 +334,12 @@ def _spec_file(tmp_path, **changes):
     ({"env__sizee": 3}, "env.sizee: unknown option for distcoagent/GridWorld-v0"),
     ({"env__size": -3}, "env.size: expected an integer >= 2, got -3"),
     ({"env__size": 100000}, "env.size: a 100000 x 100000 gridworld's transition table"),
+    ({"coagent__1__inputs": ["bit", "obs", "bit"]}, "coagents.act.inputs: 'bit' is listed twice"),
+    ({"coagent__1__execution": {"kind": "driven", "coagent": "bit", "when": 5}},
+     "coagents.act.execution.when: expected an output of 'bit' (0..1), got 5"),
+    ({"env__max_steps": 10**20}, "env.max_steps: expected a number of steps (at most 2**63 - 1)"),
+    ({"coagent__1__execution": {"kind": "periodic", "period": 10**20, "offset": 0}},
+     "coagent[1] (act).execution.period: expected an integer at most 2**63 - 1"),
 ])
 def test_what_a_new_user_hit_in_a_spec(tmp_path, capsys, changes, expected):
     spec = _spec_file(tmp_path, **changes)

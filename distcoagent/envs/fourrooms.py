@@ -24,6 +24,7 @@ import gymnasium as gym
 import numpy as np
 
 from ..batched import ENV
+from ..checks import INT64_MAX
 from ..rng import Stream
 from .gridworld import MOVES
 
@@ -178,8 +179,9 @@ def optimal_steps_to_goal(goal_cell: int | None = None) -> float:
 def _check(goal_move_episode, max_steps):
     for name, value, zero in (("goal_move_episode", goal_move_episode, "the goal never moves"),
                               ("max_steps", max_steps, "no time limit")):
-        if value is not None and (not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 0):
-            raise ValueError(f"env.{name}: expected an integer >= 0 (0: {zero}), got {value!r}")
+        if value is not None and (not isinstance(value, (int, np.integer)) or isinstance(value, bool)
+                                  or not 0 <= value <= INT64_MAX):
+            raise ValueError(f"env.{name}: expected an integer in 0..2**63 - 1 (0: {zero}), got {value!r}")
 
 
 def render_ansi(cell: int | None, goal: int) -> str:

@@ -18,6 +18,7 @@ import numpy as np
 
 from .. import kernels
 from ..batched import ENV
+from ..checks import INT64_MAX
 
 MOVES = np.array([(-1, 0), (1, 0), (0, -1), (0, 1)])  # (row, col) for up, down, left, right
 BUILD_BYTES_PER_CELL = 80  # next_cells: the table (4 x int64) and its temporaries, per cell
@@ -39,8 +40,9 @@ def _check(size, start, goal, max_steps) -> int:
             raise ValueError(f"env.{name}: expected a cell in 0..{size * size - 1}, got {cell!r}")
     if start == goal:
         raise ValueError("env.goal: must differ from env.start")
-    if max_steps is not None and (not _is_int(max_steps) or max_steps < 0):
-        raise ValueError(f"env.max_steps: expected a number of steps, or 0 for no time limit, got {max_steps!r}")
+    if max_steps is not None and (not _is_int(max_steps) or not 0 <= max_steps <= INT64_MAX):
+        raise ValueError(f"env.max_steps: expected a number of steps (at most 2**63 - 1), or 0 for no time limit, "
+                         f"got {max_steps!r}")
     return goal
 
 
