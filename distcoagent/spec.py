@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import copy
 import math
+import re
 import reprlib
 import tomllib
 import types
@@ -459,12 +460,28 @@ def check_env(spec: RunSpec) -> gym.Env:
         env = make_batch(spec.env_id, 1, spec.train.seed, **spec.env_kwargs)
     except SpecError:
         raise
-    except ImportError as e:  # "module:EnvId" whose module cannot be imported
-        raise SpecError(f"env.id: {str(e).rstrip('.')}; its directory must be on PYTHONPATH "
-                        "(see docs/custom-environments.md)") from None
+    except gym.error.UnregisteredEnv as e:  # "GridWorld-v0" for "distcoagent/GridWorld-v0"
+        named = sorted(k for k in gym.registry if "/" in k and k.split("/", 1)[1] == spec.env_id)
+        if not named:
+            raise  # gymnasium's own message and suggestion
+        raise SpecError(f"env.id: {str(e).rstrip('.')}; did you mean {named[0]!r} (with its namespace)?") from None
+    except ImportError as e:
+        own = spec.env_id.partition(":")[0] if ":" in spec.env_id else None
+        missing = e.name or next(iter(re.findall(r"No module named '([^']+)'", str(e))), None)  # gymnasium rewraps it
+        if own is not None and (missing is None or own == missing or own.startswith(missing + ".")):
+            raise SpecError(f"env.id: {str(e).rstrip('.')}; its directory must be on PYTHONPATH "  # "module:EnvId"
+                            "(see docs/custom-environments.md)") from None
+        raise SpecError(f"env.id: {spec.env_id} needs a package that is not installed "
+                        f"({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
     except (TypeError, ValueError, OverflowError) as e:  # the environment's own check of its options
         message = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise SpecError(message if message.startswith("env") else f"env: {message}") from None
+    except gym.error.Error:
+        raise
+    except Exception as e:  # anything else the environment's constructor raised (a KeyError for an option)
+        message = str(e).splitlines()[0] if str(e) else ""
+        raise SpecError(f"env: {spec.env_id} could not be made with {spec.env_kwargs or 'no options'} "
+                        f"({type(e).__name__}: {message})") from None
     try:
         spec.network.input_spaces(env.observation_space, env.action_space)
         check_memory(spec, env=env)

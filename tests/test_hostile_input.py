@@ -340,6 +340,11 @@ def _spec_file(tmp_path, **changes):
     ({"env__max_steps": 10**20}, "env.max_steps: expected a number of steps (at most 2**63 - 1)"),
     ({"coagent__1__execution": {"kind": "periodic", "period": 10**20, "offset": 0}},
      "coagent[1] (act).execution.period: expected an integer at most 2**63 - 1"),
+    ({"env": {"id": "GridWorld-v0"}}, "env.id: Environment `GridWorld` doesn't exist; did you mean "
+                                      "'distcoagent/GridWorld-v0' (with its namespace)?"),
+    ({"env": {"id": "FrozenLake-v1", "map_name": "9x9"}},
+     "env: FrozenLake-v1 could not be made with {'map_name': '9x9'} (KeyError: '9x9')"),
+    ({"env": {"id": "no_such_module_here:Corridor-v0"}}, "env.id: No module named 'no_such_module_here'"),
 ])
 def test_what_a_new_user_hit_in_a_spec(tmp_path, capsys, changes, expected):
     spec = _spec_file(tmp_path, **changes)
@@ -414,3 +419,18 @@ def test_gradcheck_warns_about_a_time_limit_only_when_there_is_one(tmp_path, cap
     assert main(["gradcheck", spec, "--episodes", "16", "--no-fd", "--exact"]) == 0
     out = capsys.readouterr().out
     assert ("the estimators stop episodes at max_steps=20" in out) is note, out
+
+
+def test_an_environment_whose_package_is_missing_is_not_sent_to_pythonpath(tmp_path, capsys):
+    """A registered environment that imports a package not installed: the package is named, not the
+    custom-module advice (which is for ``module:EnvId`` ids whose module is not found)."""
+    gym.register("distcoagent_tests/NeedsAPackage-v0", entry_point="no_such_package_xyz.envs:Env")
+    try:
+        spec = _spec_file(tmp_path, env={"id": "distcoagent_tests/NeedsAPackage-v0"})
+        capsys.readouterr()
+        assert main(["validate", spec]) == 2
+        line = _one_error_line(capsys, "validate")
+        assert line.startswith("env.id: distcoagent_tests/NeedsAPackage-v0 needs a package that is not installed")
+        assert "no_such_package_xyz" in line and "PYTHONPATH" not in line
+    finally:
+        gym.registry.pop("distcoagent_tests/NeedsAPackage-v0")
