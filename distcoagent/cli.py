@@ -51,7 +51,7 @@ def _train(args) -> int:
 
     from . import checkpoint
     from .spec import parse
-    from .training import check_run_dir, read_run_config, summarize, train
+    from .training import check_run_dir, read_run_config, spec_of_run, summarize, train
 
     for flag, value in (("--port", args.port), ("--host", args.host), ("--allow-remote", args.allow_remote or None)):
         if value is not None and not args.dashboard:
@@ -82,10 +82,10 @@ def _train(args) -> int:
         config_file = out / "config.json"
         if not config_file.is_file():
             raise SpecError(f"--resume: {out} is not a run directory (it has no config.json)")
-        raw = read_run_config(out).get("spec")
+        raw = spec_of_run(read_run_config(out))
         if raw is None:
-            raise SpecError(f"--resume: {out} was started from Python, not from a spec file; resume it with "
-                            "distcoagent.train(..., out=RUN_DIR, resume=True)")
+            raise SpecError(f"--resume: {out} was started from Python with a network no spec describes (a Python "
+                            "function or class); resume it with distcoagent.train(..., out=RUN_DIR, resume=True)")
         raw.setdefault("train", {}).update({k: v for k, v in overrides.items() if v is not None})
         if any(v is not None for v in ray_overrides.values()):
             raw.setdefault("ray", {}).update({k: v for k, v in ray_overrides.items() if v is not None})

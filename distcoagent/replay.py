@@ -163,7 +163,7 @@ def replay(run_dir: str | Path, network=None) -> ReplayReport:
                        (params_file, "a finished run's parameters")):
         if not path.is_file():
             raise SpecError(f"replay: {run_dir} has no {path.name}; expected {what} (train with --clock free)")
-    from .training import read_run_config
+    from .training import read_run_config, spec_of_run
 
     config = read_run_config(run_dir, "replay")
     train = config["train"]
@@ -175,9 +175,11 @@ def replay(run_dir: str | Path, network=None) -> ReplayReport:
     if not isinstance(env_id, str):
         raise SpecError(f"replay: {config_file} is damaged (its env table has no id)")
     if network is None:
-        if config.get("spec") is None:
-            raise SpecError(f"replay: {run_dir} was started from Python; pass network= to replay()")
-        network = parse(config["spec"], str(config_file)).network
+        raw = spec_of_run(config)
+        if raw is None:
+            raise SpecError(f"replay: {run_dir} was started from Python with a network no spec describes (a "
+                            "Python function or class); pass network= to replay()")
+        network = parse(raw, str(config_file)).network
     try:
         saved = serialize.loads(params_file.read_bytes())
     except Exception as error:  # msgpack raises several types for truncated or garbled data

@@ -162,6 +162,39 @@ def read_run_config(run_dir: str | Path, flag: str = "--resume") -> dict:
     return config
 
 
+def spec_of_run(config: dict) -> dict | None:
+    """The raw spec of a run directory's ``config`` (its config.json): the spec file's, or for a run
+    started from Python, one rebuilt from its network, env, train, ray and free tables; None if the
+    network has parts no spec describes (a Python function, a custom class)."""
+    if config.get("spec") is not None:
+        return config["spec"]
+    from .spec import parse
+
+    def tables(value):  # TOML has no null: a missing key is the default
+        if isinstance(value, dict):
+            return {k: tables(v) for k, v in value.items() if v is not None}
+        return [tables(v) for v in value] if isinstance(value, list) else value
+
+    network = config.get("network")
+    if not isinstance(network, dict) or not isinstance(network.get("coagents"), list):
+        return None
+    described = tables(network)
+    raw = {"env": tables(config["env"]), "train": tables(config["train"]),
+           "network": {k: described[k] for k in ("gamma", "ticks_per_step", "action") if k in described},
+           "coagent": described["coagents"]}
+    for table in ("critic",):
+        if table in described:
+            raw[table] = described[table]
+    for table in ("ray", "free"):
+        if config.get(table):
+            raw[table] = tables(config[table])
+    try:
+        rebuilt = parse(json.loads(json.dumps(raw)), "config.json").network.to_config()
+    except (SpecError, ValueError, TypeError, KeyError):
+        return None
+    return raw if json.loads(json.dumps(rebuilt)) == network else None
+
+
 def train(network: Network | RunSpec, env: str | None = None, *, env_kwargs: dict | None = None,
           episodes: int | None = None, trials: int | None = None, seed: int | None = None,
           envs_per_trial: int | None = None, engine: str | None = None, micro_batches: int | None = None,

@@ -43,6 +43,8 @@ def test_a_free_run_replays_bit_for_bit_in_process(tmp_path, make):
     report = replay(out, network=make())
     assert report.identical, (report.parameter_differences, report.output_mismatches)
     assert report.outputs_checked > 0 and report.steps == len(read_records(out / FILE))
+    # started from Python, checked from the command line: the network is rebuilt from config.json
+    assert replay(out).identical and main(["replay", str(out)]) == 0
     assert report.executions == {n: c["executions"] for n, c in result.counters.items()}
     assert all(v > 0 for v in report.executions.values()), report.executions
     # the dashboard's raster shows the realised pattern: some coagent executed at some recorded tick

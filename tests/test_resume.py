@@ -230,6 +230,21 @@ def test_flags_that_do_not_apply_are_refused_and_a_finished_run_trains_nothing(s
     assert (out / "returns.csv").read_bytes() == before["returns.csv"]
 
 
+def test_a_run_started_from_python_resumes_from_the_command_line(spec, reference, tmp_path):
+    """Its config.json has no spec file's text, but its network, env and train tables describe it."""
+    from distcoagent.spec import load_spec
+    from distcoagent.training import train
+
+    out, run = tmp_path / "run", load_spec(spec)
+    calls = []
+    stopped = train(run.network, run.env_id, env_kwargs=run.env_kwargs, episodes=60, trials=1500, seed=4,
+                    micro_batches=2, out=out, stop=lambda: len(calls.append(1) or calls) > 3)
+    assert not stopped.finished and json.loads((out / "config.json").read_text())["spec"] is None
+    resumed = cli("train", "--resume", out, "--quiet")
+    assert resumed.returncode == 0, resumed.stderr
+    same_run(reference, out)
+
+
 def test_sigkill_at_several_points_loses_only_time(spec, reference, tmp_path):
     out = tmp_path / "run"
     proc = start("train", spec, "--out", out, "--quiet", "--checkpoint-every", "5")
