@@ -2,8 +2,10 @@
 train's arguments): one ``ValueError`` naming the field, not a ``TypeError`` from deep inside numpy later."""
 from __future__ import annotations
 
+import contextvars
 import math
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -75,3 +77,21 @@ def writable_place(path: Path, where: str) -> Path:
     if not os.access(existing, os.W_OK | os.X_OK):
         raise SpecError(f"{where}: {existing} is not writable")
     return existing
+
+
+_command_line = contextvars.ContextVar("distcoagent_command_line", default=False)
+
+
+@contextmanager
+def command_line():
+    """Inside it, messages name arguments as the command line's flags (``--out``), not Python's keywords."""
+    token = _command_line.set(True)
+    try:
+        yield
+    finally:
+        _command_line.reset(token)
+
+
+def named(keyword: str, flag: str) -> str:
+    """How a message names an argument: ``flag`` under ``command_line()``, else the Python ``keyword``."""
+    return flag if _command_line.get() else keyword

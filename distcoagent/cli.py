@@ -274,10 +274,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        from .checks import command_line
         from .kernels import check_switch
 
         check_switch()
-        return args.func(args)
+        with command_line():  # messages name the flags, not Python's keywords
+            return args.func(args)
     except SpecError as error:
         print(f"distcoagent {args.command}: error: {_line(error)}", file=sys.stderr)
         return 2

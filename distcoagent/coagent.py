@@ -14,6 +14,7 @@ the previous tick, any coagent, itself included).
 """
 from __future__ import annotations
 
+import reprlib
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -34,6 +35,21 @@ INITIAL_OUTPUT_SLOT = 48
 
 class NonFiniteError(FloatingPointError):
     """A NaN or infinity reached a coagent; names the coagent and the tick."""
+
+
+MAX_NAME = 64  # a coagent's name: in Ray actor names, metrics labels and every message about it
+
+
+def check_name(name: str, where: str) -> None:
+    """A coagent's name: at most ``MAX_NAME`` printable characters (no newline, zero-width or
+    direction-changing character), not 'obs', no ':' (SpecError naming ``where``)."""
+    from .network import SpecError
+
+    if len(name) > MAX_NAME or not name.isprintable():
+        raise SpecError(f"{where}: expected a name of at most {MAX_NAME} printable characters, got "
+                        f"{reprlib.repr(name)}")
+    if name == "obs" or ":" in name:
+        raise SpecError(f"{where}: {name!r} is not allowed ('obs' or containing ':')")
 
 
 def parse_input(name: str) -> tuple[str, str]:
@@ -75,6 +91,7 @@ class Coagent:
         where = f"coagents.{self.name}" if isinstance(self.name, str) else "coagent"
         if not isinstance(self.name, str) or not self.name:
             raise SpecError(f"coagent.name: expected a non-empty string, got {self.name!r}")
+        check_name(self.name, "coagent.name")
         if isinstance(self.inputs, str) or not isinstance(self.inputs, (list, tuple)) or not self.inputs \
                 or not all(isinstance(i, str) and i for i in self.inputs):
             raise SpecError(f"{where}.inputs: expected a non-empty list of input names ('obs', a coagent's name "

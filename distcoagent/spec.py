@@ -54,7 +54,7 @@ from pathlib import Path
 import gymnasium as gym
 
 from .checks import is_integer, is_number
-from .coagent import Coagent
+from .coagent import Coagent, check_name
 from .execution import EXECUTIONS
 from .features import FEATURES
 from .network import Network, SharedCritic, SpecError
@@ -259,7 +259,6 @@ def _features(value, where):
 
 
 COAGENT_KEYS = {"name", "inputs", "policy", "execution", "rule", "features", "initial", "init_scale"}
-MAX_NAME = 64  # a coagent's name: in Ray actor names, metrics labels and every message about it
 
 
 def parse(raw: dict, source: str = "spec") -> RunSpec:
@@ -302,11 +301,7 @@ def parse(raw: dict, source: str = "spec") -> RunSpec:
         _check_keys(table, COAGENT_KEYS, where)
         merged = {**defaults, **table}
         name = string(merged.get("name"), f"{where}.name")
-        if len(name) > MAX_NAME or not name.isprintable():
-            raise SpecError(f"{where}.name: expected a name of at most {MAX_NAME} printable characters, got "
-                            f"{show(name)}")
-        if name == "obs" or ":" in name:
-            raise SpecError(f"{where}.name: {name!r} is not allowed ('obs' or containing ':')")
+        check_name(name, f"{where}.name")
         where = f"coagent[{i}] ({name})"
         if "inputs" not in merged:
             raise SpecError(f"{where}.inputs: expected a non-empty list of strings "
@@ -380,11 +375,13 @@ def _check_env_options(env_id: str, options: dict) -> None:
         raise SpecError(f"env.{unknown[0]}: unknown option for {env_id}; expected some of {', '.join(entry.options)}")
 
 
-def _check_ray(ray: dict) -> None:
-    """The [ray] table (RayEngine's placement options): names and types."""
+def _check_ray(ray: dict, where: str = "ray") -> None:
+    """The [ray] table (RayEngine's placement options): names and types; ``where`` names the table in
+    messages (``ray_options`` for ``train``'s argument, "" for RayEngine's own keywords)."""
     from .ray_engine.placement import STRATEGIES
 
-    _check_keys(ray, RAY_OPTIONS, "ray")
+    _check_keys(ray, RAY_OPTIONS, where or "RayEngine")
+    prefix = f"{where}." if where else ""
     checks = {"coagents_per_actor": lambda v, w: integer(v, w, 1), "max_inflight": lambda v, w: integer(v, w, 1),
               "ticks_per_execution": lambda v, w: integer(v, w, 1),
               "cpus_per_actor": lambda v, w: number(v, w, 0),
@@ -401,11 +398,23 @@ def _check_ray(ray: dict) -> None:
         checks[key] = lambda v, w: number(v, w, 0, low_open=True)
     for key, value in ray.items():
         if key == "resources":
-            _check_keys(value, set(value) if isinstance(value, dict) else set(), "ray.resources")
+            _check_keys(value, set(value) if isinstance(value, dict) else set(), f"{prefix}resources")
             for name, amounts in value.items():
-                _amounts(amounts, f"ray.resources.{name}")
+                _amounts(amounts, f"{prefix}resources.{name}")
         elif key in checks:  # an option without a check here is checked by RayEngine
-            checks[key](value, f"ray.{key}")
+            checks[key](value, f"{prefix}{key}")
+
+
+def check_ray_options(options, network: Network, config: "TrainConfig", where: str = "ray_options") -> None:
+    """Python's ``ray_options`` (a spec's [ray] table) as a spec's are checked, naming ``where``."""
+    if not isinstance(options, dict):
+        raise SpecError(f"{where}: expected a dict of the Ray engine's placement options (a spec's [ray] "
+                        f"table: {', '.join(sorted(RAY_OPTIONS))}), got {show(options)}")
+    _check_ray(options, where)
+    try:
+        _check_ray_against(options, network, config)
+    except SpecError as error:
+        raise SpecError(f"{where}.{str(error).removeprefix('ray.')}") from None
 
 
 def _amounts(table, where: str) -> None:

@@ -21,7 +21,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from . import checkpoint, serialize
-from .checks import is_number, writable_place
+from .checks import is_number, named, writable_place
 from .contract import Observer, check_run_arguments
 from .engine import InProcessEngine, TrainResult
 from .limits import check_memory
@@ -103,15 +103,15 @@ def check_run_dir(out: str | Path, *, resume: bool, overwrite: bool) -> Path:
     (unless resuming or overwriting), if it holds none to resume, or if a run file's name is taken by
     something that is not a file (a checkpoint could not be written there at the end)."""
     run_dir = Path(out)
-    flag = "--resume" if resume else "--out"
+    flag = named("out", "--resume" if resume else "--out")
     if run_dir.exists() and not run_dir.is_dir():
         raise SpecError(f"{flag}: {run_dir} is a file, expected a run directory (a new or empty folder)")
     holds_run = (run_dir / "config.json").is_file()
     if resume and not holds_run:
-        raise SpecError(f"--resume: {run_dir} is not a run directory (it has no config.json)")
+        raise SpecError(f"{flag}: {run_dir} is not a run directory (it has no config.json)")
     if not resume and holds_run and not overwrite:
-        raise SpecError(f"--out: {run_dir} already holds a run; pass --resume {run_dir} to continue it, "
-                        "or --overwrite to replace it")
+        raise SpecError(f"{flag}: {run_dir} already holds a run; pass {named('resume=True', f'--resume {run_dir}')} "
+                        f"to continue it, or {named('overwrite=True', '--overwrite')} to replace it")
     taken = [name for name in RUN_FILES if (run_dir / name).exists()] if not holds_run else []
     if taken:  # not a run's directory, but files a run would write over
         raise SpecError(f"{flag}: {run_dir} holds {', '.join(taken[:3])}, not from a run (it has no config.json); "
@@ -145,8 +145,9 @@ def _finished_by(run_dir: Path, engine: str) -> str:
     return named if named in ENGINES else engine
 
 
-def read_run_config(run_dir: str | Path, flag: str = "--resume") -> dict:
+def read_run_config(run_dir: str | Path, flag: str | None = None) -> dict:
     """A run directory's config.json, or a SpecError naming the file if it cannot be what train wrote."""
+    flag = flag or named("out", "--resume")
     path = Path(run_dir) / "config.json"
     try:
         config = json.loads(path.read_text())
@@ -248,6 +249,10 @@ def train(network: Network | RunSpec, env: str | None = None, *, env_kwargs: dic
 
         check_network(network, env, env_kwargs)
         config = TrainConfig(**overrides)
+    if ray_options is not None:
+        from .spec import check_ray_options
+
+        check_ray_options(ray_options, network, config, "ray" if raw is not None else "ray_options")
     if free_options:
         from .freerun import check_free_options
 
@@ -349,6 +354,7 @@ def train(network: Network | RunSpec, env: str | None = None, *, env_kwargs: dic
 
 def parse_checkpoint_every(value) -> tuple[int | None, float | None]:
     """``--checkpoint-every``: N (episodes), "Ns" (seconds), or None/"never"."""
+    where = named("checkpoint_every", "--checkpoint-every")
     if value is None or value == "never":
         return None, None
     if isinstance(value, str) and value.endswith("s"):
@@ -357,14 +363,14 @@ def parse_checkpoint_every(value) -> tuple[int | None, float | None]:
         except ValueError:
             seconds = -1.0
         if not seconds > 0 or seconds != seconds or seconds == float("inf"):
-            raise SpecError(f"--checkpoint-every: expected a number of episodes, SECONDSs or 'never', got {value!r}")
+            raise SpecError(f"{where}: expected a number of episodes, SECONDSs or 'never', got {value!r}")
         return None, seconds
     try:
         episodes = int(value)
     except (TypeError, ValueError):
         episodes = 0
     if isinstance(value, bool) or episodes < 1 or str(episodes) != str(value).strip():
-        raise SpecError(f"--checkpoint-every: expected a number of episodes, SECONDSs or 'never', got {value!r}")
+        raise SpecError(f"{where}: expected a number of episodes, SECONDSs or 'never', got {value!r}")
     return episodes, None
 
 

@@ -350,3 +350,55 @@ def test_a_checkpoint_with_a_sound_checksum_but_foreign_content_is_refused(tmp_p
     err = capsys.readouterr().err
     assert "checkpoint.msgpack does not hold a state of this run" in err and len(err.strip().splitlines()) == 1, err
     assert {p.name: p.read_bytes() for p in run.iterdir()} == before
+
+
+def test_the_python_api_checks_what_a_spec_checks():
+    """ray_options as a spec's [ray] table, RayEngine's own keywords, coagent names and the kernels switch:
+    one SpecError naming the field, before anything runs (no Ray is started)."""
+    from distcoagent.examples import paper_network
+    from distcoagent.ray_engine import RayEngine
+
+    grid = "distcoagent/GridWorld-v0"
+    for options, expected in (("x", "ray_options: expected a dict"), ({"bogus": 1}, "ray_options.bogus: unknown key"),
+                              ({"snapshot_every": "x"}, "ray_options.snapshot_every: expected a finite number"),
+                              ({"timeout": -1}, "ray_options.timeout: expected a finite number > 0")):
+        with pytest.raises(SpecError, match=f"^{expected}"):
+            train(paper_network(), grid, episodes=1, engine="ray", ray_options=options)
+    for keywords, expected in (({"timeout": -1}, "timeout: expected a finite number > 0"),
+                               ({"ready_timeout": 0}, "ready_timeout: expected a finite number > 0")):
+        with pytest.raises(SpecError, match=f"^{expected}"):
+            RayEngine(paper_network(), grid, **keywords)
+    for name in ("a\nb", "a" * 65, "a\u200bb", "a\u202eb"):
+        with pytest.raises(SpecError, match="^coagent.name: expected a name of at most 64 printable characters"):
+            Coagent(name, ("obs",), Softmax(2))
+    import os
+    import subprocess
+    import sys
+
+    script = ("from distcoagent import train\nfrom distcoagent.examples import paper_network\n"
+              "train(paper_network(), 'distcoagent/GridWorld-v0', episodes=1)")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "DISTCOAGENT_KERNELS": "maybe"})  # a fresh process: the switch is read once
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1].startswith(
+        "distcoagent.network.SpecError: DISTCOAGENT_KERNELS: expected 1 (compiled kernels, the default) or 0"), proc.stderr
+
+
+def test_python_messages_name_python_keywords_and_the_command_line_its_flags(tmp_path, capsys):
+    from distcoagent.cli import main
+    from distcoagent.examples import paper_network
+
+    out = tmp_path / "run"
+    train(paper_network(), "distcoagent/GridWorld-v0", env_kwargs={"size": 3}, episodes=1, out=out)
+    with pytest.raises(SpecError, match=r"^out: .* already holds a run; pass resume=True to continue it, or "
+                                        r"overwrite=True to replace it$"):
+        train(paper_network(), "distcoagent/GridWorld-v0", env_kwargs={"size": 3}, episodes=1, out=out)
+    with pytest.raises(SpecError, match="^checkpoint_every: expected a number of episodes"):
+        train(paper_network(), "distcoagent/GridWorld-v0", episodes=1, checkpoint_every="often")
+    spec = tmp_path / "spec.toml"
+    spec.write_text('[env]\nid = "distcoagent/GridWorld-v0"\nsize = 3\n[network]\naction = "a"\n'
+                    '[[coagent]]\nname = "a"\ninputs = ["obs"]\npolicy = { kind = "softmax", n = 4 }\n')
+    capsys.readouterr()
+    assert main(["train", str(spec), "--episodes", "1", "--out", str(out), "--quiet"]) == 2
+    assert f"--out: {out} already holds a run; pass --resume {out} to continue it, or --overwrite" in \
+        capsys.readouterr().err

@@ -56,6 +56,8 @@ def available() -> bool:
     if _available is None:
         import importlib.util
 
+        check_switch()  # "maybe" would otherwise mean on, for the Python API as for the command line
+
         _available = False
         if _switched_on and importlib.util.find_spec("numba") is not None:
             from . import prebuilt

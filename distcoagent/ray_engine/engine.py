@@ -176,6 +176,13 @@ class RayEngine(Engine):
                  replica_resources: list[dict[str, float]] | None = None, ticks_per_execution: int = 4):
         check_network(network, env_id, env_kwargs)
         check_counts(trials, envs_per_trial)
+        from ..spec import RAY_OPTIONS, _check_ray
+
+        given = locals()
+        try:  # as a spec's [ray] table
+            _check_ray({k: given[k] for k in RAY_OPTIONS if given[k] is not None}, "")
+        except SpecError as error:
+            raise PlacementError(str(error)) from None
         if transport not in TRANSPORTS:
             raise SpecError(f"transport: expected one of {TRANSPORTS}, got {transport!r}")
         if placement is not None and placement not in STRATEGIES:
