@@ -107,6 +107,10 @@ def check_run_dir(out: str | Path, *, resume: bool, overwrite: bool) -> Path:
     if run_dir.exists() and not run_dir.is_dir():
         raise SpecError(f"{flag}: {run_dir} is a file, expected a run directory (a new or empty folder)")
     holds_run = (run_dir / "config.json").is_file()
+    if holds_run and not resume and overwrite and not _a_runs_config(run_dir / "config.json"):
+        raise SpecError(f"{flag}: {run_dir} holds a config.json that is not a run's (train writes env, train and "
+                        "spec tables); --overwrite replaces only a run: expected a new or empty folder, or a run "
+                        "directory")
     if resume and not holds_run:
         raise SpecError(f"{flag}: {run_dir} is not a run directory (it has no config.json)")
     if not resume and holds_run and not overwrite:
@@ -134,6 +138,15 @@ def prepare_run_dir(out: str | Path, *, resume: bool, overwrite: bool) -> Path:
                 (run_dir / name).unlink(missing_ok=True)
         run_dir.mkdir(parents=True, exist_ok=True)
     return run_dir
+
+
+def _a_runs_config(path: Path) -> bool:
+    """``path`` is a config.json that train wrote (so --overwrite may replace its run)."""
+    try:
+        read_run_config(path.parent)
+    except SpecError:
+        return False
+    return True
 
 
 def _finished_by(run_dir: Path, engine: str) -> str:

@@ -310,8 +310,25 @@ def test_hostile_gradcheck_flags_get_one_line_naming_the_flag(tmp_path, capsys, 
     spec = _write_spec(tmp_path / "ok.toml", BASE)
     capsys.readouterr()
     budget = ["--episodes", "4"] if flag != "--episodes" else []
-    assert main(["gradcheck", spec, f"{flag}={value}", "--no-fd", *budget]) == 2
-    assert _one_error_line(capsys, "gradcheck").startswith(flag)
+    no_fd = [] if flag in ("--fd-episodes", "--step") else ["--no-fd"]  # the value refused, not the pairing
+    assert main(["gradcheck", spec, f"{flag}={value}", *no_fd, *budget]) == 2
+    line = _one_error_line(capsys, "gradcheck")
+    assert line.startswith(flag) and "not with --no-fd" not in line
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["gradcheck", "SPEC", "--no-fd", "--step", "0.5"], "--step: not with --no-fd"),
+    (["gradcheck", "SPEC", "--no-fd", "--fd-episodes", "5"], "--fd-episodes: not with --no-fd"),
+    (["reproduce", "fig6", "--step", "0.5"], "--step: only for fig5"),
+    (["reproduce", "option-critic", "--no-exact"], "--no-exact: only for fig5"),
+    (["reproduce", "fig6", "--seed", str(2**64)], "--seed: expected an integer in 0..2**63 - 1"),
+])
+def test_flags_that_would_be_ignored_are_refused(tmp_path, capsys, argv, expected):
+    spec = _write_spec(tmp_path / "ok.toml", BASE)
+    argv = [spec if a == "SPEC" else a for a in argv] + ["--out", str(tmp_path / "out")]
+    capsys.readouterr()
+    assert main(argv) == 2
+    assert expected in capsys.readouterr().err and not (tmp_path / "out").exists()
 
 
 @FAST

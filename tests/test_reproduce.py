@@ -196,7 +196,7 @@ def test_reproduce_refuses_bad_flags_before_running(cli, tmp_path, capsys):
     """Found before the study: a negative seed, --out naming a file, sizes no machine holds."""
     a_file = tmp_path / "afile"
     a_file.write_text("mine")
-    cases = [(["--seed", "-1"], "--seed: expected an integer >= 0"), (["--out", str(a_file)], "--out:"),
+    cases = [(["--seed", "-1"], "--seed: expected an integer in 0..2**63 - 1"), (["--out", str(a_file)], "--out:"),
              (["--out", str(a_file / "figs")], f"--out: {a_file} is a file"),
              (["--trials", str(10**12)], "trials x episodes"), (["--episodes", str(10**13)], "trials x episodes")]
     for args, expected in cases:

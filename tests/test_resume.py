@@ -245,6 +245,17 @@ def test_a_run_started_from_python_resumes_from_the_command_line(spec, reference
     same_run(reference, out)
 
 
+def test_overwrite_replaces_only_a_run_not_someone_elses_config_json(spec, tmp_path):
+    folder = tmp_path / "project"
+    folder.mkdir()
+    (folder / "config.json").write_text('{"my": "app config"}')
+    (folder / "returns.csv").write_text("id,value\n")
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    proc = cli("train", spec, "--episodes", "2", "--trials", "2", "--out", folder, "--overwrite", "--quiet")
+    assert proc.returncode == 2 and "holds a config.json that is not a run's" in proc.stderr, proc.stderr
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+
+
 def test_sigkill_at_several_points_loses_only_time(spec, reference, tmp_path):
     out = tmp_path / "run"
     proc = start("train", spec, "--out", out, "--quiet", "--checkpoint-every", "5")

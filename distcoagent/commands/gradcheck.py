@@ -19,7 +19,7 @@ def register(subparsers) -> None:
     p.add_argument("--episodes", type=int, default=1000, help="ACPGT episodes (default 1000)")
     p.add_argument("--fd-episodes", type=int, help="finite differences: episode pairs per parameter "
                                                    "(default: --episodes)")
-    p.add_argument("--step", type=float, default=0.1, help="finite-difference step h (default 0.1)")
+    p.add_argument("--step", type=float, help="finite-difference step h (default 0.1)")
     p.add_argument("--no-fd", action="store_true", help="skip finite differences (they cost 2 runs per "
                                                         "parameter)")
     p.add_argument("--exact", action="store_true", help="also compute J and dJ/dtheta exactly")
@@ -40,6 +40,10 @@ def run(args) -> int:
     for flag, lowest in (("episodes", 1), ("fd_episodes", 1), ("train_episodes", 0)):
         if getattr(args, flag) is not None:
             integer(getattr(args, flag), f"--{flag.replace('_', '-')}", lowest)
+    for flag, value in (("--fd-episodes", args.fd_episodes), ("--step", args.step)):
+        if value is not None and args.no_fd:  # it would be silently ignored
+            raise SpecError(f"{flag}: not with --no-fd (it sets the finite differences)")
+    args.step = 0.1 if args.step is None else args.step
     number(args.step, "--step", 0, low_open=True)
     if args.seed is not None:
         integer(args.seed, "--seed", 0, MAX_SEED)

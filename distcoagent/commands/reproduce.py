@@ -29,8 +29,8 @@ def register(subparsers) -> None:
                                                 "episodes per run (default 2000, the goal moves halfway)")
     p.add_argument("--out", default="figures", help="output directory (default: figures)")
     p.add_argument("--seed", type=int, default=0, help="seed (default 0)")
-    p.add_argument("--step", type=float, default=0.1, help="fig5: finite-difference step h (default 0.1)")
-    p.add_argument("--exact", action=argparse.BooleanOptionalAction, default=True,
+    p.add_argument("--step", type=float, help="fig5: finite-difference step h (default 0.1)")
+    p.add_argument("--exact", action=argparse.BooleanOptionalAction,
                    help="fig5: also plot each estimator's cosine distance to the exact gradient of the "
                         "time-limited episodes (default: on; --no-exact: only ACPGT vs finite differences)")
     p.add_argument("--workers", type=int, help="worker processes (default: CPU count, at most 8)")
@@ -47,9 +47,16 @@ def run(args) -> int:
             print(f"distcoagent reproduce: error: --{flag}: expected a positive integer, got {value}",
                   file=sys.stderr)
             return 2
-    if args.seed < 0:
-        print(f"distcoagent reproduce: error: --seed: expected an integer >= 0, got {args.seed}", file=sys.stderr)
+    if not 0 <= args.seed <= 2**63 - 1:
+        print(f"distcoagent reproduce: error: --seed: expected an integer in 0..2**63 - 1, got {args.seed}",
+              file=sys.stderr)
         return 2
+    for flag, value in (("--step", args.step), ("--exact" if args.exact else "--no-exact", args.exact)):
+        if value is not None and args.figure != "fig5":  # they would be silently ignored
+            print(f"distcoagent reproduce: error: {flag}: only for fig5 (the gradient check)", file=sys.stderr)
+            return 2
+    args.step = 0.1 if args.step is None else args.step
+    args.exact = True if args.exact is None else args.exact
     try:
         reproduce.check_out(args.out)  # found before the study runs, not after
     except SpecError as error:

@@ -64,8 +64,9 @@ class GradcheckReport:
         lines += ["", "per-coagent gradient norms", header]
         for name in self.params:
             lines.append(f"{name:<16}" + "".join(f"{self.norms[m][name]:>14.5f}" for m in methods))
-        lines += ["", "cosine distance (1 - cos)"]
-        lines += [f"  {k:<22}{v:>12.6f}" for k, v in self.cosine_distances.items()]
+        if self.cosine_distances:  # none with a single estimate (--no-fd without --exact)
+            lines += ["", "cosine distance (1 - cos)"]
+            lines += [f"  {k:<22}{v:>12.6f}" for k, v in self.cosine_distances.items()]
         if self.distance_to_exact:
             lines += ["", "euclidean distance to the exact gradient"]
             lines += [f"  {k:<22}{v:>12.6f}" for k, v in self.distance_to_exact.items()]
