@@ -301,8 +301,12 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     except OSError as error:  # a file or directory that cannot be read or written
+        import errno
+
         where = f"{error.filename}: " if error.filename else ""
-        print(f"distcoagent {args.command}: error: {where}{error.strerror or error}", file=sys.stderr)
+        full = ("; free some space (a run resumes from its last checkpoint: distcoagent train --resume RUN_DIR)"
+                if error.errno in (errno.ENOSPC, errno.EDQUOT) else "")
+        print(f"distcoagent {args.command}: error: {where}{error.strerror or error}{full}", file=sys.stderr)
         return 2
     except Exception as error:  # a bug: one line, the traceback on request
         import os

@@ -402,3 +402,23 @@ def test_python_messages_name_python_keywords_and_the_command_line_its_flags(tmp
     assert main(["train", str(spec), "--episodes", "1", "--out", str(out), "--quiet"]) == 2
     assert f"--out: {out} already holds a run; pass --resume {out} to continue it, or --overwrite" in \
         capsys.readouterr().err
+
+
+def test_a_full_disk_says_how_to_go_on(tmp_path, capsys, monkeypatch):
+    import errno
+
+    from distcoagent import cli
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(cli, "train", full, raising=False)
+    monkeypatch.setattr("distcoagent.training.train", full)
+    spec = tmp_path / "spec.toml"
+    spec.write_text('[env]\nid = "distcoagent/GridWorld-v0"\nsize = 3\n[network]\naction = "a"\n'
+                    '[[coagent]]\nname = "a"\ninputs = ["obs"]\npolicy = { kind = "softmax", n = 4 }\n')
+    capsys.readouterr()
+    assert cli.main(["train", str(spec), "--out", str(tmp_path / "run"), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("distcoagent train: error: No space left on device; free some space") and \
+        "distcoagent train --resume RUN_DIR" in err and len(err.splitlines()) == 1
