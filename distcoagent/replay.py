@@ -20,6 +20,8 @@ from exactly what it saw, and the realised pattern is one the ACPGT covers.
 """
 from __future__ import annotations
 
+import os
+
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -157,7 +159,11 @@ def replay(run_dir: str | Path, network=None) -> ReplayReport:
     from .engine import InProcessEngine
     from .spec import parse
 
+    if not isinstance(run_dir, (str, os.PathLike)) or not str(run_dir).strip():
+        raise SpecError(f"replay: expected a run directory, got {run_dir!r}")
     run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise SpecError(f"replay: {run_dir} is a file, expected a run directory")
     config_file, record_file, params_file = run_dir / "config.json", run_dir / FILE, run_dir / "params.msgpack"
     for path, what in ((config_file, "a run directory"), (record_file, "a free-running run's record"),
                        (params_file, "a finished run's parameters")):

@@ -436,7 +436,7 @@ def load_spec(path: str | Path, overrides: dict | None = None, ray_overrides: di
     if not path.is_file():
         raise SpecError(f"spec: no such file {str(path)!r}")
     try:
-        raw = tomllib.loads(path.read_text())
+        raw = tomllib.loads(path.read_text().removeprefix("\ufeff"))  # a byte-order mark some editors save
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise SpecError(f"spec {path}: not valid TOML: {e}") from None
     if overrides:

@@ -422,3 +422,26 @@ def test_a_full_disk_says_how_to_go_on(tmp_path, capsys, monkeypatch):
     err = capsys.readouterr().err.strip()
     assert err.startswith("distcoagent train: error: No space left on device; free some space") and \
         "distcoagent train --resume RUN_DIR" in err and len(err.splitlines()) == 1
+
+
+def test_small_slips_get_a_message_that_names_them(tmp_path, capsys):
+    """An empty --host (it would bind every interface), replay of '' or of a file, and a spec saved with a
+    byte-order mark (which TOML refuses, and some editors write)."""
+    from distcoagent.cli import main
+
+    spec = tmp_path / "spec.toml"
+    text = ('[env]\nid = "distcoagent/GridWorld-v0"\nsize = 3\n[network]\naction = "a"\n'
+            '[[coagent]]\nname = "a"\ninputs = ["obs"]\npolicy = { kind = "softmax", n = 4 }\n')
+    spec.write_bytes(b"\xef\xbb\xbf" + text.encode())
+    capsys.readouterr()
+    assert main(["validate", str(spec)]) == 0
+    run = tmp_path / "run"
+    assert main(["train", str(spec), "--episodes", "1", "--out", str(run), "--quiet"]) == 0
+    for argv, expected in ((["replay", ""], "replay: expected a run directory, got ''"),
+                           (["replay", str(spec)], f"replay: {spec} is a file, expected a run directory"),
+                           (["dashboard", str(run), "--host", "", "--allow-remote"],
+                            "--host: expected a host name or address, got ''")):
+        capsys.readouterr()
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert expected in err and len(err.strip().splitlines()) == 1, err

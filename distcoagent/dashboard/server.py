@@ -61,6 +61,8 @@ def is_loopback(host: str) -> bool:
 
 def check_host(host: str, allow_remote: bool) -> None:
     """Refuse a non-loopback address unless allowed; when allowed, warn on stderr."""
+    if not host.strip():  # '' would bind every interface
+        raise DashboardError("--host: expected a host name or address, got ''")
     if is_loopback(host):
         return
     if not allow_remote:
