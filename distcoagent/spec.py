@@ -465,6 +465,9 @@ def check_env(spec: RunSpec) -> gym.Env:
     from .envs import make_batch
     from .limits import check_memory
 
+    if spec.env_kwargs.get("render_mode") == "human":  # found otherwise at the first reset, after the run began
+        raise SpecError("env.render_mode: 'human' draws every step in a window, which a run never shows "
+                        "(and needs pygame); remove it, or watch a run with its dashboard")
     try:
         env = make_batch(spec.env_id, 1, spec.train.seed, **spec.env_kwargs)
     except SpecError:
