@@ -258,6 +258,13 @@ class CoagentUnit:
         micro-batch that finished early and stopped ticking draws the same numbers as in one batch)."""
         self.env_tick[:] = tick
 
+    def execution_beta(self, x, drivers) -> np.ndarray:
+        """This tick's execution probabilities; an execution (a Python function) that gives none is named."""
+        try:
+            return self.coagent.execution.beta(x, self.episode_tick, drivers or {})
+        except ValueError as error:
+            raise ValueError(f"coagent {self.name!r}: {error}") from None
+
     def act(self, values: Sequence[np.ndarray], active: np.ndarray, drivers: dict | None = None,
             shared_value: np.ndarray | None = None, forced: np.ndarray | None = None) -> np.ndarray:
         """One atomic tick: maybe execute (learning first from the closed interval), else hold.
@@ -269,7 +276,7 @@ class CoagentUnit:
         if self.kernel is not None and kernels.enabled():
             return self.kernel.act(self, x, active, drivers, shared_value, beta)
         if beta is None:
-            beta = self.coagent.execution.beta(x, self.episode_tick, drivers or {})
+            beta = self.execution_beta(x, drivers)
         executes = (self.stream.uniform(self.env_ids, self.env_tick, EXECUTION_SLOT) < beta) & active
         closing = executes & self.executed_this_episode
         if closing.any():

@@ -132,8 +132,17 @@ class Function(Execution):
 
     fn: Callable = field(default=lambda x: 1.0)
 
+    def __post_init__(self):
+        if not callable(self.fn):
+            raise ValueError(f"execution.fn: expected a function of the local state, got {self.fn!r:.80}")
+
     def beta(self, x, episode_tick, outputs):
-        p = np.broadcast_to(np.asarray(self.fn(x), dtype=np.float64), episode_tick.shape)
+        value = self.fn(x)
+        try:
+            p = np.broadcast_to(np.asarray(value, dtype=np.float64), episode_tick.shape)
+        except (TypeError, ValueError):
+            raise ValueError(f"execution function output: expected probabilities (a number or one per "
+                             f"environment), got {value!r:.80}") from None
         _check_probability(p, "execution function output")
         return p
 

@@ -445,3 +445,19 @@ def test_small_slips_get_a_message_that_names_them(tmp_path, capsys):
         assert main(argv) == 2, argv
         err = capsys.readouterr().err
         assert expected in err and len(err.strip().splitlines()) == 1, err
+
+
+@pytest.mark.parametrize("fn, expected", [
+    (lambda x: "yes", "coagent 'a': execution function output: expected probabilities (a number or one per "
+                      "environment), got 'yes'"),
+    (lambda x: 2.0, "coagent 'a': execution function output: expected probabilities in [0, 1]"),
+])
+def test_an_execution_function_that_gives_no_probability_is_named(fn, expected):
+    from distcoagent.execution import Function
+
+    with pytest.raises(ValueError, match="^execution.fn: expected a function of the local state, got 5"):
+        Function(5)
+    net = Network([Coagent("a", ("obs",), Softmax(4), execution=Function(fn))], action="a")
+    with pytest.raises(ValueError) as raised:
+        train(net, "distcoagent/GridWorld-v0", env_kwargs={"size": 3}, episodes=1)
+    assert str(raised.value).startswith(expected)

@@ -303,8 +303,7 @@ class UnitKernel:
         # the execution probabilities (``beta`` given: a forced pattern); a constant one is passed as a
         # single number (no array per tick)
         if beta is None:
-            beta = self.beta if self.beta is not None else unit.coagent.execution.beta(x, unit.episode_tick,
-                                                                                       drivers or {})
+            beta = self.beta if self.beta is not None else unit.execution_beta(x, drivers)
         executes = np.empty(B, dtype=bool)
         closing = np.empty(B, dtype=bool)
         delta = np.empty(B)

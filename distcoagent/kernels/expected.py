@@ -180,8 +180,7 @@ class ExpectedKernel:
     def act(self, unit, x, active, drivers, shared_value, beta=None):
         B = unit.batch
         if beta is None:
-            beta = self.beta if self.beta is not None else unit.coagent.execution.beta(x, unit.episode_tick,
-                                                                                       drivers or {})
+            beta = self.beta if self.beta is not None else unit.execution_beta(x, drivers)
         executes, closing, delta = np.empty(B, dtype=bool), np.empty(B, dtype=bool), np.empty(B)
         if self.probs.shape[0] < B:  # work space for the rows, grown to the largest batch seen
             self.probs = np.empty((B, self.probs.shape[1]))
