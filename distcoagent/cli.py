@@ -84,8 +84,9 @@ def _train(args) -> int:
             raise SpecError(f"--resume: {out} is not a run directory (it has no config.json)")
         raw = spec_of_run(read_run_config(out))
         if raw is None:
-            raise SpecError(f"--resume: {out} was started from Python with a network no spec describes (a Python "
-                            "function or class); resume it with distcoagent.train(..., out=RUN_DIR, resume=True)")
+            raise SpecError(f"--resume: {out} was started from Python with parts no spec describes (a Python "
+                            "function, a subclass, an option TOML cannot hold); resume it with "
+                            "distcoagent.train(..., out=RUN_DIR, resume=True)")
         raw.setdefault("train", {}).update({k: v for k, v in overrides.items() if v is not None})
         if any(v is not None for v in ray_overrides.values()):
             raw.setdefault("ray", {}).update({k: v for k, v in ray_overrides.items() if v is not None})
@@ -304,8 +305,10 @@ def main(argv: list[str] | None = None) -> int:
         import errno
 
         where = f"{error.filename}: " if error.filename else ""
-        full = ("; free some space (a run resumes from its last checkpoint: distcoagent train --resume RUN_DIR)"
-                if error.errno in (errno.ENOSPC, errno.EDQUOT) else "")
+        full = ""
+        if error.errno in (errno.ENOSPC, errno.EDQUOT):
+            full = "; free some space" + (" (a run resumes from its last checkpoint: distcoagent train --resume "
+                                          "RUN_DIR)" if args.command == "train" else "")
         print(f"distcoagent {args.command}: error: {where}{error.strerror or error}{full}", file=sys.stderr)
         return 2
     except Exception as error:  # a bug: one line, the traceback on request

@@ -53,13 +53,19 @@ class MetricsLog(Observer):
         self.curve_written = 0  # episodes already written as curve records
         self.raster_written = -1  # last tick written in a raster record
         self.ended = False
+        self.whole = False  # a record cut short at the end of the file was dropped (``_whole_records``)
 
     def _write(self, record: dict) -> None:
+        if not self.whole:  # before the first record this run appends (an end record, if it fails early)
+            self.whole = True
+            if self.path.exists():
+                self._whole_records()
         with open(self.path, "a") as f:
             f.write(json.dumps(record, allow_nan=False) + "\n")
 
     def on_start(self, engine, episodes: int) -> None:
         self.engine = engine
+        self.whole = True
         if self.path.exists() and self._whole_records():  # a resumed run goes on in the same file
             return
         self._write({"kind": "start", "time": time.time(), "run": self.run, "engine": engine.name,

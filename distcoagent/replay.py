@@ -183,8 +183,8 @@ def replay(run_dir: str | Path, network=None) -> ReplayReport:
     if network is None:
         raw = spec_of_run(config)
         if raw is None:
-            raise SpecError(f"replay: {run_dir} was started from Python with a network no spec describes (a "
-                            "Python function or class); pass network= to replay()")
+            raise SpecError(f"replay: {run_dir} was started from Python with parts no spec describes (a Python "
+                            "function, a subclass, an option TOML cannot hold); pass network= to replay()")
         network = parse(raw, str(config_file)).network
     try:
         saved = serialize.loads(params_file.read_bytes())

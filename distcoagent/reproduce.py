@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .checks import is_integer, is_number, nearest_existing, writable_place
+from .checks import is_integer, is_number, writable_place
 from .engine import InProcessEngine, trial_slices
 from .envs import GridWorldEnv
 from .kernels import prebuilt
@@ -169,9 +169,6 @@ def check_out(out) -> Path:
     if not isinstance(out, (str, os.PathLike)) or not str(out).strip():
         raise SpecError(f"out: expected a folder's path, got {out!r}")
     out = Path(out)
-    existing = nearest_existing(out)
-    if not existing.is_dir():
-        raise SpecError(f"out: {existing} is a file, expected a folder (new or existing)")
     writable_place(out, "out")
     return out
 

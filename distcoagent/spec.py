@@ -53,7 +53,7 @@ from pathlib import Path
 
 import gymnasium as gym
 
-from .checks import is_integer, is_number
+from .checks import INT64_MAX, is_integer, is_number, named
 from .coagent import Coagent, check_name
 from .execution import EXECUTIONS
 from .features import FEATURES
@@ -66,7 +66,7 @@ CLOCKS = ("tick", "free")
 RAY_OPTIONS = {"coagents_per_actor", "groups", "resources", "env_resources", "cpus_per_actor", "placement",
                "transport", "max_inflight", "connect_timeout", "ready_timeout", "timeout", "replicas",
                "replica_resources", "max_recoveries", "snapshot_every", "ticks_per_execution"}
-MAX_SEED = 2**63 - 1
+MAX_SEED = INT64_MAX
 # ranges that the kind classes do not check themselves: (kind, argument) -> lowest value
 LOWEST = {("fourier", "order"): 0, ("tile", "tilings"): 1, ("tile", "tiles"): 1, ("driven", "when"): 0}
 
@@ -185,9 +185,10 @@ class TrainConfig:
         string(self.engine, "train.engine", ENGINES)
         string(self.clock, "train.clock", CLOCKS)
         if self.clock == "free" and self.engine != "ray":
+            engine, clock = named('engine="ray"', "--engine ray"), named('clock="tick"', "--clock tick")
             raise SpecError("train.clock: the free-running clock needs the ray engine (one actor per coagent); "
-                            "add --engine ray, or --clock tick for the logical tick (a free run's checkpoint "
-                            "resumes on either engine with it)")
+                            f"add {engine}, or {clock} for the logical tick (a free run's checkpoint resumes on "
+                            "either engine with it)")
         if self.address is not None:
             string(self.address, "train.address")
         if self.micro_batches > self.trials:
@@ -405,11 +406,28 @@ def _check_ray(ray: dict, where: str = "ray") -> None:
             checks[key](value, f"{prefix}{key}")
 
 
+def _true_or_false(value, where: str) -> None:
+    if not isinstance(value, bool):
+        raise SpecError(f"{where}: expected true or false, got {show(value)}")
+
+
+def as_lists(value):
+    """Tuples as lists, all the way down (a Python caller may use either; a spec has lists)."""
+    if isinstance(value, (list, tuple)):
+        return [as_lists(v) for v in value]
+    return {k: as_lists(v) for k, v in value.items()} if isinstance(value, dict) else value
+
+
 def check_ray_options(options, network: Network, config: "TrainConfig", where: str = "ray_options") -> None:
     """Python's ``ray_options`` (a spec's [ray] table) as a spec's are checked, naming ``where``."""
     if not isinstance(options, dict):
         raise SpecError(f"{where}: expected a dict of the Ray engine's placement options (a spec's [ray] "
                         f"table: {', '.join(sorted(RAY_OPTIONS))}), got {show(options)}")
+    python_only = {"export_metrics": _true_or_false, "run_name": lambda v, w: string(v, w)}
+    for key, check in python_only.items():  # RayEngine's keywords no spec sets
+        if key in options:
+            check(options[key], f"{where}.{key}")
+    options = {k: as_lists(v) for k, v in options.items() if k not in python_only}
     _check_ray(options, where)
     try:
         _check_ray_against(options, network, config)

@@ -10,6 +10,7 @@ is written all the same, with ``error.txt``; nothing written earlier is removed.
 """
 from __future__ import annotations
 
+import copy
 import csv
 import json
 import math
@@ -28,7 +29,7 @@ from .limits import check_memory
 from .network import Network, SpecError
 from .recording import MetricsLog
 from .replay import FILE as REPLAY_FILE
-from .spec import ENGINES, RunSpec, TrainConfig
+from .spec import RunSpec, TrainConfig
 from .tick import RasterSpec
 
 
@@ -52,7 +53,8 @@ def make_engine(network: Network, env_id: str, env_kwargs: dict, config: TrainCo
 
         return RayEngine(network, env_id, env_kwargs, address=config.address, **common, **(ray_options or {}))
     if config.address is not None:
-        raise SpecError("address: only the ray engine joins a cluster; add --engine ray")
+        hint = named('engine="ray"', "--engine ray")
+        raise SpecError(f"address: only the ray engine joins a cluster; add {hint}")
     return InProcessEngine(network, env_id, env_kwargs, **common)
 
 
@@ -109,8 +111,8 @@ def check_run_dir(out: str | Path, *, resume: bool, overwrite: bool) -> Path:
     holds_run = (run_dir / "config.json").is_file()
     if holds_run and not resume and overwrite and not _a_runs_config(run_dir / "config.json"):
         raise SpecError(f"{flag}: {run_dir} holds a config.json that is not a run's (train writes env, train and "
-                        "spec tables); --overwrite replaces only a run: expected a new or empty folder, or a run "
-                        "directory")
+                        f"spec tables); {named('overwrite=True', '--overwrite')} replaces only a run: expected a new or "
+                        "empty folder, or a run directory")
     if resume and not holds_run:
         raise SpecError(f"{flag}: {run_dir} is not a run directory (it has no config.json)")
     if not resume and holds_run and not overwrite:
@@ -141,21 +143,26 @@ def prepare_run_dir(out: str | Path, *, resume: bool, overwrite: bool) -> Path:
 
 
 def _a_runs_config(path: Path) -> bool:
-    """``path`` is a config.json that train wrote (so --overwrite may replace its run)."""
+    """``path`` is a config.json that train wrote (so --overwrite may replace its run): one it reads, or one
+    cut short (not JSON) beside the other files of a run."""
     try:
         read_run_config(path.parent)
     except SpecError:
-        return False
+        try:
+            json.loads(path.read_text())
+        except (OSError, ValueError):
+            return any((path.parent / name).exists() for name in RUN_FILES if name != "config.json")
+        return False  # whole JSON, but not a run's
     return True
 
 
 def _finished_by(run_dir: Path, engine: str) -> str:
     """The engine a finished run's summary names (``engine`` if it has none to read)."""
     try:
-        named = json.loads((run_dir / "summary.json").read_text()).get("engine")
+        finisher = json.loads((run_dir / "summary.json").read_text()).get("engine")
     except (OSError, ValueError, AttributeError):
         return engine
-    return named if named in ENGINES else engine
+    return finisher if isinstance(finisher, str) and finisher.strip() else engine
 
 
 def read_run_config(run_dir: str | Path, flag: str | None = None) -> dict:
@@ -178,35 +185,48 @@ def read_run_config(run_dir: str | Path, flag: str | None = None) -> dict:
 
 def spec_of_run(config: dict) -> dict | None:
     """The raw spec of a run directory's ``config`` (its config.json): the spec file's, or for a run
-    started from Python, one rebuilt from its network, env, train, ray and free tables; None if the
-    network has parts no spec describes (a Python function, a custom class)."""
-    if config.get("spec") is not None:
-        return config["spec"]
+    started from Python, the one ``train`` found to describe it exactly when it wrote the file
+    (``spec_of_python_run``); None if no spec does."""
+    return config.get("spec") or config.get("spec_from_python")
+
+
+def spec_of_python_run(network: Network, env: str, env_kwargs: dict, config: TrainConfig, ray_table: dict,
+                       free_options: dict) -> dict | None:
+    """A raw spec that gives back exactly this run, built from the tables config.json records; None if
+    a part of it has no spec (a Python function, a subclass, an option TOML cannot write)."""
     from .spec import parse
 
-    def tables(value):  # TOML has no null: a missing key is the default
+    def tables(value):  # TOML has no null and no empty list: a missing key is the default
         if isinstance(value, dict):
-            return {k: tables(v) for k, v in value.items() if v is not None}
-        return [tables(v) for v in value] if isinstance(value, list) else value
+            return {k: tables(v) for k, v in value.items() if v is not None and v != []}
+        return [tables(v) for v in value] if isinstance(value, (list, tuple)) else value
 
-    network = config.get("network")
-    if not isinstance(network, dict) or not isinstance(network.get("coagents"), list):
-        return None
-    described = tables(network)
-    raw = {"env": tables(config["env"]), "train": tables(config["train"]),
+    described = tables(network.to_config())
+    raw = {"env": tables({"id": env, **env_kwargs}), "train": tables(config.__dict__),
            "network": {k: described[k] for k in ("gamma", "ticks_per_step", "action") if k in described},
-           "coagent": described["coagents"]}
-    for table in ("critic",):
-        if table in described:
-            raw[table] = described[table]
-    for table in ("ray", "free"):
-        if config.get(table):
-            raw[table] = tables(config[table])
+           "coagent": described.get("coagents", [])}
+    if "critic" in described:
+        raw["critic"] = described["critic"]
+    for table, value in (("ray", ray_table), ("free", free_options)):
+        if value:
+            raw[table] = tables(value)
     try:
-        rebuilt = parse(json.loads(json.dumps(raw)), "config.json").network.to_config()
+        raw = json.loads(json.dumps(raw, default=_plain))
+        spec = parse(copy.deepcopy(raw), "config.json")
     except (SpecError, ValueError, TypeError, KeyError):
         return None
-    return raw if json.loads(json.dumps(rebuilt)) == network else None
+    same = (spec.env_id == env and spec.env_kwargs == env_kwargs and spec.train == config
+            and _same_kinds(spec.network, network)
+            and json.dumps(spec.network.to_config(), default=_plain) == json.dumps(network.to_config(), default=_plain))
+    return raw if same else None
+
+
+def _same_kinds(a: Network, b: Network) -> bool:
+    """Every part of ``a`` is of the very class of ``b``'s (a subclass may act otherwise under the same
+    configuration)."""
+    parts = lambda n: [type(n.critic), type(getattr(n.critic, "features", None))] + [  # noqa: E731
+        type(getattr(c, field)) for c in n.coagents for field in ("policy", "execution", "rule", "features")]
+    return parts(a) == parts(b)
 
 
 def train(network: Network | RunSpec, env: str | None = None, *, env_kwargs: dict | None = None,
@@ -292,7 +312,8 @@ def train(network: Network | RunSpec, env: str | None = None, *, env_kwargs: dic
         if resume:
             saved = read_run_config(run_dir)
             if saved.get("spec_hash") not in (None, config_hash):
-                raise SpecError(f"--resume: {run_dir} was started with another spec (network, environment, "
+                raise SpecError(f"{named('resume', '--resume')}: {run_dir} was started with another spec (network, "
+                                "environment, "
                                 "trials, envs_per_trial, seed, micro_batches or episodes differ)")
             if (run_dir / checkpoint.FILE).is_file():
                 try:
@@ -320,10 +341,13 @@ def train(network: Network | RunSpec, env: str | None = None, *, env_kwargs: dic
         if run_dir is not None:
             prepare_run_dir(run_dir, resume=resume, overwrite=overwrite)
             if not resume:
+                described = None if raw is not None else spec_of_python_run(network, env, env_kwargs, config,
+                                                                            ray_table, free_options or {})
                 _write_json(run_dir / "config.json", {"env": {"id": env, **env_kwargs},
                                                       "network": network.to_config(), "train": config.__dict__,
                                                       "ray": ray_table, "free": free_options or {},
-                                                      "spec": raw, "spec_hash": config_hash})
+                                                      "spec": raw, "spec_from_python": described,
+                                                      "spec_hash": config_hash})
             log = MetricsLog(run_dir / "metrics.jsonl", run=run_dir.name, network=network.to_config(),
                              trials=config.trials, envs_per_trial=config.envs_per_trial,
                              raster_envs=list(raster.env_ids), raster_window=raster.window, every=metrics_every)
@@ -388,7 +412,13 @@ def parse_checkpoint_every(value) -> tuple[int | None, float | None]:
 
 
 def _write_json(path: Path, data) -> None:
-    path.write_text(json.dumps(data, indent=2, default=_plain) + "\n")
+    """Written whole or not at all (a full disk must not leave a run's config.json cut short)."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        temporary.write_text(json.dumps(data, indent=2, default=_plain) + "\n")
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
 
 
 def _plain(value):

@@ -368,6 +368,10 @@ def test_the_python_api_checks_what_a_spec_checks():
                                ({"ready_timeout": 0}, "ready_timeout: expected a finite number > 0")):
         with pytest.raises(SpecError, match=f"^{expected}"):
             RayEngine(paper_network(), grid, **keywords)
+    from distcoagent.spec import TrainConfig, check_ray_options
+
+    check_ray_options({"export_metrics": False, "groups": (("bit_a", "bit_b"), ("act",))}, paper_network(),
+                      TrainConfig(engine="ray"))  # Python's tuples and keywords no spec sets are fine
     for name in ("a\nb", "a" * 65, "a\u200bb", "a\u202eb"):
         with pytest.raises(SpecError, match="^coagent.name: expected a name of at most 64 printable characters"):
             Coagent(name, ("obs",), Softmax(2))
@@ -461,3 +465,19 @@ def test_an_execution_function_that_gives_no_probability_is_named(fn, expected):
     with pytest.raises(ValueError) as raised:
         train(net, "distcoagent/GridWorld-v0", env_kwargs={"size": 3}, episodes=1)
     assert str(raised.value).startswith(expected)
+
+
+def test_joining_ray_keeps_a_sigterm_handler_the_caller_set_or_ignoring_it():
+    import signal
+
+    from distcoagent.ray_engine.cluster import _keeping_sigterm_handler
+
+    before = signal.getsignal(signal.SIGTERM)
+    try:
+        for previous in (signal.SIG_IGN, lambda number, frame: None):
+            signal.signal(signal.SIGTERM, previous)
+            with _keeping_sigterm_handler():
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)  # what ray.init does, in its own way
+            assert signal.getsignal(signal.SIGTERM) is previous
+    finally:
+        signal.signal(signal.SIGTERM, before)

@@ -245,6 +245,31 @@ def test_a_run_started_from_python_resumes_from_the_command_line(spec, reference
     same_run(reference, out)
 
 
+def test_a_python_run_no_spec_describes_exactly_is_left_to_python(tmp_path):
+    """A subclass keeps its parent's configuration but may act otherwise; an option TOML cannot hold (None)
+    would come back as the default: neither is resumed from the command line as something else. The
+    option-critic network (expected actor-critic, driven execution) is described."""
+    from distcoagent import Coagent, Network
+    from distcoagent.networks import option_critic
+    from distcoagent.policies import Softmax
+    from distcoagent.spec import TrainConfig
+    from distcoagent.training import spec_of_python_run, train
+
+    class Greedy(Softmax):
+        pass
+
+    subclass = Network([Coagent("a", ("obs",), Greedy(4))], action="a")
+    grid, config = "distcoagent/GridWorld-v0", TrainConfig(episodes=2)
+    assert spec_of_python_run(subclass, grid, {"size": 3}, config, {}, {}) is None
+    assert spec_of_python_run(Network([Coagent("a", ("obs",), Softmax(4))], action="a"), grid,
+                              {"size": 3, "max_steps": None}, config, {}, {}) is None
+    assert spec_of_python_run(option_critic(), "distcoagent/FourRooms-v0", {}, config, {}, {}) is not None
+    out = tmp_path / "run"
+    train(subclass, grid, env_kwargs={"size": 3}, episodes=1, out=out, stop=lambda: True)
+    proc = cli("train", "--resume", out, "--quiet")
+    assert proc.returncode == 2 and "started from Python with parts no spec describes" in proc.stderr
+
+
 def test_overwrite_replaces_only_a_run_not_someone_elses_config_json(spec, tmp_path):
     folder = tmp_path / "project"
     folder.mkdir()
@@ -254,6 +279,12 @@ def test_overwrite_replaces_only_a_run_not_someone_elses_config_json(spec, tmp_p
     proc = cli("train", spec, "--episodes", "2", "--trials", "2", "--out", folder, "--overwrite", "--quiet")
     assert proc.returncode == 2 and "holds a config.json that is not a run's" in proc.stderr, proc.stderr
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+    run = tmp_path / "run"  # a run's config.json cut short (a full disk) is still its run's: it may be replaced
+    assert cli("train", spec, "--episodes", "2", "--trials", "2", "--out", run, "--quiet").returncode == 0
+    (run / "config.json").write_text('{"env": {"id": "distcoag')
+    proc = cli("train", spec, "--episodes", "2", "--trials", "2", "--out", run, "--overwrite", "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((run / "config.json").read_text())["train"]["episodes"] == 2
 
 
 def test_sigkill_at_several_points_loses_only_time(spec, reference, tmp_path):

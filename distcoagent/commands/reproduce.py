@@ -39,6 +39,7 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     from .. import reproduce
+    from ..checks import INT64_MAX
     from ..network import SpecError
 
     for flag in ("trials", "episodes", "workers"):
@@ -47,7 +48,7 @@ def run(args) -> int:
             print(f"distcoagent reproduce: error: --{flag}: expected a positive integer, got {value}",
                   file=sys.stderr)
             return 2
-    if not 0 <= args.seed <= 2**63 - 1:
+    if not 0 <= args.seed <= INT64_MAX:
         print(f"distcoagent reproduce: error: --seed: expected an integer in 0..2**63 - 1, got {args.seed}",
               file=sys.stderr)
         return 2

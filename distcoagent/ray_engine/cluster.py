@@ -243,7 +243,7 @@ def _keeping_sigterm_handler():
     try:
         yield
     finally:
-        if callable(previous):
+        if previous not in (None, signal.SIG_DFL):  # the caller's handler, or SIG_IGN
             signal.signal(signal.SIGTERM, previous)
 
 

@@ -176,11 +176,11 @@ class RayEngine(Engine):
                  replica_resources: list[dict[str, float]] | None = None, ticks_per_execution: int = 4):
         check_network(network, env_id, env_kwargs)
         check_counts(trials, envs_per_trial)
-        from ..spec import RAY_OPTIONS, _check_ray
+        from ..spec import RAY_OPTIONS, _check_ray, as_lists
 
         given = locals()
-        try:  # as a spec's [ray] table
-            _check_ray({k: given[k] for k in RAY_OPTIONS if given[k] is not None}, "")
+        try:  # as a spec's [ray] table (tuples as its lists)
+            _check_ray({k: as_lists(given[k]) for k in RAY_OPTIONS if given[k] is not None}, "")
         except SpecError as error:
             raise PlacementError(str(error)) from None
         if transport not in TRANSPORTS:
