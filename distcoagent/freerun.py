@@ -76,8 +76,13 @@ def _rate(value, where: str) -> float | None:
     return float(value)
 
 
-def check_free_options(network, env_rate=None, coagents: dict | None = None) -> tuple[float | None, dict]:
-    """The free-running options: the environment's rate and each coagent's ``delay`` and ``rate``."""
+RAY_TIMEOUT = 600.0  # seconds the Ray engine waits on an actor's call (``RayEngine(timeout=)``, [ray] timeout)
+
+
+def check_free_options(network, env_rate=None, coagents: dict | None = None,
+                       timeout: float | None = None) -> tuple[float | None, dict]:
+    """The free-running options: the environment's rate and each coagent's ``delay`` and ``rate``;
+    a delay must be shorter than the Ray engine's ``timeout`` (else every snapshot would time out)."""
     env_rate = _rate(env_rate, "free.env_rate")
     if coagents is not None and not isinstance(coagents, dict):
         raise SpecError(f"free.coagents: expected a table of coagent names, each with delay and/or rate, e.g. "
@@ -94,6 +99,10 @@ def check_free_options(network, env_rate=None, coagents: dict | None = None) -> 
         delay = options.get("delay", 0.0)
         if isinstance(delay, bool) or not isinstance(delay, (int, float)) or not math.isfinite(delay) or delay < 0:
             raise SpecError(f"free.coagents.{name}.delay: expected seconds >= 0, got {delay!r}")
+        limit = RAY_TIMEOUT if timeout is None else timeout
+        if delay >= limit:  # the actor sleeps through every call the engine makes on it
+            raise SpecError(f"free.coagents.{name}.delay: expected seconds below the Ray engine's timeout "
+                            f"({limit:g} s, [ray] timeout), got {delay!r}")
         out[name] = {"delay": float(delay), "rate": _rate(options.get("rate"), f"free.coagents.{name}.rate")}
     return env_rate, out
 

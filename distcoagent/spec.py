@@ -342,7 +342,7 @@ def parse(raw: dict, source: str = "spec") -> RunSpec:
     _check_keys(free, {"env_rate", "coagents"}, "free")
     from .freerun import check_free_options
 
-    check_free_options(network, free.get("env_rate"), free.get("coagents"))
+    check_free_options(network, free.get("env_rate"), free.get("coagents"), ray.get("timeout"))
     config = TrainConfig(**train)
     _check_ray_against(ray, network, config)
     return RunSpec(network, env["id"], env_kwargs, config, raw, ray, free)

@@ -294,7 +294,8 @@ def train(network: Network | RunSpec, env: str | None = None, *, env_kwargs: dic
         unknown = sorted(map(str, set(free_options) - {"env_rate", "coagents"}))
         if unknown:
             raise SpecError(f"free_options.{unknown[0]}: unknown key; expected env_rate or coagents")
-        check_free_options(network, free_options.get("env_rate"), free_options.get("coagents"))
+        check_free_options(network, free_options.get("env_rate"), free_options.get("coagents"),
+                           (ray_options or {}).get("timeout"))
     if env_kwargs is not None and not isinstance(env_kwargs, dict):
         raise SpecError(f"env_kwargs: expected a dict of the environment's options, got {type(env_kwargs).__name__}")
     env_kwargs = dict(env_kwargs or {})

@@ -158,6 +158,8 @@ def test_a_killed_coagent_actor_restarts_from_the_last_snapshot(tmp_path):
     (["--engine", "ray", "--clock", "free", "--delay", "act=soon"], "--delay: expected NAME=NUMBER"),
     (["--engine", "ray", "--clock", "free", "--env-rate", "-5"], "free.env_rate: expected a number per second"),
     (["--engine", "ray", "--clock", "free", "--coagent-rate", "act=nan"], "free.coagents.act.rate"),
+    (["--engine", "ray", "--clock", "free", "--delay", "act=1e9"],
+     "free.coagents.act.delay: expected seconds below the Ray engine's timeout (600 s"),
 ])
 def test_bad_free_running_input_gets_one_line(tmp_path, capsys, argv, message):
     code = main(["train", str(ROOT / "examples" / "paper_gridworld.toml"), "--out", str(tmp_path / "r"), *argv])

@@ -65,6 +65,7 @@ from ..contract import (Engine, MetricsClock, Observer, RunMetrics, TickEvent, T
                         combine_metrics)
 from ..engine import check_counts, check_episodes, check_network, check_state, result_from_state, trial_slices
 from ..envs import make_batch
+from ..freerun import RAY_TIMEOUT
 from ..network import Network, SpecError
 from .actors import Command, CoagentWorker, EnvironmentWorker
 from .cluster import module_runtime_env, shutdown_ray
@@ -170,7 +171,7 @@ class RayEngine(Engine):
                  resources: dict[str, dict[str, float]] | None = None,
                  env_resources: dict[str, float] | None = None, cpus_per_actor: float | None = None,
                  placement: str | None = None, transport: str = "compiled", max_inflight: int = 2,
-                 connect_timeout: float = 3.0, ready_timeout: float = 60.0, timeout: float = 600.0,
+                 connect_timeout: float = 3.0, ready_timeout: float = 60.0, timeout: float = RAY_TIMEOUT,
                  raster=None, max_recoveries: int = 3, snapshot_every: float = 30.0, export_metrics: bool = True,
                  run_name: str | None = None, replicas: int = 1,
                  replica_resources: list[dict[str, float]] | None = None, ticks_per_execution: int = 4):

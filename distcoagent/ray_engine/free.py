@@ -75,7 +75,7 @@ class FreeRunningEngine(RayEngine):
 
     def __init__(self, network, env_id: str, env_kwargs: dict | None = None, *, env_rate: float | None = None,
                  coagents: dict | None = None, record=None, record_envs=None, poll: float = 0.1, **options):
-        self.env_rate, self.coagent_options = check_free_options(network, env_rate, coagents)
+        self.env_rate, self.coagent_options = check_free_options(network, env_rate, coagents, options.get("timeout"))
         raster = options.get("raster")
         self.record_envs = tuple(record_envs if record_envs is not None else
                                  (raster.env_ids if raster is not None else (0,)))
