@@ -381,6 +381,8 @@ def train(network: Network | RunSpec, env: str | None = None, *, env_kwargs: dic
                     None if interrupted else f"{type(error).__name__}: {error}")
         raise
     finally:
+        if log is not None and getattr(runner, "recoveries", None):  # fresh actors, maybe on other nodes
+            _write_json(run_dir / "placement.json", {"actors": runner.placement, "recoveries": runner.recoveries})
         if runner is not None:
             runner.close()
     if run_dir is not None:

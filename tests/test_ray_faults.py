@@ -2,6 +2,7 @@
 mid-run: fresh actors, the last snapshot restored, and the finished run is bit for bit the in-process
 engine's. A run that keeps failing stops with a clear error; a stopped (SIGSTOPped) actor is reported
 within the spec's [ray] timeout, naming the coagent and the spec key."""
+import json
 import logging
 import os
 import signal
@@ -147,6 +148,18 @@ def test_a_failed_run_keeps_its_episodes_and_checkpoint_and_resumes(tmp_path):
               observers=[saboteur], **OPTIONS)
     assert "RecoveryError" in (out / "error.txt").read_text()
     assert (out / checkpoint.FILE).is_file() and (out / "returns.csv").read_text().count("\n") > 1
+    placement = json.loads((out / "placement.json").read_text())  # where the actors ran, and what was lost
+    assert [r["dead"] for r in placement["recoveries"]] == [["coagent:bit_a"]]
     result = train(paper(), GRID, env_kwargs={"size": 5}, episodes=EPISODES, out=out, resume=True, **OPTIONS)
     assert not (out / "error.txt").exists()
     assert_identical(expected, result)
+
+
+def test_a_cluster_with_no_node_left_is_said_so(monkeypatch):
+    """When the head stops during a run, recovery finds no node: it said 'no single node has that much
+    (cluster: )', naming a resource; it must say the cluster is gone."""
+    import ray
+
+    monkeypatch.setattr(ray, "nodes", lambda: [])
+    with pytest.raises(ConnectionError, match="the Ray cluster has no node alive"):
+        RayEngine(paper(), GRID, {"size": 3}, **OPTIONS)

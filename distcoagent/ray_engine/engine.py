@@ -256,6 +256,9 @@ class RayEngine(Engine):
         n_actors = R * G + K
         totals = ray.cluster_resources()
         nodes = [node["Resources"] for node in ray.nodes() if node["Alive"]]
+        if not nodes:  # e.g. the head stopped during a run: say so, not that no node has room
+            raise ConnectionError("the Ray cluster has no node alive (was its head stopped?); a run directory "
+                                  "keeps its last checkpoint: start the cluster again and resume")
         if cpus_per_actor is None:  # so that all the actors would fit even on the smallest node
             smallest = min((n.get("CPU", 0.0) for n in nodes if n.get("CPU", 0.0) > 0), default=0.0)
             cpus_per_actor = min(1.0, math.floor(100 * smallest / n_actors) / 100)
@@ -600,11 +603,13 @@ class RayEngine(Engine):
         import ray
 
         table = ray._private.state.actors()
+        alive_nodes = {node["NodeID"] for node in ray.nodes() if node["Alive"]}
         dead = []
         for name, actor in zip(self.actor_names, self.actors + self.env_actors):
             info = table.get(actor._actor_id.hex())
-            if info is None or info.get("State") == "DEAD":
-                dead.append(name)
+            node = self.placement.get(name, {}).get("node_id")
+            if info is None or info.get("State") == "DEAD" or (node is not None and node not in alive_nodes):
+                dead.append(name)  # or on a node the cluster lost, which it may not have marked yet
         return dead
 
     def _stalled_actors(self) -> str:
