@@ -9,13 +9,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from graphlib import CycleError, TopologicalSorter
-from typing import Sequence
 
 import gymnasium as gym
 import numpy as np
 
 from . import batched, kernels
-from .batched import ENV, FIELDS_OF, TRIAL, ArrayDict
+from .batched import FIELDS_OF, TRIAL, ArrayDict
 from .checks import is_number, lam, step
 from .coagent import Coagent, parse_input
 from .features import Encoder, InputSpace, ObservationFeatures, bounds_problem

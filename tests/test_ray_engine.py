@@ -2,7 +2,6 @@
 envs agree), whatever the packing, micro-batching and transport; bad placements and addresses fail fast."""
 import time
 
-import numpy as np
 import pytest
 
 ray = pytest.importorskip("ray")

@@ -12,7 +12,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 
 from ..network import Network
 from .common import Gradient, cosine_distance, distance, norms, to_lists

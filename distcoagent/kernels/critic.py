@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import traces
-from ._jit import inline, kernel
+from ._jit import kernel
 from .policy import linear
 
 
