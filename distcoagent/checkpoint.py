@@ -45,21 +45,30 @@ def write(run_dir: str | Path, state: dict, config_hash: str) -> Path:
     blob = msgpack.packb({"format": FORMAT, "spec_hash": config_hash, "sha256": hashlib.sha256(body).hexdigest(),
                           "state": body}, use_bin_type=True)
     path = run_dir / FILE
-    temporary = run_dir / f".{FILE}.{os.getpid()}.tmp"
-    with open(temporary, "wb") as f:
-        f.write(blob)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(temporary, path)
+    write_atomically(path, blob)
+    return path
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """``path`` holds ``data`` whole, or what it held before: a temporary file beside it, fsynced, then
+    renamed over it (and the folder fsynced); the temporary file is removed if anything fails."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(temporary, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
     try:  # make the rename itself durable
-        fd = os.open(run_dir, os.O_RDONLY)
+        fd = os.open(path.parent, os.O_RDONLY)
         try:
             os.fsync(fd)
         finally:
             os.close(fd)
     except OSError:
         pass
-    return path
 
 
 def read(path: str | Path, config_hash: str | None = None) -> dict:

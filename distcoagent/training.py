@@ -331,7 +331,7 @@ def train(network: Network | RunSpec, env: str | None = None, *, env_kwargs: dic
     runner = None if finished else make_engine(network, env, env_kwargs, config, ray_options, raster,
                                                free_options, record)
     try:
-        if state is not None and state.get("episodes") is not None:  # a finished run needs only its results
+        if state is not None and not finished:  # a finished run needs only its results
             try:
                 runner.restore(state)
             except SpecError:
@@ -416,12 +416,7 @@ def parse_checkpoint_every(value) -> tuple[int | None, float | None]:
 
 def _write_json(path: Path, data) -> None:
     """Written whole or not at all (a full disk must not leave a run's config.json cut short)."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        temporary.write_text(json.dumps(data, indent=2, default=_plain) + "\n")
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
+    checkpoint.write_atomically(path, (json.dumps(data, indent=2, default=_plain) + "\n").encode())
 
 
 def _plain(value):
