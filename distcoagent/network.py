@@ -111,7 +111,6 @@ class Network:
             raise SpecError(f"ticks_per_step: expected an integer in 1..{MAX_TICKS_PER_STEP}, got "
                             f"{self.ticks_per_step!r}")
         graph = {}
-        by_name = {c.name: c for c in self.coagents}
         for c in self.coagents:
             deps = set()
             twice = sorted({i for i in c.inputs if c.inputs.count(i) > 1})
@@ -128,7 +127,7 @@ class Network:
                 if d not in names:
                     raise SpecError(f"coagents.{c.name}.execution.coagent: unknown coagent {d!r}")
                 deps.add(d)
-                outputs = by_name[d].policy.output_space().n
+                outputs = self.coagent(d).policy.output_space().n
                 when = getattr(c.execution, "when", None)
                 if when is not None and outputs is not None and when >= outputs:  # it would never execute
                     raise SpecError(f"coagents.{c.name}.execution.when: expected an output of {d!r} "

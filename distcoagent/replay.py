@@ -21,7 +21,6 @@ from exactly what it saw, and the realised pattern is one the ACPGT covers.
 from __future__ import annotations
 
 import os
-
 from dataclasses import dataclass, field
 from pathlib import Path
 

@@ -491,10 +491,10 @@ def check_env(spec: RunSpec) -> gym.Env:
     except SpecError:
         raise
     except gym.error.UnregisteredEnv as e:  # "GridWorld-v0" for "distcoagent/GridWorld-v0"
-        named = sorted(k for k in gym.registry if "/" in k and k.split("/", 1)[1] == spec.env_id)
-        if not named:
+        namespaced = sorted(k for k in gym.registry if "/" in k and k.split("/", 1)[1] == spec.env_id)
+        if not namespaced:
             raise  # gymnasium's own message and suggestion
-        raise SpecError(f"env.id: {str(e).rstrip('.')}; did you mean {named[0]!r} (with its namespace)?") from None
+        raise SpecError(f"env.id: {str(e).rstrip('.')}; did you mean {namespaced[0]!r} (with its namespace)?") from None
     except ImportError as e:
         own = spec.env_id.partition(":")[0] if ":" in spec.env_id else None
         missing = e.name or next(iter(re.findall(r"No module named '([^']+)'", str(e))), None)  # gymnasium rewraps it
