@@ -138,7 +138,11 @@ def prepare_run_dir(out: str | Path, *, resume: bool, overwrite: bool) -> Path:
         if (run_dir / "config.json").is_file():  # overwrite
             for name in RUN_FILES:
                 (run_dir / name).unlink(missing_ok=True)
-        run_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as error:  # what os.access cannot foresee: root in /sys or /proc, a read-only mount
+            raise SpecError(f"{named('out', '--out')}: {run_dir} cannot be made ({error.strerror or error}); "
+                            "expected a folder this process may create") from None
     return run_dir
 
 

@@ -12,7 +12,9 @@ from __future__ import annotations
 import copy
 import json
 import math
+import os
 import re
+from pathlib import Path
 
 import gymnasium as gym
 import pytest
@@ -419,6 +421,16 @@ def test_train_out_naming_a_file_and_gradcheck_out_naming_a_directory(tmp_path, 
     assert _one_error_line(capsys, "gradcheck").startswith(f"--out: {tmp_path} is a directory")
     assert main(["gradcheck", spec, "--episodes", "4", "--no-fd", "--out", str(tmp_path / "a_file" / "r.json")]) == 2
     assert _one_error_line(capsys, "gradcheck").startswith("--out: ")
+
+
+def test_an_out_folder_the_system_will_not_make_is_named(tmp_path, capsys):
+    """Writable by os.access (as root, /proc is), yet mkdir fails: one line naming --out, not a traceback."""
+    spec = _spec_file(tmp_path)
+    out = Path("/proc") / f"distcoagent-test-{os.getpid()}"
+    capsys.readouterr()
+    assert main(["train", spec, "--out", str(out), "--quiet"]) == 2
+    expected = f"--out: {out} cannot be made (" if os.access("/proc", os.W_OK | os.X_OK) else "--out: /proc is not"
+    assert _one_error_line(capsys, "train").startswith(expected)
 
 
 def test_a_diverging_shared_critic_is_named(tmp_path, capsys):
