@@ -124,10 +124,7 @@ def combine_metrics(env_parts: Sequence[dict], coagent_parts: Sequence[dict], *,
             for k in sums:
                 sums[k][:len(p["curve"][k])] += p["curve"][k]
     totals: dict[str, dict] = {}
-    raster: dict[int, dict] = {}
     for part in coagent_parts:
-        for raster_tick, row in (part.get(None) or {}).items():
-            raster.setdefault(raster_tick, {}).update(row)
         for name, m in part.items():
             if name is None:
                 continue
@@ -146,7 +143,30 @@ def combine_metrics(env_parts: Sequence[dict], coagent_parts: Sequence[dict], *,
                       episodes_target, min((p["episodes_done"] for p in env_parts), default=0),
                       sum(p["episodes_finished"] for p in env_parts), sums["n"].astype(np.int64), sums["sum"],
                       sums["sum_sq"], coagents, float(np.mean(critic)) if critic else None,
-                      dict(sorted(raster.items())))
+                      merge_rasters([part.get(None) or {} for part in coagent_parts]))
+
+
+def merge_rasters(parts: Sequence[dict[int, dict]]) -> dict[int, dict]:
+    """One raster from the parts' (``Raster.snapshot``): per tick, every sampled environment any part
+    holds (micro-batches hold different ones, coagent groups the same ones), each with every coagent's bit.
+
+    >>> merge_rasters([{3: {"envs": [0], "a": [True]}}, {3: {"envs": [5], "a": [False]}}, {3: {"envs": [0], "b": [True]}}])
+    {3: {'envs': [0, 5], 'a': [True, False], 'b': [True, False]}}
+    """
+    cells: dict[int, dict[int, dict[str, bool]]] = {}
+    for part in parts:
+        for tick, row in part.items():
+            at_tick = cells.setdefault(tick, {})
+            for i, env in enumerate(row["envs"]):
+                bits = at_tick.setdefault(env, {})
+                bits.update((name, values[i]) for name, values in row.items() if name != "envs")
+    merged = {}
+    for tick in sorted(cells):
+        by_env = cells[tick]
+        envs = sorted(by_env)
+        names = list(dict.fromkeys(name for env in envs for name in by_env[env]))
+        merged[tick] = {"envs": envs, **{name: [by_env[env].get(name, False) for env in envs] for name in names}}
+    return merged
 
 
 class Observer:

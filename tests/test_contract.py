@@ -12,6 +12,7 @@ from distcoagent.contract import Engine, Observer  # noqa: E402
 from distcoagent.engine import InProcessEngine  # noqa: E402
 from distcoagent.network import SpecError  # noqa: E402
 from distcoagent.ray_engine import RayEngine  # noqa: E402
+from distcoagent.tick import RasterSpec  # noqa: E402
 from ray_networks import GRID, assert_identical, cartpole, option_critic, paper, recurrent  # noqa: E402
 
 ENGINES = ["inprocess", "ray"]
@@ -129,6 +130,26 @@ def test_metrics_agree_with_the_result(kind):
         norm = np.sqrt(sum(np.sum(np.square(v)) for v in result.params[name].values()))
         assert got.param_norm == pytest.approx(norm, rel=1e-12)
         assert got.last_update is not None and got.last_update >= 0
+
+
+@pytest.mark.parametrize("kind", ENGINES)
+def test_the_raster_holds_the_sampled_environments_of_every_micro_batch(kind):
+    """Micro-batches hold different sampled environments: the raster is theirs together, each environment
+    with its own bits, the same bits as with one micro-batch (draws are keyed by environment and tick)."""
+    sampled = RasterSpec((0, 1, 2, 3))
+    with InProcessEngine(paper(), GRID, {"size": 4}, trials=4, seed=2, raster=sampled) as whole:
+        whole.train(3)
+        expected = whole.metrics().raster
+    with build(kind, paper(), trials=4, seed=2, micro_batches=2, raster=sampled) as split:
+        split.train(3)
+        got = split.metrics().raster
+    assert set(got) == set(expected)
+    all_running = [t for t, row in got.items() if row["envs"] == [0, 1, 2, 3]]
+    assert len(all_running) >= 100, len(all_running)  # until the first micro-batch's trials finish
+    for tick, row in got.items():  # later, a finished micro-batch records nothing
+        for name in ("bit_a", "bit_b", "act"):
+            assert row[name] == [expected[tick][name][expected[tick]["envs"].index(e)] for e in row["envs"]], tick
+    assert any(any(got[t]["bit_a"][:2]) for t in all_running)  # micro-batch 0's environments executed
 
 
 @pytest.mark.parametrize("kind", ENGINES)
