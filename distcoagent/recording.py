@@ -6,6 +6,7 @@ can follow a run from another process, on either engine, or from a cluster whose
 run directory the user can read:
 
 - ``start``: the run's layout, network and the sampled environments of the raster;
+- ``resume``: the run goes on after an interruption (``train --resume``), on the same file;
 - ``metrics`` (every ``every`` seconds): clock, ticks per second, episodes and the
   estimated time left, and per coagent its counts, execution rate (cumulative and
   since the previous record), executions per second, mean ticks between executions,
@@ -47,7 +48,7 @@ class MetricsLog(Observer):
         self.trials, self.envs_per_trial = trials, envs_per_trial
         self.raster_envs, self.raster_window = list(raster_envs or []), raster_window
         self.metrics_every = every
-        self.engine = None
+        self.engine, self.episodes_target = None, None
         self.previous: RunMetrics | None = None
         self.previous_time = None
         self.curve_written = 0  # episodes already written as curve records
@@ -64,9 +65,10 @@ class MetricsLog(Observer):
             f.write(json.dumps(record, allow_nan=False) + "\n")
 
     def on_start(self, engine, episodes: int) -> None:
-        self.engine = engine
+        self.engine, self.episodes_target = engine, int(episodes)
         self.whole = True
         if self.path.exists() and self._whole_records():  # a resumed run goes on in the same file
+            self._write({"kind": "resume", "time": time.time(), "engine": engine.name, "episodes": int(episodes)})
             return
         self._write({"kind": "start", "time": time.time(), "run": self.run, "engine": engine.name,
                      "episodes": int(episodes), "trials": self.trials, "envs_per_trial": self.envs_per_trial,
@@ -105,7 +107,7 @@ class MetricsLog(Observer):
                               "executions_per_second": _number(per_second),
                               "mean_ticks_between_executions": _number(m.mean_ticks_between_executions),
                               "last_update": _number(m.last_update), "param_norm": _number(m.param_norm)}
-        target = metrics.episodes_target
+        target = metrics.episodes_target or self.episodes_target  # the engine forgets it once train returns
         eta = None
         if target and metrics.episodes_finished and metrics.seconds > 0:
             left = target * metrics.environments - metrics.episodes_finished

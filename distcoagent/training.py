@@ -10,6 +10,7 @@ is written all the same, with ``error.txt``; nothing written earlier is removed.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import csv
 import json
@@ -378,6 +379,9 @@ def train(network: Network | RunSpec, env: str | None = None, *, env_kwargs: dic
                 (run_dir / "error.txt").write_text(f"{type(error).__name__}: {error}\n")
             if partial is not None:
                 write_results(run_dir, partial, env, env_kwargs)
+            if not interrupted and isinstance(runner, InProcessEngine):  # the figures up to the failure, which
+                with contextlib.suppress(Exception):  # Ray's actors may no longer answer; in-process they do
+                    log.on_metrics(runner.metrics())
             snapshot = getattr(runner, "_snapshot", None)  # the Ray engine's last snapshot of the run
             if snapshot is not None and not interrupted:
                 checkpoint.write(run_dir, snapshot, config_hash)

@@ -261,3 +261,40 @@ def test_started_before_the_run_exists(tmp_path):
         run.start()
         run.step()
         assert api_state(handle, state["seq"], state["epoch"])["metrics"]["tick"] == run.tick == 50
+
+
+def test_a_resumed_run_reads_as_running_and_its_figures_keep_their_target(tmp_path):
+    """An interrupted run resumed on the same metrics.jsonl is running again (not "interrupted") until its
+    own end; every metrics record, the last one too, carries the episodes to reach."""
+    from pathlib import Path
+
+    from distcoagent import load_spec, train
+
+    spec = load_spec(Path(__file__).resolve().parents[1] / "examples" / "paper_gridworld.toml",
+                     {"trials": 4, "episodes": 30})
+    out = tmp_path / "run"
+    calls = iter(range(10**9))
+    train(spec, out=out, stop=lambda: next(calls) >= 200, metrics_every=0.0)
+    log = out / "metrics.jsonl"
+    interrupted = len(log.read_bytes())
+    follower = RunFollower(out)
+    while follower.poll():
+        pass
+    assert follower.status == "interrupted"
+    train(spec, out=out, resume=True, metrics_every=0.0)
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [r["kind"] for r in records].count("start") == 1
+    metrics = [r for r in records if r["kind"] == "metrics"]
+    assert len(metrics) >= 2 and all(r["episodes_total"] == 30 for r in metrics)
+    written = log.read_bytes()
+    seen = tmp_path / "seen"  # the file as a dashboard saw it just after the resume record
+    seen.mkdir()
+    (seen / "config.json").write_bytes((out / "config.json").read_bytes())
+    (seen / "metrics.jsonl").write_bytes(written[:written.index(b"\n", written.index(b'"resume"', interrupted)) + 1])
+    early = RunFollower(seen)
+    while early.poll():
+        pass
+    assert early.status == "running" and early.state(-1)["end"] is None
+    while follower.poll():
+        pass
+    assert follower.status == "finished"

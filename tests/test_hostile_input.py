@@ -441,6 +441,10 @@ def test_a_diverging_shared_critic_is_named(tmp_path, capsys):
     assert err == ["distcoagent train: stopped: the shared critic ([critic] step = 1e+06, lam = 0.7): its weights "
                    "became non-finite after a TD update; lower [critic] step"], err
     assert "shared critic" in (tmp_path / "run" / "error.txt").read_text()
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    kinds = [r["kind"] for r in records]  # the dashboard shows the figures up to the failure
+    assert kinds[0] == "start" and "metrics" in kinds and "curve" in kinds and records[-1]["status"] == "failed"
+    assert [r for r in records if r["kind"] == "metrics"][-1]["episodes_total"] == 20
 
 
 @pytest.mark.parametrize("max_steps, note", [(0, False), (20, True)])

@@ -203,6 +203,9 @@ class RunFollower:
         elif kind == "end":
             self.end = record
             self.changed["end"] = self.seq
+        elif kind == "resume" and self.end is not None:  # running again: the interruption's end is over
+            self.end = None
+            self.changed["end"] = self.seq
 
     @staticmethod
     def _history_entry(seq: int, record: dict) -> tuple:
