@@ -81,6 +81,20 @@ def test_a_partial_trailing_line_waits_until_complete(run):
     assert follower.poll() == 1 and follower.latest["tick"] == tick + 40 and follower.bad_lines == 0
 
 
+def test_a_last_line_cut_short_does_not_keep_the_page_polling_fast(run):
+    """A full disk or a killed process leaves a line without its end: once the rest is read the page is
+    caught up (it polls every second, not every 50 ms); a line that then grows is read again."""
+    follower = RunFollower(run.run_dir)
+    run.start()
+    run.step()
+    rest = run.append_partial({**run.of_kind("metrics")[-1], "tick": 10**6}, keep=0.5)
+    follower.poll()
+    assert follower.state(-1)["caught_up"] and follower.latest["tick"] != 10**6
+    run.finish_partial(rest)
+    assert not follower.state(-1)["caught_up"]
+    assert follower.poll() == 1 and follower.latest["tick"] == 10**6 and follower.state(-1)["caught_up"]
+
+
 def test_since_sends_only_what_changed(run):
     follower = RunFollower(run.run_dir)
     run.start()
@@ -178,6 +192,26 @@ def test_non_finite_and_unreadable_lines(run, server):
     assert state["metrics"]["coagents"]["act"]["param_norm"] == "Infinity" and state["bad_lines"] == 1
 
 
+def test_records_of_the_wrong_shape_are_skipped_and_the_rest_is_read(run, server):
+    """Hand-edited or foreign lines whose fields have other types than the writer's: counted as unreadable,
+    never a 500, never the records after them lost."""
+    run.start()
+    run.step()
+    good = run.of_kind("metrics")[-1]
+    for wrong in ({"kind": "metrics", "coagents": "oops", "tick": "x"}, {"kind": "metrics", "coagents": [1]},
+                  {"kind": "metrics", "coagents": {"act": 3}}, {"kind": "curve", "episodes": 3, "mean": 1},
+                  {"kind": "start", "network": {"coagents": "x"}}, {"kind": "end", "summary": [1]}):
+        run.append(wrong)
+    with open(run.path, "a") as handle:  # an integer no float can hold
+        handle.write(json.dumps(dict(good, tick=good["tick"] + 1))[:-1] + ', "elapsed": 1' + "0" * 400 + "}\n")
+    run.step()
+    run.end("finished")
+    state = api_state(server)
+    assert state["bad_lines"] == 6 and state["status"] == "finished"
+    assert state["metrics"]["tick"] == run.of_kind("metrics")[-1]["tick"]
+    assert state["history"]["elapsed"][-2] is None  # the huge elapsed, read as no number
+
+
 def test_page_static_files_and_headers(run, server):
     status, headers, body = get(server, "/")
     assert status == 200 and b'src="/static/app.js"' in body
@@ -210,6 +244,8 @@ def test_cli_errors_are_one_line(tmp_path, run, capsys):
     (tmp_path / "empty").mkdir()
     cases = [([str(tmp_path / "nowhere")], f"RUN_DIR: {tmp_path / 'nowhere'} does not exist"),
              ([str(tmp_path / "empty")], "is not a run directory (it has no config.json)"),
+             ([str(run.run_dir.parent)], f"(it has no config.json); it holds 1 run(s), the last by name: "
+                                         f"{run.run_dir}"),
              ([str(run.run_dir), "--host", "0.0.0.0"], "--host 0.0.0.0: not a loopback address"),
              ([str(run.run_dir), "--port", "70000"], "--port: expected a port in 0-65535, got 70000")]
     with socket.socket() as taken:

@@ -133,6 +133,23 @@ def test_an_ended_run_says_how(browser, tmp_path, status, error, says):
     assert not errors, errors
 
 
+def test_values_from_the_files_are_shown_as_text_not_markup(browser, tmp_path):
+    """A hand-edited or foreign metrics.jsonl: its values go into the page as text."""
+    run = FakeRun(tmp_path / "run")
+    start = run.start()
+    run.records.clear()
+    run.path.write_text(json.dumps(dict(start, trials="<i>3</i>", network=dict(start["network"], gamma="<b>g</b>")))
+                        + "\n")
+    errors = []
+    with start_background(run.run_dir, port=0) as server:
+        page = open_page(browser, server.url, errors)
+        wait_for(page, lambda s: s["status"] == "running", "the running banner")
+        meta = page.eval_on_selector("#run-meta", "e => [e.innerText, e.querySelectorAll('i, b b').length]")
+        assert "<i>3</i>" in meta[0] and "γ <b>g</b>" in meta[0] and meta[1] == 0, meta
+        page.close()
+    assert not errors, errors
+
+
 def test_large_run_stays_responsive(browser, tmp_path):
     """100 coagents, 10,000 episodes, 16 sampled environments: the first full picture comes quickly."""
     run = FakeRun(tmp_path / "big", large_network(100), episodes=10_000, trials=5, envs_per_trial=4,
@@ -164,7 +181,7 @@ def test_a_free_running_run_shows_its_clocks(browser, tmp_path):
     with start_background(run.run_dir, port=0) as server:
         page = open_page(browser, server.url, errors)
         wait_for(page, lambda s: len(s["rows"]) == len(run.names), "the coagent rows")
-        assert page.eval_on_selector("#clock-panel", "e => e.hidden")
+        assert page.eval_on_selector("#clock-panel", "e => e.hidden && getComputedStyle(e).display === 'none'")
         names = run.names
         clock = {"clock": "free", "env_steps": 1234,
                  "coagents": {n: {"opportunities": 100 + i, "published": 60 + i, "retried": i, "late": 7 * i,

@@ -37,10 +37,31 @@ def finite_or_text(value):
 
 
 def _number(value):
-    """A finite float, or None for anything else (null, NaN, a string)."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-        return float(value)
+    """A finite float, or None for anything else (null, NaN, a string, an integer beyond any float)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        try:
+            return float(value) if math.isfinite(value) else None
+        except OverflowError:
+            return None
     return None
+
+
+_SHAPES = {"start": {"network": dict, "raster": dict}, "metrics": {"coagents": dict, "clock": dict},
+           "curve": {"episodes": list, "mean": list, "stderr": list, "n": list}, "end": {"summary": dict}}
+
+
+def well_formed(record: dict) -> bool:
+    """The parts of a record the dashboard reads have the types the writer gives them (``recording``); a
+    hand-edited or foreign line that does not is skipped as unreadable, not read into the page."""
+    for key, kind in _SHAPES.get(record.get("kind"), {}).items():
+        if record.get(key) is not None and not isinstance(record[key], kind):
+            return False
+    if record.get("kind") == "metrics":
+        return all(isinstance(values, dict) for values in (record.get("coagents") or {}).values())
+    if record.get("kind") == "start" and isinstance(record.get("network"), dict):
+        coagents = record["network"].get("coagents")
+        return isinstance(coagents, list) and all(isinstance(c, dict) for c in coagents)
+    return True
 
 
 class CurveBlocks:
@@ -116,6 +137,7 @@ class RunFollower:
     def _reset(self, file_id, offset: int = 0) -> None:
         self.epoch = uuid.uuid4().hex[:12]  # a client holding another epoch must start over
         self.file_id, self.offset, self.seq, self.bad_lines = file_id, offset, 0, 0
+        self.cut_short_at = None  # the file's size when all that was left unread was a line without its end
         self.config: dict | None = None  # read again: a new run may have rewritten it
         self.start: dict | None = None
         self.latest: dict | None = None
@@ -144,6 +166,8 @@ class RunFollower:
             handle.seek(self.offset)
             data = handle.read(min(stat.st_size - self.offset, READ_CHUNK_BYTES))
         complete = data.rfind(b"\n") + 1  # a trailing line without its newline is still being written
+        at_end = self.offset + len(data) == stat.st_size
+        self.cut_short_at = stat.st_size if at_end and complete < len(data) else None
         if complete == 0:
             if len(data) == READ_CHUNK_BYTES:
                 self.offset += len(data)  # one absurd line longer than a chunk: skip it rather than stall
@@ -155,13 +179,16 @@ class RunFollower:
             if not line.strip():
                 continue
             try:
-                record = json.loads(line)
-            except ValueError:
+                record = finite_or_text(json.loads(line))
+                if not isinstance(record, dict):
+                    continue
+                if not well_formed(record):
+                    raise ValueError("a field of another type than the writer's")
+                self._ingest(record)
+            except (ValueError, TypeError, AttributeError, OverflowError, RecursionError):
                 self.bad_lines += 1
                 continue
-            if isinstance(record, dict):
-                self._ingest(finite_or_text(record))
-                records += 1
+            records += 1
         return records
 
     def _read_config(self) -> None:
@@ -189,8 +216,9 @@ class RunFollower:
             return
         self.seq += 1
         if kind == "metrics":
+            entry = self._history_entry(self.seq, record)
             self.latest = record
-            self.history.append(self._history_entry(self.seq, record))
+            self.history.append(entry)
             self.changed["metrics"] = self.seq
         elif kind == "curve":
             columns = [record.get(key) or [] for key in ("episodes", "mean", "stderr", "n")]
@@ -235,7 +263,7 @@ class RunFollower:
         answer = {"epoch": self.epoch, "seq": self.seq, "full": since < 0, "status": self.status,
                   "error": self.end.get("error") if self.end else None, "idle_seconds": idle,
                   "bad_lines": self.bad_lines, "history_length": self.history_length,
-                  "caught_up": self.file_id is None or self.offset >= _size(self.metrics_path)}
+                  "caught_up": self._caught_up()}
         if self.changed["run"] > since:
             answer["run"] = {"start": self.start, "config": self.config}
         if self.changed["metrics"] > since:
@@ -248,6 +276,12 @@ class RunFollower:
         if self.changed["end"] > since:
             answer["end"] = self.end
         return answer
+
+    def _caught_up(self) -> bool:
+        """Nothing left to read but, at most, a last line without its end that has not grown since (a record
+        being written, or one cut short by a full disk or a killed process: no reason to poll fast)."""
+        size = _size(self.metrics_path)
+        return self.file_id is None or self.offset >= size or self.cut_short_at == size
 
     def _history_since(self, since: int) -> dict:
         entries = [entry for entry in self.history if entry[0] > since]

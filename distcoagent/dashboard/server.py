@@ -43,7 +43,10 @@ def check_run_dir(run_dir) -> Path:
     if not path.is_dir():
         raise DashboardError(f"RUN_DIR: {run_dir} is not a directory")
     if not (path / CONFIG_FILE).is_file():
-        raise DashboardError(f"RUN_DIR: {run_dir} is not a run directory (it has no {CONFIG_FILE})")
+        runs = sorted((child for child in path.iterdir() if (child / CONFIG_FILE).is_file()),
+                      key=lambda child: child.name)
+        hint = f"; it holds {len(runs)} run(s), the last by name: {runs[-1]}" if runs else ""
+        raise DashboardError(f"RUN_DIR: {run_dir} is not a run directory (it has no {CONFIG_FILE}){hint}")
     metrics = path / METRICS_FILE
     if metrics.exists() and not metrics.is_file():
         raise DashboardError(f"RUN_DIR: {metrics} is not a file (the run's metrics go there)")

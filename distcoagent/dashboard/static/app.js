@@ -50,9 +50,9 @@ function renderRun() {
   if (start.run) parts.push(`run <b>${escape(start.run)}</b>`);
   if (env) parts.push(`env <b>${escape(env)}</b>`);
   if (start.engine) parts.push(`engine <b>${escape(start.engine)}</b>`);
-  if (start.trials) parts.push(`<b>${start.trials}</b> trial(s) × <b>${start.envs_per_trial || 1}</b> env(s)`);
-  if (network) parts.push(`<b>${network.coagents.length}</b> coagent(s), γ ${network.gamma}, ` +
-                          `${network.ticks_per_step} tick(s)/step`);
+  if (start.trials) parts.push(`<b>${escape(start.trials)}</b> trial(s) × <b>${escape(start.envs_per_trial || 1)}</b> env(s)`);
+  if (network) parts.push(`<b>${escape((network.coagents || []).length)}</b> coagent(s), γ ${escape(network.gamma)}, ` +
+                          `${escape(network.ticks_per_step)} tick(s)/step`);
   $("run-meta").innerHTML = parts.join(" · ") || "—";
   if (!network) return;
   const key = JSON.stringify(network);
