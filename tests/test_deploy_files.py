@@ -255,6 +255,10 @@ def test_grafana_dashboard_queries_only_exported_metrics():
     assert uids == {datasource["uid"]}
     (provider,) = _yaml("deploy/grafana/provisioning/dashboards/distcoagent.yml")["providers"]
     assert provider["options"]["path"] == "/var/lib/grafana/dashboards"
+    # every environment actor (one per micro-batch) exports the run's whole tick rate: a sum would count it
+    # once per micro-batch
+    rates = [t["expr"] for p in dashboard["panels"] for t in p["targets"] if "run_ticks_per_second" in t["expr"]]
+    assert rates and all(not re.match(r"\s*sum\b", expr) for expr in rates), rates
 
 
 # ---------------------------------------------------------------------------------------- scripts, docs
