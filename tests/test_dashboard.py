@@ -334,3 +334,20 @@ def test_a_resumed_run_reads_as_running_and_its_figures_keep_their_target(tmp_pa
     while follower.poll():
         pass
     assert follower.status == "finished"
+
+
+def test_a_run_of_one_metrics_record_has_its_rates(tmp_path):
+    """A run of a few seconds writes one metrics record (at its end): its rates are since the start, not
+    missing (the page drew an empty rate chart and "-/s")."""
+    from pathlib import Path
+
+    from distcoagent import load_spec, train
+
+    spec = load_spec(Path(__file__).resolve().parents[1] / "examples" / "paper_gridworld.toml",
+                     {"trials": 2, "episodes": 3})
+    train(spec, out=tmp_path / "run", metrics_every=1e9)
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    (only,) = [r for r in records if r["kind"] == "metrics"]
+    for name, c in only["coagents"].items():
+        assert c["recent_execution_rate"] == c["execution_rate"] > 0, name
+        assert c["executions_per_second"] == pytest.approx(c["executions"] / only["elapsed"]), name
