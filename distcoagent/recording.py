@@ -54,7 +54,7 @@ class MetricsLog(Observer):
         self.curve_written = 0  # episodes already written as curve records
         self.raster_written = -1  # last tick written in a raster record
         self.ended = False
-        self.first_metrics = True  # a fresh run's first record (a resumed run's counts began before this process)
+        self.fresh = True  # not a resumed run, whose counts began before this process
         self.whole = False  # a record cut short at the end of the file was dropped (``_whole_records``)
 
     def _write(self, record: dict) -> None:
@@ -70,7 +70,7 @@ class MetricsLog(Observer):
         self.whole = True
         if self.path.exists() and self._whole_records():  # a resumed run goes on in the same file
             self._write({"kind": "resume", "time": time.time(), "engine": engine.name, "episodes": int(episodes)})
-            self.first_metrics = False
+            self.fresh = False
             return
         self._write({"kind": "start", "time": time.time(), "run": self.run, "engine": engine.name,
                      "episodes": int(episodes), "trials": self.trials, "envs_per_trial": self.envs_per_trial,
@@ -104,7 +104,7 @@ class MetricsLog(Observer):
                 ticks = m.ticks - before.ticks
                 recent_rate = (m.executions - before.executions) / ticks if ticks > 0 else None
                 per_second = (m.executions - before.executions) / elapsed if elapsed else None
-            elif self.first_metrics:  # the run's first record: since its start (a run of a few seconds has one)
+            elif self.fresh:  # the run's first record: since its start (a run of a few seconds has one)
                 recent_rate = m.execution_rate if m.ticks else None
                 per_second = m.executions / metrics.seconds if metrics.seconds > 0 else None
             coagents[name] = {"executions": m.executions, "ticks": m.ticks, "updates": m.updates,
@@ -126,7 +126,7 @@ class MetricsLog(Observer):
                      **({"clock": metrics.extra} if metrics.extra else {})})
         self._write_curve(metrics)
         self._write_raster(metrics)
-        self.previous, self.previous_time, self.first_metrics = metrics, now, False
+        self.previous, self.previous_time = metrics, now
 
     def _write_curve(self, metrics: RunMetrics) -> None:
         mean, stderr, n = metrics.curve()
