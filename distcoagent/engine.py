@@ -142,11 +142,11 @@ class InProcessEngine(Engine):
         E = self.envs_per_trial
         self.env_sides, self.coagent_sides = [], []
         for a, b in self.slices:
-            env = EnvironmentSide(network, env_id, self.env_kwargs, seed, a, b, E)
             keys = None
             if episode_keys is not None:
                 lo, hi = (a - first_trial) * E, (b - first_trial) * E
                 keys = EpisodeKeys(np.asarray(episode_keys.base_ids)[lo:hi], episode_keys.per_env)
+            env = EnvironmentSide(network, env_id, self.env_kwargs, seed, a, b, E, keys)
             self.env_sides.append(env)
             self.coagent_sides.append(NetworkBatch(network, env.env.observation_space, b - a, E, seed, a,
                                                    env.env.action_space, keys, raster))

@@ -151,12 +151,12 @@ class EnvironmentSide:
               "pending_active": ENV}
 
     def __init__(self, network: Network, env_id: str, env_kwargs: dict, seed: int, trial_start: int,
-                 trial_stop: int, envs_per_trial: int):
+                 trial_stop: int, envs_per_trial: int, episode_keys: EpisodeKeys | None = None):
         self.network = network
         self.trial_start, self.trial_stop = trial_start, trial_stop
         self.trials, self.envs_per_trial = trial_stop - trial_start, envs_per_trial
         self.env = make_batch(env_id, self.trials * envs_per_trial, seed, trial_start * envs_per_trial,
-                              **env_kwargs)
+                              episode_keys, **env_kwargs)
         network.input_spaces(self.env.observation_space, self.env.action_space)
         self.critic = None if network.critic is None else CriticUnit(
             network.critic, space_of(self.env.observation_space), self.trials, envs_per_trial, network.gamma)

@@ -140,3 +140,45 @@ def test_gradcheck_exact_fails_fast_on_a_non_tabular_network():
     network = Network([Coagent("steer", ["obs"], Gaussian(1))], action="steer", gamma=0.9)
     with pytest.raises(NotExactError, match="steer.*continuous"):
         gradcheck(network, "MountainCarContinuous-v0", exact=True, episodes=10)
+
+
+@pytest.mark.parametrize("env_id, env_kwargs, n, features", [
+    ("distcoagent/FourRooms-v0", {}, 4, None), ("CartPole-v1", {}, 2, "raw"), ("FrozenLake-v1", {}, 4, None)])
+def test_finite_difference_pairs_share_the_environments_randomness(env_id, env_kwargs, n, features):
+    """Common random numbers: with h so small that both runs of a pair act alike, every pair's returns are
+    equal, on stochastic environments too (starts, slips, noise), every episode of an environment."""
+    from distcoagent import Coagent, Network
+    from distcoagent.features import Raw
+    from distcoagent.policies import Softmax
+
+    net = Network([Coagent("act", ["obs"], Softmax(n), features=Raw() if features else None)], action="act",
+                  gamma=0.95)
+    params = initial_params(net, env_id, env_kwargs, 0)
+    same = fd_samples(net, env_id, env_kwargs, params, envs=30, per_env=2, step=1e-9, coordinates=np.arange(1))
+    assert np.count_nonzero(same) == 0
+    moved = fd_samples(net, env_id, env_kwargs, params, envs=30, per_env=2, step=0.5, coordinates=np.arange(1))
+    assert np.count_nonzero(moved) > 0 or env_id == "FrozenLake-v1"  # they differ once the policies do
+                                                                       # (FrozenLake's reward is too sparse)
+
+
+def test_keyed_environments_start_each_episode_alike_whatever_came_before():
+    """Two rows with one episode key, acting differently: every episode starts in the same state (the next
+    episode's start is keyed by the episode, not by how long the last one took)."""
+    from distcoagent.envs import make_batch
+    from distcoagent.tick import EpisodeKeys
+
+    for env_id, options in (("distcoagent/FourRooms-v0", {"max_steps": 9}), ("CartPole-v1", {})):
+        batch = make_batch(env_id, 3, seed=5, episode_keys=EpisodeKeys(np.array([7, 7, 8]), per_env=4), **options)
+        obs, starts = batch.reset(), {b: [] for b in range(3)}
+        for b in range(3):
+            starts[b].append(np.asarray(obs[b]).tolist())
+        for t in range(400):
+            actions = np.array([0, t % 2, 1])
+            obs, _, terminated, truncated = batch.step(actions)
+            for b in np.flatnonzero(terminated | truncated):
+                starts[b].append(np.asarray(obs[b]).tolist())
+        episodes = min(len(starts[0]), len(starts[1]))
+        assert episodes >= 3, (env_id, starts)
+        assert starts[0][:episodes] == starts[1][:episodes], env_id
+        assert starts[0][:episodes] != starts[2][:episodes], env_id  # another key, other starts
+        batch.close()

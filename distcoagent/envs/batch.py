@@ -28,20 +28,26 @@ class GymBatch:
     FIELDS: dict = {}  # nothing that can be saved: see the module docstring
     restorable = False
 
-    def __init__(self, env_id: str, num_envs: int, seed: int, env_offset: int = 0, **kwargs):
+    def __init__(self, env_id: str, num_envs: int, seed: int, env_offset: int = 0, episode_keys=None, **kwargs):
         probe = gym.make(env_id, **kwargs)  # unknown ids raise gymnasium's error, with its suggestion
         self.observation_space = probe.observation_space
         self.action_space = probe.action_space
         self.single = probe
         self.num_envs = num_envs
-        self.vector = gym.vector.SyncVectorEnv(
-            [lambda: gym.make(env_id, **kwargs) for _ in range(num_envs)],
-            autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
-        self._seed, self._offset = seed, env_offset
+        if episode_keys is None:
+            makers = [lambda: gym.make(env_id, **kwargs) for _ in range(num_envs)]
+        else:  # each episode seeded by its key (the estimators' common random numbers)
+            stride = int(episode_keys.per_env) + 1
+            makers = [lambda first=int(base) * stride: KeyedResets(gym.make(env_id, **kwargs), seed, first)
+                      for base in episode_keys.base_ids]
+        self.vector = gym.vector.SyncVectorEnv(makers, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+        self._seed, self._offset, self._keyed = seed, env_offset, episode_keys is not None
         self._seeds = [env_seed(seed, env_offset + b) for b in range(num_envs)]
 
     def reset(self, restart: int = 0):
         """Reset every env; ``restart`` > 0 (the n-th restart after a restore) reseeds them afresh."""
+        if self._keyed:
+            return self.vector.reset()[0]  # each env seeds its own episodes
         seeds = self._seeds if not restart else [
             env_seed(self._seed * 1_000_003 + restart, self._offset + b) for b in range(self.num_envs)]
         obs, _ = self.vector.reset(seed=seeds)
@@ -63,8 +69,22 @@ class GymBatch:
         self.vector.close()
 
 
-def make_batch(env_id: str, num_envs: int, seed: int, env_offset: int = 0, **kwargs):
-    """The batch for ``env_id``: its native batch if registered (``registry``), else gymnasium's."""
+class KeyedResets(gym.Wrapper):
+    """Seeds the environment's j-th episode with ``env_seed(seed, first + j)``, whatever the episodes
+    before it drew: two copies with the same ``first`` start every episode alike."""
+
+    def __init__(self, env, seed: int, first: int):
+        super().__init__(env)
+        self._seed, self._next = seed, first
+
+    def reset(self, *, seed=None, options=None):
+        seed, self._next = env_seed(self._seed, self._next), self._next + 1
+        return self.env.reset(seed=seed, options=options)
+
+
+def make_batch(env_id: str, num_envs: int, seed: int, env_offset: int = 0, episode_keys=None, **kwargs):
+    """The batch for ``env_id``: its native batch if registered (``registry``), else gymnasium's.
+    ``episode_keys`` (``tick.EpisodeKeys``, the gradient estimators): each episode's draws keyed by it."""
     from .registry import native
 
     entry = native(env_id)
@@ -73,5 +93,7 @@ def make_batch(env_id: str, num_envs: int, seed: int, env_offset: int = 0, **kwa
         if unknown:
             raise ValueError(f"env: unknown option(s) {sorted(unknown)} for {env_id}; "
                              f"expected {', '.join(entry.options)}")
+        if episode_keys is not None and entry.keyed is not None:
+            return entry.keyed(num_envs, seed, env_offset, episode_keys=episode_keys, **kwargs)
         return entry.make(num_envs, seed, env_offset, **kwargs)
-    return GymBatch(env_id, num_envs, seed, env_offset, **kwargs)
+    return GymBatch(env_id, num_envs, seed, env_offset, episode_keys, **kwargs)

@@ -280,14 +280,18 @@ class FourRoomsBatch:
     def reset(self):
         self.steps[:], self.episodes[:], self.counter[:] = 0, 0, 0
         self.goals[:] = EAST_DOORWAY
-        self.cells[:] = start_cell(self.goals, self.stream.uniform(self.env_ids, self.counter, RESET_SLOT))
+        self.cells[:] = start_cell(self.goals, self.stream.uniform(*self._draw_keys(slice(None)), RESET_SLOT))
         return self.cells.copy()
+
+    def _draw_keys(self, rows):
+        """(key, counter) of the draws ``rows`` make now: the global environment and its step counter."""
+        return self.env_ids[rows], self.counter[rows]
 
     def step(self, actions):
         actions = np.asarray(actions, dtype=np.int64)
         if actions.size and (actions.min() < 0 or actions.max() > 3):
             raise ValueError(f"actions: expected 0..3, got {actions[(actions < 0) | (actions > 3)][:5]}")
-        direction = slip_direction(actions, self.stream.uniform(self.env_ids, self.counter, SLIP_SLOT))
+        direction = slip_direction(actions, self.stream.uniform(*self._draw_keys(slice(None)), SLIP_SLOT))
         self.cells = NEXT[self.cells, direction]
         self.steps += 1
         terminated = self.cells == self.goals
@@ -297,9 +301,9 @@ class FourRoomsBatch:
         if ended.any():
             self.episodes += ended
             self.goals = self._goals(self.episodes)
-            u = self.stream.uniform(self.env_ids[ended], self.counter[ended], START_SLOT)
-            self.cells[ended] = start_cell(self.goals[ended], u)
             self.steps[ended] = 0
+            u = self.stream.uniform(*self._draw_keys(ended), START_SLOT)
+            self.cells[ended] = start_cell(self.goals[ended], u)
         self.counter += 1
         return self.cells.copy(), terminated.astype(np.float64), terminated, truncated
 
@@ -312,3 +316,19 @@ class FourRoomsBatch:
 
     def close(self):
         pass
+
+
+class KeyedFourRoomsBatch(FourRoomsBatch):
+    """Four Rooms whose draws are keyed by episode (``tick.EpisodeKeys``): row b's j-th episode draws as
+    ``base_ids[b] * (per_env + 1) + j`` at its own steps 0, 1, ..., so two rows with the same base id see
+    the same starts and slips for as long as they act alike (common random numbers for the estimators)."""
+
+    FIELDS = {**FourRoomsBatch.FIELDS, "key_base": ENV}
+
+    def __init__(self, num_envs: int, seed: int = 0, env_offset: int = 0, *, episode_keys, **options):
+        self.key_base = np.asarray(episode_keys.base_ids, dtype=np.int64).copy()
+        self.key_stride = int(episode_keys.per_env) + 1
+        super().__init__(num_envs, seed, env_offset, **options)
+
+    def _draw_keys(self, rows):
+        return self.key_base[rows] * self.key_stride + self.episodes[rows], self.steps[rows]

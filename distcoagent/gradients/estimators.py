@@ -8,7 +8,8 @@
   a standard error.
 - Finite differences on J: for every parameter, the discounted return with
   ``theta + h e_k`` and with ``theta - h e_k`` on common random numbers (both runs see
-  the same keyed random streams: same seed, same environment ids), differenced per
+  the same keyed random streams: same seed, same episode keys, for the coagents and for the
+  environment, whose episodes are seeded by their keys: ``envs.make_batch``), differenced per
   environment.  ``(J+ - J-) / 2h`` per episode pair is again i.i.d.
 
 Randomness is keyed by (seed, environment id, tick), so estimates are deterministic
@@ -218,8 +219,8 @@ def fd_samples(network: Network, env_id: str, env_kwargs: dict | None, params: G
     """Per-episode-pair central differences, shape (envs * per_env, n_coordinates).
 
     Column j is ``(G(theta + h e_k) - G(theta - h e_k)) / 2h`` for k = coordinates[j], G
-    the discounted return; the two runs share the seed and environment ids, so every
-    episode pair sees common random numbers.
+    the discounted return; the two runs share the seed and episode keys (the coagents' draws and
+    the environment's), so every episode pair sees common random numbers.
     """
     frozen = freeze(network)
     theta = flatten(params)
