@@ -104,6 +104,9 @@ class Network:
         for n in names:
             if not n or n == "obs" or ":" in n:
                 raise SpecError(f"coagents.name: {n!r} is not allowed (empty, 'obs', or contains ':')")
+        if self.critic is not None and "critic" in names:  # params and params.msgpack keep the critic's there
+            raise SpecError("coagents.name: 'critic' is the shared critic's name in a run's parameters "
+                            "(params['critic']); expected another name for the coagent")
         if not 0 < self.gamma <= 1:
             raise SpecError(f"gamma: expected a discount in (0, 1], got {self.gamma!r}")
         if isinstance(self.ticks_per_step, bool) or not isinstance(self.ticks_per_step, int) \
