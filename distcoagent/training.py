@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import csv
+import glob
 import json
 import math
 import os
@@ -114,8 +115,15 @@ def check_run_dir(out: str | Path, *, resume: bool, overwrite: bool) -> Path:
         raise SpecError(f"{flag}: {run_dir} holds a config.json that is not a run's (train writes env, train and "
                         f"spec tables); {named('overwrite=True', '--overwrite')} replaces only a run: expected a new or "
                         "empty folder, or a run directory")
+    if resume and not run_dir.exists():
+        raise SpecError(f"{flag}: {run_dir} does not exist; expected the run directory of a run to continue")
     if resume and not holds_run:
         raise SpecError(f"{flag}: {run_dir} is not a run directory (it has no config.json)")
+    if resume and not (run_dir / checkpoint.FILE).exists() and _finished_by_summary(run_dir):
+        raise SpecError(f"{flag}: {run_dir} has finished (summary.json) and has no {checkpoint.FILE} to go on "
+                        "from: there is nothing to resume, and training it again would replace its results; "
+                        f"expected a run that stopped before its end (a new run: another "
+                        f"{named('out', '--out')})")
     if not resume and holds_run and not overwrite:
         raise SpecError(f"{flag}: {run_dir} already holds a run; pass {named('resume=True', f'--resume {run_dir}')} "
                         f"to continue it, or {named('overwrite=True', '--overwrite')} to replace it")
@@ -131,20 +139,80 @@ def check_run_dir(out: str | Path, *, resume: bool, overwrite: bool) -> Path:
     return run_dir
 
 
-def prepare_run_dir(out: str | Path, *, resume: bool, overwrite: bool) -> Path:
-    """``check_run_dir``, then the directory made ready: an overwritten run's files removed, the folder
-    made.  Call it once everything else about the run has been checked: it is what cannot be undone."""
+def prepare_run_dir(out: str | Path, *, resume: bool, overwrite: bool, held=None):
+    """``check_run_dir``, then the directory made ready and held by this process (``hold_run_dir``; ``held``:
+    the hold already taken): the check again under the hold, an overwritten run's files and the temporary
+    files of a killed writer removed, the folder made.  Call it once everything else about the run has been
+    checked: it is what cannot be undone.  Returns the hold (close it when the run is over)."""
     run_dir = check_run_dir(out, resume=resume, overwrite=overwrite)
     if not resume:
-        if (run_dir / "config.json").is_file():  # overwrite
-            for name in RUN_FILES:
-                (run_dir / name).unlink(missing_ok=True)
         try:
             run_dir.mkdir(parents=True, exist_ok=True)
         except OSError as error:  # what os.access cannot foresee: root in /sys or /proc, a read-only mount
             raise SpecError(f"{named('out', '--out')}: {run_dir} cannot be made ({error.strerror or error}); "
                             "expected a folder this process may create") from None
-    return run_dir
+    if held is None:
+        held = hold_run_dir(run_dir, named("out", "--resume" if resume else "--out"))
+    try:
+        check_run_dir(run_dir, resume=resume, overwrite=overwrite)  # another process may have begun a run here
+        for name in RUN_FILES:  # a process killed while writing leaves its temporary file (checkpoint.write)
+            for stale in run_dir.glob(f".{glob.escape(name)}.*.tmp"):
+                stale.unlink(missing_ok=True)
+        if not resume and (run_dir / "config.json").is_file():  # overwrite
+            for name in RUN_FILES:
+                (run_dir / name).unlink(missing_ok=True)
+    except BaseException:
+        held.close()
+        raise
+    return held
+
+
+LOCK_FILE = ".distcoagent.lock"
+
+
+def hold_run_dir(run_dir: Path, flag: str):
+    """This process's hold on ``run_dir`` (an open file with an advisory ``flock`` on ``LOCK_FILE``, which
+    ends with the process however it ends, ``kill -9`` too), or a SpecError naming who holds it: two
+    processes training in one run directory (a run and its resume, an ``--overwrite`` of a live run) would
+    mix or delete each other's files."""
+    import fcntl
+
+    try:
+        handle = open(run_dir / LOCK_FILE, "ab")
+    except OSError as error:
+        raise SpecError(f"{flag}: {run_dir / LOCK_FILE} cannot be opened ({error.strerror or error})") from None
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        holder = _lock_holder(handle)
+        handle.close()
+        raise SpecError(f"{flag}: {run_dir} is in use by {holder}, which is training in it; expected a run "
+                        "directory no other process is using: wait for that process to end, or stop it "
+                        "(its run can then be resumed)") from None
+    return handle
+
+
+def _lock_holder(handle) -> str:
+    """Who holds the flock on ``handle``'s file, from /proc/locks (Linux, same machine), else a vaguer name."""
+    inode = os.fstat(handle.fileno()).st_ino
+    try:
+        with open("/proc/locks") as locks:
+            for line in locks:
+                fields = line.split()
+                if "FLOCK" in fields and "->" not in fields:
+                    at = fields.index("FLOCK")
+                    if len(fields) > at + 4 and fields[at + 4].rsplit(":", 1)[-1] == str(inode):
+                        return f"process {fields[at + 3]}"
+    except OSError:
+        pass
+    return "another process"
+
+
+def _finished_by_summary(run_dir: Path) -> bool:
+    try:
+        return json.loads((run_dir / "summary.json").read_text()).get("finished") is True
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def _a_runs_config(path: Path) -> bool:
@@ -312,92 +380,99 @@ def train(network: Network | RunSpec, env: str | None = None, *, env_kwargs: dic
         from .ray_engine.cluster import resolve_address
 
         resolve_address(config.address)  # a refused cluster leaves no run directory behind
-    if out is not None:  # everything about the run is checked before its directory changes
-        run_dir = check_run_dir(out, resume=resume, overwrite=overwrite)
-        config_hash = checkpoint.spec_hash(_run_config(network, env, env_kwargs, config))
-        if resume:
-            saved = read_run_config(run_dir)
-            if saved.get("spec_hash") not in (None, config_hash):
-                raise SpecError(f"{named('resume', '--resume')}: {run_dir} was started with another spec (network, "
-                                "environment, "
-                                "trials, envs_per_trial, seed, micro_batches or episodes differ)")
-            if (run_dir / checkpoint.FILE).is_file():
-                try:
-                    state = checkpoint.read(run_dir / checkpoint.FILE, config_hash)
-                except checkpoint.CheckpointError as error:
-                    raise SpecError(str(error)) from None
-        raster = RasterSpec(tuple(range(min(RASTER_ENVS, config.trials * config.envs_per_trial))))
-    ray_table = dict(ray_options or {})  # as the run's config.json records it
-    if run_dir is not None and config.engine == "ray":
-        ray_options = {"run_name": run_dir.name, **ray_table}
-    record = run_dir / REPLAY_FILE if run_dir is not None and config.clock == "free" else None
-    finished = state is not None and state.get("episodes") is None  # the run had finished: only its results
-    # a finished run starts no engine (no Ray for nothing); its results keep the engine that finished it
-    runner = None if finished else make_engine(network, env, env_kwargs, config, ray_options, raster,
-                                               free_options, record)
+    held = None  # this process's hold on the run directory, from before it is read or changed
     try:
-        if state is not None and not finished:  # a finished run needs only its results
-            try:
-                runner.restore(state)
-            except SpecError:
-                raise
-            except (KeyError, TypeError, IndexError, ValueError) as error:  # sound checksum, foreign content
-                raise SpecError(f"checkpoint: {run_dir / checkpoint.FILE} does not hold a state of this run "
-                                f"({type(error).__name__}: {error})") from None
-        if run_dir is not None:
-            prepare_run_dir(run_dir, resume=resume, overwrite=overwrite)
-            if not resume:
-                described = None if raw is not None else spec_of_python_run(network, env, env_kwargs, config,
-                                                                            ray_table, free_options or {})
-                _write_json(run_dir / "config.json", {"env": {"id": env, **env_kwargs},
-                                                      "network": network.to_config(), "train": config.__dict__,
-                                                      "ray": ray_table, "free": free_options or {},
-                                                      "spec": raw, "spec_from_python": described,
-                                                      "spec_hash": config_hash})
-            log = MetricsLog(run_dir / "metrics.jsonl", run=run_dir.name, network=network.to_config(),
-                             trials=config.trials, envs_per_trial=config.envs_per_trial,
-                             raster_envs=list(raster.env_ids), raster_window=raster.window, every=metrics_every)
-            saver = Checkpointer(run_dir, config_hash, every_episodes, every_seconds)
-            observers += [log, saver]
-            if resume:  # the run goes on: the last attempt's failure is history
-                (run_dir / "error.txt").unlink(missing_ok=True)
-        if run_dir is not None and getattr(runner, "placement", None):
-            _write_json(run_dir / "placement.json", {"actors": runner.placement})
-        if finished:
-            from .engine import result_from_state
+        if out is not None:  # everything about the run is checked before its directory changes
+            run_dir = check_run_dir(out, resume=resume, overwrite=overwrite)
+            if run_dir.is_dir():  # held before its checkpoint is read or its files replaced
+                held = hold_run_dir(run_dir, named("out", "--resume" if resume else "--out"))
+            config_hash = checkpoint.spec_hash(_run_config(network, env, env_kwargs, config))
+            if resume:
+                saved = read_run_config(run_dir)
+                if saved.get("spec_hash") not in (None, config_hash):
+                    raise SpecError(f"{named('resume', '--resume')}: {run_dir} was started with another spec (network, "
+                                    "environment, "
+                                    "trials, envs_per_trial, seed, micro_batches or episodes differ)")
+                if (run_dir / checkpoint.FILE).is_file():
+                    try:
+                        state = checkpoint.read(run_dir / checkpoint.FILE, config_hash)
+                    except checkpoint.CheckpointError as error:
+                        raise SpecError(str(error)) from None
+            raster = RasterSpec(tuple(range(min(RASTER_ENVS, config.trials * config.envs_per_trial))))
+        ray_table = dict(ray_options or {})  # as the run's config.json records it
+        if run_dir is not None and config.engine == "ray":
+            ray_options = {"run_name": run_dir.name, **ray_table}
+        record = run_dir / REPLAY_FILE if run_dir is not None and config.clock == "free" else None
+        finished = state is not None and state.get("episodes") is None  # the run had finished: only its results
+        # a finished run starts no engine (no Ray for nothing); its results keep the engine that finished it
+        runner = None if finished else make_engine(network, env, env_kwargs, config, ray_options, raster,
+                                                   free_options, record)
+        try:
+            if state is not None and not finished:  # a finished run needs only its results
+                try:
+                    runner.restore(state)
+                except SpecError:
+                    raise
+                except (KeyError, TypeError, IndexError, ValueError) as error:  # sound checksum, foreign content
+                    raise SpecError(f"checkpoint: {run_dir / checkpoint.FILE} does not hold a state of this run "
+                                    f"({type(error).__name__}: {error})") from None
+            if run_dir is not None:
+                held = prepare_run_dir(run_dir, resume=resume, overwrite=overwrite, held=held)
+                if not resume:
+                    described = None if raw is not None else spec_of_python_run(network, env, env_kwargs, config,
+                                                                                ray_table, free_options or {})
+                    _write_json(run_dir / "config.json", {"env": {"id": env, **env_kwargs},
+                                                          "network": network.to_config(), "train": config.__dict__,
+                                                          "ray": ray_table, "free": free_options or {},
+                                                          "spec": raw, "spec_from_python": described,
+                                                          "spec_hash": config_hash})
+                log = MetricsLog(run_dir / "metrics.jsonl", run=run_dir.name, network=network.to_config(),
+                                 trials=config.trials, envs_per_trial=config.envs_per_trial,
+                                 raster_envs=list(raster.env_ids), raster_window=raster.window, every=metrics_every)
+                saver = Checkpointer(run_dir, config_hash, every_episodes, every_seconds)
+                observers += [log, saver]
+                if resume:  # the run goes on: the last attempt's failure is history
+                    (run_dir / "error.txt").unlink(missing_ok=True)
+            if run_dir is not None and getattr(runner, "placement", None):
+                _write_json(run_dir / "placement.json", {"actors": runner.placement})
+            if finished:
+                from .engine import result_from_state
 
-            result = result_from_state(state, network, _finished_by(run_dir, config.engine))
-            result.finished = True
-            result.extra["trained"] = False  # nothing was left to train
-        else:
-            result = runner.train(config.episodes, progress=progress, observers=observers, stop=stop)
-    except BaseException as error:
-        partial = getattr(runner, "partial", None)
-        if log is not None:  # the run had started in its directory
-            interrupted = isinstance(error, KeyboardInterrupt)
-            if not interrupted:
-                (run_dir / "error.txt").write_text(f"{type(error).__name__}: {error}\n")
-            if partial is not None:
-                write_results(run_dir, partial, env, env_kwargs)
-            if not interrupted and isinstance(runner, InProcessEngine):  # the figures up to the failure, which
-                with contextlib.suppress(Exception):  # Ray's actors may no longer answer; in-process they do
-                    log.on_metrics(runner.metrics())
-            snapshot = getattr(runner, "_snapshot", None)  # the Ray engine's last snapshot of the run
-            if snapshot is not None and not interrupted:
-                checkpoint.write(run_dir, snapshot, config_hash)
-            log.end("interrupted" if interrupted else "failed",
-                    None if interrupted else f"{type(error).__name__}: {error}")
-        raise
+                result = result_from_state(state, network, _finished_by(run_dir, config.engine))
+                result.finished = True
+                result.extra["trained"] = False  # nothing was left to train
+            else:
+                result = runner.train(config.episodes, progress=progress, observers=observers, stop=stop)
+        except BaseException as error:
+            partial = getattr(runner, "partial", None)
+            if log is not None:  # the run had started in its directory
+                interrupted = isinstance(error, KeyboardInterrupt)
+                if not interrupted:
+                    (run_dir / "error.txt").write_text(f"{type(error).__name__}: {error}\n")
+                if partial is not None:
+                    write_results(run_dir, partial, env, env_kwargs)
+                if not interrupted and isinstance(runner, InProcessEngine):  # the figures up to the failure, which
+                    with contextlib.suppress(Exception):  # Ray's actors may no longer answer; in-process they do
+                        log.on_metrics(runner.metrics())
+                snapshot = getattr(runner, "_snapshot", None)  # the Ray engine's last snapshot of the run
+                if snapshot is not None and not interrupted:
+                    checkpoint.write(run_dir, snapshot, config_hash)
+                log.end("interrupted" if interrupted else "failed",
+                        None if interrupted else f"{type(error).__name__}: {error}")
+            raise
+        finally:
+            if log is not None and getattr(runner, "recoveries", None):  # fresh actors, maybe on other nodes
+                _write_json(run_dir / "placement.json", {"actors": runner.placement, "recoveries": runner.recoveries})
+            if runner is not None:
+                runner.close()
+        if run_dir is not None:
+            write_results(run_dir, result, env, env_kwargs)
+            if not result.finished:
+                log.end("interrupted", None)
+        return result
     finally:
-        if log is not None and getattr(runner, "recoveries", None):  # fresh actors, maybe on other nodes
-            _write_json(run_dir / "placement.json", {"actors": runner.placement, "recoveries": runner.recoveries})
-        if runner is not None:
-            runner.close()
-    if run_dir is not None:
-        write_results(run_dir, result, env, env_kwargs)
-        if not result.finished:
-            log.end("interrupted", None)
-    return result
+        if held is not None:
+            held.close()
 
 
 def parse_checkpoint_every(value) -> tuple[int | None, float | None]:

@@ -207,7 +207,8 @@ def test_resuming_a_run_without_a_checkpoint_says_it_starts_again(tmp_path, caps
     run = tmp_path / "run"
     assert main(["train", spec, "--episodes", "2", "--trials", "2", "--out", str(run), "--quiet"]) == 0
     returns = (run / "returns.csv").read_text()
-    (run / "checkpoint.msgpack").unlink()
+    (run / "checkpoint.msgpack").unlink()  # and no summary: what a run killed before its first checkpoint leaves
+    (run / "summary.json").unlink()
     capsys.readouterr()
     assert main(["train", "--resume", str(run), "--quiet"]) == 0
     assert "has no checkpoint" in capsys.readouterr().err

@@ -157,7 +157,7 @@ def test_a_refused_command_changes_nothing_in_the_run_directory(spec, tmp_path, 
     (out / checkpoint.FILE).mkdir()
     code, err = run("train", "--resume", out, "--quiet")
     assert code == 2 and f"{checkpoint.FILE} is not a file" in err, err
-    assert not any(p.name.startswith(".") for p in out.iterdir())  # no checkpoint's temporary file: no training
+    assert not list(out.glob(".*.tmp"))  # no checkpoint's temporary file: no training
 
 
 @pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["SIGINT", "SIGTERM"])
@@ -174,6 +174,27 @@ def test_a_signal_writes_a_checkpoint_and_resume_finishes_the_same_run(spec, ref
     resumed = cli("train", "--resume", out, "--quiet")
     assert resumed.returncode == 0, resumed.stderr
     same_run(reference, out)
+
+
+def test_a_run_directory_is_used_by_one_process_at_a_time(spec, tmp_path):
+    """While a run trains, a resume or an --overwrite of its directory is refused, naming the process
+    (two writers mixed their files, or deleted a live run's); a killed writer's temporary file goes."""
+    out = tmp_path / "run"
+    proc = start("train", spec, "--out", out, "--episodes", "1000000", "--trials", "2", "--micro-batches", "1", "--quiet")
+    wait_for_file(proc, out / "metrics.jsonl")
+    for args in (["--resume", out], [spec, "--out", out, "--overwrite", "--seed", "9"], [spec, "--out", out]):
+        other = cli("train", *args, "--quiet")
+        assert other.returncode == 2, other.stderr
+        assert f"{out} is in use by process {proc.pid}, which is training in it" in other.stderr \
+            or args == [spec, "--out", out] and "already holds a run" in other.stderr, other.stderr
+    assert proc.poll() is None, "the run must still be training"
+    (out / f".{checkpoint.FILE}.999999999.tmp").write_bytes(b"left by a killed writer")
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    again = cli("train", spec, "--out", out, "--overwrite", "--episodes", "2", "--trials", "2", "--quiet")
+    assert again.returncode == 0, again.stderr
+    assert not list(out.glob(".*.tmp")) and json.loads((out / "summary.json").read_text())["finished"]
 
 
 def test_a_metrics_record_cut_short_is_dropped_when_the_run_resumes(spec, reference, tmp_path):
@@ -228,6 +249,11 @@ def test_flags_that_do_not_apply_are_refused_and_a_finished_run_trains_nothing(s
     assert not (out / "placement.json").exists()  # no Ray actor was made
     assert json.loads((out / "summary.json").read_text())["engine"] == "inprocess"
     assert (out / "returns.csv").read_bytes() == before["returns.csv"]
+    (out / checkpoint.FILE).unlink()  # a user freeing space: the finished run's results must not be trained over
+    results = {p.name: p.read_bytes() for p in out.iterdir()}
+    proc = cli("train", "--resume", out, "--quiet")
+    assert proc.returncode == 2 and f"{out} has finished (summary.json) and has no checkpoint.msgpack" in proc.stderr
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == results
 
 
 def test_a_run_started_from_python_resumes_from_the_command_line(spec, reference, tmp_path):
