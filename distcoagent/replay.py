@@ -37,10 +37,18 @@ class ExecutionLog:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
+        self.whole = False  # a record cut short at the file's end was dropped (once, before appending)
 
     def append(self, records) -> None:
         if not records:
             return
+        if not self.whole:  # a resumed run must not append after half a record: that would hide the rest
+            self.whole = True
+            if self.path.exists():
+                with open(self.path, "rb+") as f:
+                    end = serialize.whole_values_end(f)  # None: damage before the end, kept for replay to name
+                    if end is not None and end < f.seek(0, os.SEEK_END):
+                        f.truncate(end)
         with open(self.path, "ab") as f:
             for record in records:
                 f.write(serialize.dumps(record))
@@ -197,7 +205,7 @@ def replay(run_dir: str | Path, network=None) -> ReplayReport:
     except (ValueError, KeyError, TypeError) as error:
         raise SpecError(f"replay: {record_file} is damaged ({type(error).__name__}: {error})") from None
     for r in records:
-        unknown = sorted((set(r["executed"]) | set(r["outputs"])) - set(network.order))
+        unknown = sorted((set(r["executed"]) | set(r["outputs"]) | set(r.get("seen") or {})) - set(network.order))
         if unknown:
             raise SpecError(f"replay: {record_file} is damaged (a record names {unknown[0]!r}, not a coagent of "
                             f"the run's network: {', '.join(network.order)})")

@@ -46,10 +46,37 @@ def loads(data: bytes):
     return msgpack.unpackb(data, object_hook=_decode, raw=False, strict_map_key=False)
 
 
+class DamagedStream(ValueError):
+    """Bytes that are not values ``dumps`` wrote: damage, not a value cut short at the end."""
+
+
 def iter_loads(stream):
-    """The values ``dumps`` wrote one after another into a binary ``stream`` (a truncated last one is dropped)."""
+    """The values ``dumps`` wrote one after another into a binary ``stream``: a last one cut short (a full
+    disk, a killed writer) is dropped; bytes that do not decode raise DamagedStream, naming the byte where
+    the damage starts (what follows it cannot be read)."""
     unpacker = msgpack.Unpacker(stream, object_hook=_decode, raw=False, strict_map_key=False)
+    good = 0
     try:
-        yield from unpacker
-    except (msgpack.OutOfData, ValueError):
+        for value in unpacker:
+            good = unpacker.tell()
+            yield value
+    except msgpack.OutOfData:
         return
+    except ValueError as error:  # msgpack's FormatError, StackError, ExtraData; a UnicodeDecodeError
+        raise DamagedStream(f"damaged at byte {good} ({type(error).__name__}); what follows cannot be read") \
+            from None
+
+
+def whole_values_end(stream) -> int | None:
+    """The offset just after the last value of ``stream`` that decodes whole (where a value cut short at the
+    end starts), or None if the stream is damaged before its end (cutting there would lose what follows)."""
+    unpacker = msgpack.Unpacker(stream, object_hook=_decode, raw=False, strict_map_key=False)
+    end = 0
+    try:
+        for _ in unpacker:
+            end = unpacker.tell()
+    except msgpack.OutOfData:
+        pass
+    except ValueError:
+        return None
+    return end

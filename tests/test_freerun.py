@@ -316,6 +316,29 @@ def test_replay_refuses_a_resumed_run_on_an_environment_that_cannot_be_saved(tmp
         replay(out, network=cartpole())
 
 
+def _record(tick: int) -> bytes:
+    return serialize.dumps({"k": 0, "tick": tick, "batch": 2, "rows": [], "outputs": {},
+                            "executed": {"act": np.packbits(np.ones(2, bool))}})
+
+
+def test_a_resumed_record_drops_a_cut_short_last_record_and_damage_is_named(tmp_path):
+    """A full disk or power loss can leave half a record at the end of executions.msgpack: the resumed
+    run's first append cuts it away (else everything after it could not be read); bytes that do not decode
+    with more after them are damage, named with where it starts, never a silent end of the record."""
+    from distcoagent.replay import ExecutionLog, read_records
+
+    path = tmp_path / "executions.msgpack"
+    path.write_bytes(_record(0) + _record(1) + _record(2)[:-5])
+    ExecutionLog(path).append([serialize.loads(_record(2))])
+    assert [r["tick"] for r in read_records(path)] == [0, 1, 2]
+    damaged = _record(0) + b"\xc1" + _record(1)
+    path.write_bytes(damaged)
+    with pytest.raises(serialize.DamagedStream, match=f"damaged at byte {len(_record(0))} "):
+        read_records(path)
+    ExecutionLog(path).append([serialize.loads(_record(2))])  # damage is not cut away with what follows it
+    assert path.read_bytes() == damaged + _record(2)
+
+
 def test_replay_of_a_damaged_run_directory_names_the_file(tmp_path, capsys):
     """``distcoagent replay`` exits 1 only for "not identical": a config, parameters or record that cannot
     be read is exit 2 and one line naming the file (the files here: a tick-clock run's, plus a record)."""
@@ -339,6 +362,9 @@ def test_replay_of_a_damaged_run_directory_names_the_file(tmp_path, capsys):
         "record of another network": (FILE, serialize.dumps({"k": 0, "tick": 0, "batch": 2, "rows": [],
                                                               "executed": {"zz": np.packbits(np.ones(2, bool))},
                                                               "outputs": {}})),
+        "seen by another": (FILE, serialize.dumps({"k": 0, "tick": 0, "batch": 2, "rows": [], "outputs": {},
+                                                   "executed": {}, "seen": {"acd": {}}})),
+        "damage in the middle": (FILE, _record(0) + b"\xc1" + _record(1)),  # 0xc1: never a msgpack byte
     }
     for what, (name, content) in cases.items():
         case = tmp_path / what.replace(" ", "_")
