@@ -89,7 +89,11 @@ def read(path: str | Path, config_hash: str | None = None) -> dict:
         raise CheckpointError(f"checkpoint: {path} is damaged ({reason})") from None
     if not isinstance(outer, dict) or outer.get("format") != FORMAT:
         found = outer.get("format") if isinstance(outer, dict) else type(outer).__name__
-        raise CheckpointError(f"checkpoint: {path} has format {found!r}, expected {FORMAT!r}")
+        if not (isinstance(found, str) and found.startswith("distcoagent.checkpoint/")):
+            raise CheckpointError(f"checkpoint: {path} is damaged or not a checkpoint (its format field is "
+                                  f"{found!r}, expected {FORMAT!r})")
+        raise CheckpointError(f"checkpoint: {path} has format {found!r}, expected {FORMAT!r} (written by another "
+                              "version of distcoagent)")
     body = outer.get("state")
     if not isinstance(body, bytes) or hashlib.sha256(body).hexdigest() != outer.get("sha256"):
         raise CheckpointError(f"checkpoint: {path} is damaged (its checksum does not match its content)")

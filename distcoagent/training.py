@@ -397,7 +397,9 @@ def train(network: Network | RunSpec, env: str | None = None, *, env_kwargs: dic
                     try:
                         state = checkpoint.read(run_dir / checkpoint.FILE, config_hash)
                     except checkpoint.CheckpointError as error:
-                        raise SpecError(str(error)) from None
+                        again = " (with the same numbers)" if config.clock == "tick" else ""
+                        raise SpecError(f"{error}; to train the run again from its first episode{again}, move "
+                                        f"{checkpoint.FILE} out of the run directory and resume") from None
             raster = RasterSpec(tuple(range(min(RASTER_ENVS, config.trials * config.envs_per_trial))))
         ray_table = dict(ray_options or {})  # as the run's config.json records it
         if run_dir is not None and config.engine == "ray":

@@ -341,12 +341,16 @@ def test_damaged_or_foreign_checkpoints_get_one_clear_error_and_the_run_director
     good = (out / checkpoint.FILE).read_bytes()
     flipped = bytearray(good)
     flipped[len(good) // 2] ^= 0x10
-    cases = {"truncated": good[: len(good) // 3], "bit-flipped": bytes(flipped), "not msgpack": b"\x00" * 100}
+    header = bytearray(good)
+    header[good.index(b"distcoagent.checkpoint/")] ^= 0x10
+    cases = {"truncated": good[: len(good) // 3], "bit-flipped": bytes(flipped), "not msgpack": b"\x00" * 100,
+             "format flipped": bytes(header)}
     for what, data in cases.items():
         (out / checkpoint.FILE).write_bytes(data)
         before = {p.name: p.read_bytes() for p in out.iterdir()}
         proc = cli("train", "--resume", out, "--quiet")
         assert proc.returncode == 2 and "damaged" in proc.stderr, (what, proc.stderr)
+        assert f"move {checkpoint.FILE} out of the run directory and resume" in proc.stderr, proc.stderr
         assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
         assert {p.name: p.read_bytes() for p in out.iterdir()} == before, what
     (out / checkpoint.FILE).write_bytes(good)
