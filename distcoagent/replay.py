@@ -11,7 +11,10 @@ one record per sealed environment step of each micro-batch, appended as the run 
   each executing coagent read and what every coagent's output was;
 - ``{"kind": "restore", "k", "tick"}``: the run went back to the snapshot of that tick
   (after a lost actor, or a resume); records of micro-batch k from that tick on that
-  were written before it no longer count.
+  were written before it no longer count;
+- ``{"kind": "tick clock", "k", "tick"}``: the run was resumed there on the tick clock
+  (``train --resume RUN --clock tick``), which records nothing: from that tick on the
+  replay draws executions as the tick clock does, and the parameters still agree.
 
 ``replay`` runs the in-process engine over the same trials, seed and micro-batches with
 those executions forced (``ExecutionSchedule``) and checks that it ends with the same
@@ -56,16 +59,25 @@ class ExecutionLog:
     def mark_restore(self, k: int, tick: int) -> None:
         self.append([{"kind": "restore", "k": int(k), "tick": int(tick)}])
 
+    def mark_tick_clock(self, k: int, tick: int) -> None:
+        """Micro-batch k goes on from ``tick`` on the tick clock (a restore there, and nothing recorded after)."""
+        self.append([{"kind": "restore", "k": int(k), "tick": int(tick)},
+                     {"kind": "tick clock", "k": int(k), "tick": int(tick)}])
 
-def read_records(path: str | Path, restores: list | None = None) -> list[dict]:
-    """The step records that count, in order (restore markers applied; appended to ``restores``)."""
+
+def read_records(path: str | Path, restores: list | None = None, tick_clock: dict | None = None) -> list[dict]:
+    """The step records that count, in order (restore markers applied; appended to ``restores``; the tick
+    from which each micro-batch went on on the tick clock put in ``tick_clock``)."""
     records: list[dict] = []
     with open(path, "rb") as f:
         for value in serialize.iter_loads(f):
             if not isinstance(value, dict):
                 raise ValueError(f"{path}: not an execution record ({type(value).__name__})")
             _check_record(value, path)
-            if value.get("kind") == "restore":
+            if value.get("kind") == "tick clock":
+                if tick_clock is not None:
+                    tick_clock[value["k"]] = value["tick"]
+            elif value.get("kind") == "restore":
                 k, tick = value["k"], value["tick"]
                 records = [r for r in records if r["k"] != k or r["tick"] < tick]
                 if restores is not None:
@@ -81,13 +93,14 @@ _STEP = {"k": int, "tick": int, "batch": int, "executed": dict, "rows": list, "o
 
 def _check_record(value: dict, path) -> None:
     """A record's fields are there and of their kinds, else ValueError naming the first that is not."""
-    fields = ("k", "tick") if value.get("kind") == "restore" else tuple(_STEP)
+    marker = value.get("kind") in ("restore", "tick clock")
+    fields = ("k", "tick") if marker else tuple(_STEP)
     for name in fields:
         kind = _STEP[name]
         if isinstance(value.get(name), bool) or not isinstance(value.get(name), kind):
             raise ValueError(f"{path}: a record's {name!r} is missing or not {kind.__name__} "
                              f"({type(value.get(name)).__name__})")
-    if value.get("kind") != "restore":
+    if not marker:
         packed = (value["batch"] + 7) // 8 if value["batch"] >= 0 else -1
         if not all(isinstance(b, np.ndarray) and b.dtype == np.uint8 and b.size == packed
                    for b in value["executed"].values()):
@@ -108,15 +121,22 @@ class ExecutionSchedule:
     steps: dict = field(default_factory=dict)     # (k, tick) -> record
     mismatches: list = field(default_factory=list)
     checked: int = 0
+    tick_clock: dict = field(default_factory=dict)  # k -> the tick from which micro-batch k ran on the tick clock
 
     @classmethod
-    def from_records(cls, records, slices, envs_per_trial) -> "ExecutionSchedule":
-        schedule = cls([tuple(s) for s in slices], envs_per_trial)
+    def from_records(cls, records, slices, envs_per_trial, tick_clock=None) -> "ExecutionSchedule":
+        schedule = cls([tuple(s) for s in slices], envs_per_trial, tick_clock=dict(tick_clock or {}))
         for r in records:
             schedule.steps[(int(r["k"]), int(r["tick"]))] = r
         return schedule
 
-    def at(self, k: int, tick: int, env_index: np.ndarray) -> dict[str, np.ndarray]:
+    def drawn(self, k: int, tick: int) -> bool:
+        """Micro-batch k ran this tick on the tick clock: its executions are drawn, as that clock draws them."""
+        return k in self.tick_clock and tick >= self.tick_clock[k]
+
+    def at(self, k: int, tick: int, env_index: np.ndarray) -> dict[str, np.ndarray] | None:
+        if self.drawn(k, tick):
+            return None
         record = self.steps.get((k, tick))
         if record is None:
             raise SpecError(f"replay: {FILE}: no record of atomic tick {tick} of micro-batch {k}; the record is "
@@ -128,6 +148,8 @@ class ExecutionSchedule:
                 for n, bits in record["executed"].items()}
 
     def seen(self, k: int, tick: int, env_index: np.ndarray, outputs: dict[str, np.ndarray]) -> None:
+        if self.drawn(k, tick):
+            return
         record = self.steps[(k, tick)]
         if not record["rows"]:
             return
@@ -200,8 +222,9 @@ def replay(run_dir: str | Path, network=None) -> ReplayReport:
     if not isinstance(saved, dict):
         raise SpecError(f"replay: {params_file} is damaged (expected a table of coagents' parameters)")
     restores: list = []
+    tick_clock: dict = {}
     try:
-        records = read_records(record_file, restores)
+        records = read_records(record_file, restores, tick_clock)
     except (ValueError, KeyError, TypeError) as error:
         raise SpecError(f"replay: {record_file} is damaged ({type(error).__name__}: {error})") from None
     for r in records:
@@ -216,7 +239,7 @@ def replay(run_dir: str | Path, network=None) -> ReplayReport:
         raise SpecError(f"replay: {run_dir} was resumed or recovered {len(restores)} time(s) on {env_id}, whose "
                         "episodes restart at a restore (a gymnasium environment cannot be saved); a replay from "
                         "the start cannot follow that. Built-in environments, and uninterrupted runs, replay")
-    schedule = ExecutionSchedule.from_records(records, engine.slices, engine.envs_per_trial)
+    schedule = ExecutionSchedule.from_records(records, engine.slices, engine.envs_per_trial, tick_clock)
     engine.forced = schedule
     try:
         result = engine.train(train["episodes"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -115,6 +116,12 @@ def test_ctrl_c_writes_a_checkpoint_and_resume_finishes_a_replayable_run(tmp_pat
     assert process.returncode == 130, stderr[-2000:]
     assert "--resume" in stderr and (out / "checkpoint.msgpack").is_file()
     assert json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])["status"] == "interrupted"
+    ticked = tmp_path / "ticked"  # the same interrupted run, gone on on the tick clock: it still replays
+    shutil.copytree(out, ticked)
+    assert main(["train", "--resume", str(ticked), "--clock", "tick", "--engine", "inprocess", "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["replay", str(ticked)]) == 0, capsys.readouterr().err
+    assert "identical" in capsys.readouterr().out
     # resumed (on the tests' shared local Ray: only the interrupted run needs a process of its own)
     assert main(["train", "--resume", str(out), "--quiet"]) == 0
     assert "ray-free" in capsys.readouterr().out
