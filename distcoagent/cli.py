@@ -81,6 +81,7 @@ def _train(args) -> int:
         out = Path(args.resume)
         config_file = out / "config.json"
         if not config_file.is_file():
+            check_run_dir(out, resume=True, overwrite=False)  # names the path's own problem (too long, absent)
             raise SpecError(f"--resume: {out} is not a run directory (it has no config.json)")
         raw = spec_of_run(read_run_config(out))
         if raw is None:
@@ -304,7 +305,8 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as error:  # a file or directory that cannot be read or written
         import errno
 
-        where = f"{error.filename}: " if error.filename else ""
+        name = str(error.filename) if error.filename else ""
+        where = f"{name if len(name) <= 160 else name[:100] + '...' + name[-40:]}: " if name else ""
         full = ""
         if error.errno in (errno.ENOSPC, errno.EDQUOT):
             full = "; free some space" + (" (a run resumes from its last checkpoint: distcoagent train --resume "

@@ -108,6 +108,10 @@ def check_run_dir(out: str | Path, *, resume: bool, overwrite: bool) -> Path:
     something that is not a file (a checkpoint could not be written there at the end)."""
     run_dir = Path(out)
     flag = named("out", "--resume" if resume else "--out")
+    longest = max(run_dir.parts, key=lambda part: len(os.fsencode(part)), default="")
+    if len(os.fsencode(longest)) > 255:  # NAME_MAX of every common filesystem; the OS's error named no flag
+        raise SpecError(f"{flag}: a name in the path is {len(os.fsencode(longest))} bytes long "
+                        f"({longest[:24]}...{longest[-8:]}); expected at most 255 bytes per folder name")
     if run_dir.exists() and not run_dir.is_dir():
         raise SpecError(f"{flag}: {run_dir} is a file, expected a run directory (a new or empty folder)")
     holds_run = (run_dir / "config.json").is_file()

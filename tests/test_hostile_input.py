@@ -435,6 +435,17 @@ def test_an_out_folder_the_system_will_not_make_is_named(tmp_path, capsys):
     assert _one_error_line(capsys, "train").startswith(expected)
 
 
+def test_out_and_resume_paths_that_cannot_be_are_named(tmp_path, capsys):
+    spec = _spec_file(tmp_path)
+    long = "b" * 300
+    capsys.readouterr()
+    assert main(["train", spec, "--out", str(tmp_path / long / "run"), "--quiet"]) == 2
+    assert _one_error_line(capsys, "train").startswith("--out: a name in the path is 300 bytes long (bbbb")
+    assert main(["train", "--resume", str(tmp_path / "never_made"), "--quiet"]) == 2
+    assert _one_error_line(capsys, "train") == (f"--resume: {tmp_path / 'never_made'} does not exist; expected "
+                                                "the run directory of a run to continue")
+
+
 def test_a_diverging_shared_critic_is_named(tmp_path, capsys):
     spec = _spec_file(tmp_path, critic__step=1e6, train__episodes=20)
     capsys.readouterr()
