@@ -1,4 +1,5 @@
 """The in-process engine: results independent of batch layout, deterministic shared updates, state."""
+import gymnasium as gym
 import numpy as np
 import pytest
 
@@ -152,3 +153,37 @@ def test_a_tuple_of_coagents_drives_a_multidiscrete_action():
                     action=("first", "second"))
     with pytest.raises(SpecError, match=r"MultiDiscrete\(\[2, 3\]\).*got \[2, 2\]"):
         InProcessEngine(wrong, TWO_PART_ID, {}, trials=1)
+
+
+class OffsetSpaces(gym.Env):
+    """A gymnasium env whose spaces do not start at 0: states 10..12, actions -1 and 0 (it refuses others)."""
+
+    observation_space = gym.spaces.Discrete(3, start=10)
+    action_space = gym.spaces.Discrete(2, start=-1)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.state, self.steps = 10, 0
+        return self.state, {}
+
+    def step(self, action):
+        assert self.action_space.contains(action), action
+        self.state, self.steps = 10 + (self.state - 9) % 3, self.steps + 1
+        return self.state, float(action == 0), False, self.steps >= 5, {}
+
+
+def test_discrete_spaces_that_do_not_start_at_zero_are_counted_from_it():
+    """Observations 10..12 reach the coagents as 0..2 and their actions 0..1 reach the env as -1..0 (the env
+    got action 1, outside its space, and a state of 10 indexed a table of 3)."""
+    from distcoagent import Coagent, Network
+    from distcoagent.policies import Softmax
+    from distcoagent.rules import ActorCritic
+
+    if "test/OffsetSpaces-v0" not in gym.registry:
+        gym.register(id="test/OffsetSpaces-v0", entry_point=OffsetSpaces)
+    net = Network([Coagent("act", ["obs"], Softmax(2), rule=ActorCritic(0.5, critic_step=0.5, lam=0.5,
+                                                                        critic="own"))], action="act", gamma=0.9)
+    with InProcessEngine(net, "test/OffsetSpaces-v0", {}, trials=2, seed=0) as engine:
+        result = engine.train(60)
+    assert result.params["act"]["W"].shape == (2, 3, 2)
+    assert result.returns[..., -10:].mean() > result.returns[..., :10].mean() + 1  # it learns action 0 (-1 + 1)

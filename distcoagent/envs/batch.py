@@ -30,8 +30,9 @@ class GymBatch:
 
     def __init__(self, env_id: str, num_envs: int, seed: int, env_offset: int = 0, episode_keys=None, **kwargs):
         probe = gym.make(env_id, **kwargs)  # unknown ids raise gymnasium's error, with its suggestion
-        self.observation_space = probe.observation_space
-        self.action_space = probe.action_space
+        # discrete spaces that do not start at 0 (Discrete(3, start=-1)) are seen from 0, as coagents count
+        self.observation_space, self._obs_start = _from_zero(probe.observation_space)
+        self.action_space, self._action_start = _from_zero(probe.action_space)
         self.single = probe
         self.num_envs = num_envs
         if episode_keys is None:
@@ -47,16 +48,21 @@ class GymBatch:
     def reset(self, restart: int = 0):
         """Reset every env; ``restart`` > 0 (the n-th restart after a restore) reseeds them afresh."""
         if self._keyed:
-            return self.vector.reset()[0]  # each env seeds its own episodes
+            obs = self.vector.reset()[0]  # each env seeds its own episodes
+            return obs if self._obs_start is None else obs - self._obs_start
         seeds = self._seeds if not restart else [
             env_seed(self._seed * 1_000_003 + restart, self._offset + b) for b in range(self.num_envs)]
         obs, _ = self.vector.reset(seed=seeds)
-        return obs
+        return obs if self._obs_start is None else obs - self._obs_start
 
     def step(self, actions):
         if isinstance(self.action_space, gym.spaces.Box):
             actions = np.clip(actions, self.action_space.low, self.action_space.high)
+        if self._action_start is not None:
+            actions = np.asarray(actions) + self._action_start
         obs, reward, terminated, truncated, _ = self.vector.step(actions)
+        if self._obs_start is not None:
+            obs = obs - self._obs_start
         return obs, np.asarray(reward, dtype=np.float64), np.asarray(terminated), np.asarray(truncated)
 
     def transition_model(self):
@@ -67,6 +73,16 @@ class GymBatch:
 
     def close(self):
         self.vector.close()
+
+
+def _from_zero(space):
+    """A Discrete or MultiDiscrete ``space`` counted from 0, and its start (None if it starts at 0 already)."""
+    start = getattr(space, "start", None)
+    if isinstance(space, gym.spaces.Discrete) and int(start) != 0:
+        return gym.spaces.Discrete(int(space.n)), np.int64(start)
+    if isinstance(space, gym.spaces.MultiDiscrete) and np.any(start != 0):
+        return gym.spaces.MultiDiscrete(space.nvec), np.asarray(start, dtype=np.int64)
+    return space, None
 
 
 class KeyedResets(gym.Wrapper):
