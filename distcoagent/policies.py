@@ -170,10 +170,13 @@ class Gaussian(Policy):
     def score(self, stats, u):
         mean, std = stats
         z = (u - mean) / std
-        return {"W": z / std, "log_std": z * z - 1.0}
+        free = std > np.exp(self.min_log_std)  # at the floor the std does not move with log_std: no gradient
+        return {"W": z / std, "log_std": np.where(free, z * z - 1.0, 0.0)}
 
     def to_config(self):
-        return {"kind": "gaussian", "dim": self.dim, "init_log_std": self.init_log_std}
+        floor = {} if self.min_log_std == Gaussian.min_log_std else {"min_log_std": self.min_log_std}
+        return {"kind": "gaussian", "dim": self.dim, "init_log_std": self.init_log_std, **floor}  # (runs' hashes
+        # from before min_log_std was recorded stay the same)
 
 
 POLICIES = {"softmax": Softmax, "bernoulli": Bernoulli, "gaussian": Gaussian}
