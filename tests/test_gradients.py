@@ -182,3 +182,24 @@ def test_keyed_environments_start_each_episode_alike_whatever_came_before():
         assert starts[0][:episodes] == starts[1][:episodes], env_id
         assert starts[0][:episodes] != starts[2][:episodes], env_id  # another key, other starts
         batch.close()
+
+
+def test_gradcheck_takes_parameters_as_train_returns_them():
+    """train's params (and params.msgpack) carry a trial axis and the shared critic's weights: a trial is
+    chosen with trial=, the critic left out; several trials without trial= are refused, naming it."""
+    from distcoagent import train
+    from distcoagent.examples import paper_network
+
+    kwargs = {"size": 3, "max_steps": 0}
+    result = train(paper_network(), GRID, env_kwargs=kwargs, trials=3, episodes=3, seed=1)
+    assert "critic" in result.params
+    chosen = gradcheck(paper_network(), GRID, kwargs, episodes=50, fd=False, params=result.params, trial=2)
+    one = {name: {k: v[2] for k, v in group.items()} for name, group in result.params.items() if name != "critic"}
+    alone = gradcheck(paper_network(), GRID, kwargs, episodes=50, fd=False, params=one)
+    for name in one:
+        np.testing.assert_array_equal(chosen.params[name]["W"], one[name]["W"])
+        np.testing.assert_array_equal(chosen.gradients["acpgt"][name]["W"], alone.gradients["acpgt"][name]["W"])
+    with pytest.raises(ValueError, match=r"3 trials' parameters .*pass trial= to choose one"):
+        gradcheck(paper_network(), GRID, kwargs, episodes=50, fd=False, params=result.params)
+    with pytest.raises(ValueError, match=r"trial: expected 0\.\.2"):
+        gradcheck(paper_network(), GRID, kwargs, episodes=50, fd=False, params=result.params, trial=5)

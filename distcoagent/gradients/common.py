@@ -41,14 +41,18 @@ def trial_params(batch: NetworkBatch, trial: int = 0) -> Gradient:
             for name, unit in batch.units.items()}
 
 
-def normalize_params(batch: NetworkBatch, params: dict | None) -> Gradient:
+def normalize_params(batch: NetworkBatch, params: dict | None, trial: int | None = None) -> Gradient:
     """Check user parameters against a batch's shapes; missing coagents/params: trial 0's values.
 
     Each coagent's entry may be ``{param: array}`` or a bare array (for ``"W"``); an array
-    may also carry a leading trial axis of length 1.
+    may also carry a leading trial axis, of length 1 or, as ``train`` returns them (its
+    ``params``, ``params.msgpack``), one per trial, ``trial`` choosing one.  The shared critic's
+    weights there (``"critic"``) are not a policy's and are left out.
     """
     out = trial_params(batch)
     for name, value in (params or {}).items():
+        if name == "critic" and name not in out:
+            continue  # train's params carry the shared critic's weights: J's gradient has none
         if name not in out:
             raise ValueError(f"params: unknown coagent {name!r}; expected one of {sorted(out)}")
         value = value if isinstance(value, dict) else {"W": value}
@@ -57,8 +61,15 @@ def normalize_params(batch: NetworkBatch, params: dict | None) -> Gradient:
                 raise ValueError(f"params.{name}: unknown parameter {k!r}; expected {sorted(out[name])}")
             arr = np.asarray(arr, dtype=np.float64)
             want = out[name][k].shape
-            if arr.shape != want and arr.shape == (1,) + want:
-                arr = arr[0]
+            if arr.shape != want and arr.shape[1:] == want and arr.ndim == len(want) + 1:
+                if trial is None and arr.shape[0] != 1:
+                    raise ValueError(f"params.{name}.{k}: {arr.shape[0]} trials' parameters (shape {arr.shape}); "
+                                     "pass trial= to choose one")
+                chosen = 0 if trial is None else trial
+                if not 0 <= chosen < arr.shape[0]:
+                    raise ValueError(f"trial: expected 0..{arr.shape[0] - 1} (params.{name}.{k} has "
+                                     f"{arr.shape[0]} trials), got {chosen}")
+                arr = arr[chosen]
             if arr.shape != want:
                 if arr.size == int(np.prod(want)):
                     arr = arr.reshape(want)  # e.g. theta[x1, x2, u] given as a table

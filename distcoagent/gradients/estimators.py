@@ -97,9 +97,10 @@ def _probe(network: Network, env_id: str, env_kwargs: dict | None, seed: int):
 
 
 def initial_params(network: Network, env_id: str, env_kwargs: dict | None = None, seed: int = 0,
-                   params: dict | None = None) -> Gradient:
-    """Trial 0's initial policy parameters for ``seed``, overridden by ``params``."""
-    return normalize_params(_probe(network, env_id, env_kwargs, seed).batches[0], params)
+                   params: dict | None = None, trial: int | None = None) -> Gradient:
+    """Trial 0's initial policy parameters for ``seed``, overridden by ``params`` (``trial``: which of
+    their trials, when they have several; see ``common.normalize_params``)."""
+    return normalize_params(_probe(network, env_id, env_kwargs, seed).batches[0], params, trial)
 
 
 def _chunks(total: int, size: int):

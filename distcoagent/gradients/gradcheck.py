@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 
 from ..network import Network
 from .common import Gradient, cosine_distance, distance, norms, to_lists
@@ -116,11 +117,13 @@ def resolve(spec_or_network, env_id=None, env_kwargs=None, seed=None):
 def gradcheck(spec_or_network, env_id: str | None = None, env_kwargs: dict | None = None, *,
               episodes: int = 1000, fd_episodes: int | None = None, step: float = 0.1, exact: bool = False,
               fd: bool = True, seed: int | None = None, params: dict | None = None,
-              train_episodes: int = 0) -> GradcheckReport:
+              train_episodes: int = 0, trial: int | None = None) -> GradcheckReport:
     """Estimate dJ/dtheta at frozen parameters by ACPGT and finite differences (and exactly).
 
     params: frozen parameters (default: the network's initial ones for ``seed``, or the
-        result of ``train_episodes`` episodes of its own learning rules, trial 0).
+        result of ``train_episodes`` episodes of its own learning rules, trial 0); each
+        coagent's parameters, or ``train``'s ``params`` (``serialize.loads`` of a run's
+        params.msgpack) as they are: ``trial`` picks one of their trials.
     episodes: ACPGT episodes; fd_episodes: episode pairs per coordinate (default: episodes).
     step: finite-difference step h; exact: also compute J and the gradient exactly.
     """
@@ -138,7 +141,9 @@ def gradcheck(spec_or_network, env_id: str | None = None, env_kwargs: dict | Non
     network, env_id, env_kwargs, seed = resolve(spec_or_network, env_id, env_kwargs, seed)
     if params is None and train_episodes > 0:
         params = trained_params(network, env_id, env_kwargs, train_episodes, 1, seed)[0]
-    params = initial_params(network, env_id, env_kwargs, seed, params)
+    if trial is not None and (isinstance(trial, bool) or not isinstance(trial, (int, np.integer)) or trial < 0):
+        raise ValueError(f"trial: expected an integer >= 0, got {trial!r}")
+    params = initial_params(network, env_id, env_kwargs, seed, params, trial)
     gradients, stderr, counts, J, seconds = {}, {}, {}, {}, {}
     if exact:  # first: a network or env that cannot be solved fails before any sampling
         import time
