@@ -110,13 +110,22 @@ class ObservationFeatures:
 
 @dataclass(frozen=True)
 class Raw(ObservationFeatures):
-    """The observation itself, optionally scaled into [0, 1] by the space's bounds."""
+    """The observation itself, as the environment gives it (a continuous one; not scaled)."""
 
     def size(self, space):
         return space.dim
 
     def __call__(self, obs, space):
         return np.asarray(obs, dtype=np.float64).reshape(obs.shape[0], -1)
+
+
+def discrete_problem(features, space: InputSpace) -> str | None:
+    """Why ``features`` that map a continuous observation (Fourier, tile coding) do not apply to ``space``,
+    or None: a discrete observation is read one-hot, and those features would be silently unused."""
+    if hasattr(features, "low") and space.discrete:
+        return (f"{type(features).__name__} maps a continuous (Box) observation; this environment's observation "
+                f"is discrete ({space.n} values), read one-hot: leave features out")
+    return None
 
 
 def bounds_problem(features, space: InputSpace) -> str | None:

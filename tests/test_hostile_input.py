@@ -365,6 +365,9 @@ def _spec_file(tmp_path, **changes):
      "env: FrozenLake-v1 could not be made with {'map_name': '9x9'} (KeyError: '9x9')"),
     ({"env": {"id": "no_such_module_here:Corridor-v0"}}, "env.id: No module named 'no_such_module_here'"),
     ({"env": {"id": "CartPole-v1", "render_mode": "human"}}, "env.render_mode: 'human' draws every step"),
+    ({"coagent__0__features": {"kind": "fourier", "order": 2}},
+     "coagents.bit.features: Fourier maps a continuous (Box) observation; this environment's observation is "
+     "discrete (9 values)"),
     ({"coagent__0__name": "critic", "coagent__1__inputs": ["critic", "obs"]},
      "coagents.name: 'critic' is the shared critic's name in a run's parameters"),
 ])
