@@ -285,6 +285,11 @@ def main(argv: list[str] | None = None) -> int:
     except SpecError as error:
         print(f"distcoagent {args.command}: error: {_line(error)}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # stdout closed early (`validate --json | head`): stop quietly, as `yes | head` does (a ConnectionError)
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        return 141
     except ConnectionError as error:  # --address where no Ray cluster answers
         print(f"distcoagent {args.command}: error: {_line(error)}", file=sys.stderr)
         return 2

@@ -28,8 +28,19 @@ STATE_FORMAT = "distcoagent.run/1"
 
 @dataclass
 class TrainResult:
-    """What a run produced.  ``returns[trial, env, episode]`` are undiscounted episode returns
-    (NaN for episodes not finished when a run stopped early: ``finished`` is then False)."""
+    """What a run produced.
+
+    returns: ``[trial, env, episode]`` undiscounted episode returns (NaN for episodes not finished
+        when a run stopped early: ``finished`` is then False).
+    lengths: ``[trial, env, episode]`` environment steps per episode (an episode of L steps takes
+        ``L * ticks_per_step`` atomic ticks).
+    counters: per coagent, its ticks, executions, updates and episodes, summed over environments.
+    params: per coagent, its parameters with a leading trial axis (``W`` is ``[trial, local
+        state, output]``); with a shared critic, its weights under ``"critic"``.
+    ticks: atomic ticks the run took (the batch's clock, not summed over environments).
+    seconds: wall time of training; engine: the engine's name; extra: what an engine adds (Ray's
+        placement and recoveries, free-running clocks).
+    """
 
     returns: np.ndarray
     lengths: np.ndarray
@@ -40,6 +51,10 @@ class TrainResult:
     engine: str = "inprocess"
     extra: dict = field(default_factory=dict)
     finished: bool = True
+
+    def __repr__(self) -> str:  # the arrays can hold millions of numbers
+        return (f"TrainResult(engine={self.engine!r}, returns={self.returns.shape}, ticks={self.ticks}, "
+                f"seconds={self.seconds:.3g}, finished={self.finished}, coagents={list(self.counters)})")
 
     @property
     def curve(self) -> np.ndarray:

@@ -136,6 +136,15 @@ class LearningRule:
     kind = "frozen"
     uses_shared_critic = False
 
+    def __repr__(self) -> str:  # the frozen rule, every Coagent's default (the rules below are dataclasses)
+        return f"{type(self).__name__}()"
+
+    def __eq__(self, other) -> bool:
+        return type(other) is type(self)
+
+    def __hash__(self) -> int:
+        return hash(type(self))
+
     def init(self, unit) -> ArrayDict:
         return ArrayDict()
 

@@ -64,6 +64,15 @@ def test_validate_json_prints_json_alone_and_python_m_distcoagent_runs_the_comma
     assert module.returncode == 0 and "bit_a -> bit_b -> act" in module.stdout, module.stderr
 
 
+def test_a_reader_that_stops_early_ends_the_command_quietly():
+    """`distcoagent validate SPEC --json | head -c 1`: stdout closed before the command writes."""
+    proc = subprocess.Popen([sys.executable, "-m", "distcoagent.cli", "validate", EXAMPLE, "--json"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    proc.stdout.close()  # before the command has imported anything: its first write finds no reader
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 141 and "Broken pipe" not in stderr and "Error" not in stderr, stderr
+
+
 def test_help_describes_every_option():
     top = cli("--help")
     assert top.returncode == 0 and "train" in top.stdout and "validate" in top.stdout
