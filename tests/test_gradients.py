@@ -203,3 +203,18 @@ def test_gradcheck_takes_parameters_as_train_returns_them():
         gradcheck(paper_network(), GRID, kwargs, episodes=50, fd=False, params=result.params)
     with pytest.raises(ValueError, match=r"trial: expected 0\.\.2"):
         gradcheck(paper_network(), GRID, kwargs, episodes=50, fd=False, params=result.params, trial=5)
+
+
+def test_the_report_says_whether_the_estimates_agree_within_their_noise():
+    """Mean z^2 near 1 for estimates of the same gradient; far above it for a wrong one (here, the exact
+    gradient scaled by 3, with the ACPGT's own standard errors)."""
+    network, params, _ = setup("recurrent")
+    report = gradcheck(network, GRID, GRID3, episodes=3000, fd_episodes=600, exact=True, params=params, seed=3)
+    agreement = report.mean_square_z
+    for pair in ("acpgt_vs_exact", "acpgt_vs_fd"):
+        n = agreement[pair]["coordinates"]
+        assert n > 5 and agreement[pair]["noiseless_differ"] == 0
+        assert abs(agreement[pair]["mean_z2"] - 1) < 6 * np.sqrt(2 / n) + 0.5, (pair, agreement[pair])
+    report.gradients["exact"] = {n: {k: 3 * v for k, v in g.items()} for n, g in report.gradients["exact"].items()}
+    assert report.mean_square_z["acpgt_vs_exact"]["mean_z2"] > 10
+    assert "agreement: mean z^2" in report.table() and "mean_square_z" in report.to_dict()

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from ..network import Network
-from .common import Gradient, cosine_distance, distance, norms, to_lists
+from .common import Gradient, cosine_distance, distance, flatten, norms, to_lists
 from .estimators import acpgt_estimate, fd_estimate, initial_params, j_estimate, trained_params
 from .exact import exact as exact_evaluate
 
@@ -39,6 +39,28 @@ class GradcheckReport:
                 for i, a in enumerate(methods) for b in methods[i + 1:]}
 
     @property
+    def mean_square_z(self) -> dict[str, dict]:
+        """Per pair of methods, the mean over coordinates of ((a - b) / sqrt(se_a^2 + se_b^2))^2: about 1 when
+        the two differ by their noise alone, larger when they disagree (the exact gradient has no noise).
+        Coordinates where neither has noise are left out; those that differ are counted apart
+        (``noiseless_differ``, with the largest difference), as no noise can explain them."""
+        methods = list(self.gradients)
+        out = {}
+        for i, a in enumerate(methods):
+            for b in methods[i + 1:]:
+                diff = flatten(self.gradients[a]) - flatten(self.gradients[b])
+                var = sum(flatten(self.stderr[m]) ** 2 if m in self.stderr else np.zeros(diff.size) for m in (a, b))
+                noisy = var > 0
+                z2 = diff[noisy] ** 2 / var[noisy]
+                scale = np.maximum(np.abs(flatten(self.gradients[a])), np.abs(flatten(self.gradients[b])))[~noisy]
+                differ = np.abs(diff[~noisy])
+                differ[differ <= 1e-9 * (1.0 + scale)] = 0.0  # rounding is no difference
+                out[f"{a}_vs_{b}"] = {"mean_z2": float(z2.mean()) if z2.size else float("nan"),
+                                      "coordinates": int(z2.size), "noiseless_differ": int(np.sum(differ > 0)),
+                                      "noiseless_largest": float(differ.max()) if differ.size else 0.0}
+        return out
+
+    @property
     def norms(self) -> dict[str, dict[str, float]]:
         return {m: norms(g) for m, g in self.gradients.items()}
 
@@ -50,7 +72,7 @@ class GradcheckReport:
 
     def to_dict(self) -> dict:
         return {"settings": self.settings, "episodes": self.episodes, "J": self.J,
-                "cosine_distance": self.cosine_distances, "norms": self.norms,
+                "cosine_distance": self.cosine_distances, "mean_square_z": self.mean_square_z, "norms": self.norms,
                 "distance_to_exact": self.distance_to_exact, "seconds": self.seconds,
                 "params": to_lists(self.params),
                 "gradients": {m: to_lists(g) for m, g in self.gradients.items()},
@@ -67,6 +89,13 @@ class GradcheckReport:
         if self.cosine_distances:  # none with a single estimate (--no-fd without --exact)
             lines += ["", "cosine distance (1 - cos)"]
             lines += [f"  {k:<22}{v:>12.6f}" for k, v in self.cosine_distances.items()]
+        if self.mean_square_z:
+            lines += ["", "agreement: mean z^2 over coordinates (about 1 when two differ by their noise alone;"
+                      " much more: they disagree)"]
+            for k, v in self.mean_square_z.items():
+                apart = (f"; {v['noiseless_differ']} without noise differ by up to {v['noiseless_largest']:.3g}"
+                         if v["noiseless_differ"] else "")
+                lines.append(f"  {k:<22}{v['mean_z2']:>12.3f}   over {v['coordinates']} coordinates{apart}")
         if self.distance_to_exact:
             lines += ["", "euclidean distance to the exact gradient"]
             lines += [f"  {k:<22}{v:>12.6f}" for k, v in self.distance_to_exact.items()]
