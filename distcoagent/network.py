@@ -231,8 +231,11 @@ class Network:
             dim = int(np.prod(action_space.shape))
             got = sum(outputs[a].dim or 0 for a in acts)
             if got != dim or any(not isinstance(self.coagent(a).policy, Gaussian) for a in acts):
+                given = ", ".join(f"{a} ({type(self.coagent(a).policy).__name__.lower()}, "
+                                  f"{outputs[a].dim or outputs[a].n} {'reals' if outputs[a].dim else 'values'})"
+                                  for a in acts)
                 raise SpecError(f"action: the environment's action space is a Box of {dim} reals; "
-                                f"expected gaussian coagent(s) with {dim} outputs in all, got {acts}")
+                                f"expected gaussian coagent(s) with {dim} outputs in all, got {given}")
         else:
             raise SpecError(f"env: action space {action_space} is not supported")
 

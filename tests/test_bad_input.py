@@ -481,3 +481,16 @@ def test_joining_ray_keeps_a_sigterm_handler_the_caller_set_or_ignoring_it():
             assert signal.getsignal(signal.SIGTERM) is previous
     finally:
         signal.signal(signal.SIGTERM, before)
+
+
+def test_a_box_action_of_the_wrong_size_names_each_coagents_size():
+    from distcoagent import Coagent, Network
+    from distcoagent.envs import make_batch
+    from distcoagent.policies import Gaussian
+
+    network = Network([Coagent("act", ["obs"], Gaussian(2))], action="act")
+    batch = make_batch("Pendulum-v1", 1, 0)
+    with pytest.raises(SpecError, match=r"a Box of 1 reals; expected gaussian coagent\(s\) with 1 outputs in all, "
+                                        r"got act \(gaussian, 2 reals\)$"):
+        network.input_spaces(batch.observation_space, batch.action_space)
+    batch.close()
