@@ -9,10 +9,11 @@ The vocabulary, each in its own module: a ``Coagent`` (coagent.py) has a ``Polic
 from . import envs, execution, features, networks, policies, rules
 from .coagent import Coagent, CoagentUnit, NonFiniteError
 from .engine import InProcessEngine, TrainResult
+from .evaluation import evaluate, evaluate_run
 from .network import Network, SharedCritic, SpecError
 from .spec import RunSpec, load_spec
 from .training import train
 
 __all__ = ["Coagent", "CoagentUnit", "InProcessEngine", "Network", "NonFiniteError", "RunSpec", "SharedCritic",
-           "SpecError", "TrainResult", "envs", "execution", "features", "load_spec", "networks", "policies", "rules", "train"]
+           "SpecError", "TrainResult", "envs", "evaluate", "evaluate_run", "execution", "features", "load_spec", "networks", "policies", "rules", "train"]
 __version__ = "0.1.0"

@@ -180,47 +180,71 @@ class ReplayReport:
         return not self.output_mismatches and not self.parameter_differences
 
 
+@dataclass
+class FinishedRun:
+    """A run directory read back: its network, environment, train table and final parameters."""
+
+    run_dir: Path
+    network: object
+    env_id: str
+    env_kwargs: dict
+    train: dict
+    params: dict
+
+
+def read_finished_run(run_dir: str | Path, where: str, network=None, needs: tuple = (),
+                      hint: str = "") -> FinishedRun:
+    """``run_dir``'s config.json, network and params.msgpack (and the files ``needs`` names, as (file, what)),
+    or a SpecError naming the file and what ``where`` (the command) expected.  ``network``: for runs started
+    from Python with parts no spec describes."""
+    from .spec import parse
+    from .training import read_run_config, spec_of_run
+
+    if not isinstance(run_dir, (str, os.PathLike)) or not str(run_dir).strip():
+        raise SpecError(f"{where}: expected a run directory, got {run_dir!r}")
+    run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise SpecError(f"{where}: {run_dir} is a file, expected a run directory")
+    config_file, params_file = run_dir / "config.json", run_dir / "params.msgpack"
+    for name, what in (("config.json", "a run directory"), *needs, ("params.msgpack", "a finished run's parameters")):
+        if not (run_dir / name).is_file():
+            raise SpecError(f"{where}: {run_dir} has no {name}; expected {what}{hint}")
+    config = read_run_config(run_dir, where)
+    train = config["train"]
+    missing = [k for k in ("trials", "envs_per_trial", "seed", "micro_batches", "episodes") if k not in train]
+    if missing:
+        raise SpecError(f"{where}: {config_file} is damaged (its train table has no {missing[0]})")
+    env = dict(config["env"])
+    env_id = env.pop("id", None)
+    if not isinstance(env_id, str):
+        raise SpecError(f"{where}: {config_file} is damaged (its env table has no id)")
+    if network is None:
+        raw = spec_of_run(config)
+        if raw is None:
+            raise SpecError(f"{where}: {run_dir} was started from Python with parts no spec describes (a Python "
+                            f"function, a subclass, an option TOML cannot hold); pass network= to {where}()")
+        network = parse(raw, str(config_file)).network
+    try:
+        saved = serialize.loads(params_file.read_bytes())
+    except Exception as error:  # msgpack raises several types for truncated or garbled data
+        raise SpecError(f"{where}: {params_file} is damaged ({type(error).__name__}: {error})") from None
+    if not isinstance(saved, dict):
+        raise SpecError(f"{where}: {params_file} is damaged (expected a table of coagents' parameters)")
+    return FinishedRun(run_dir, network, env_id, env, train, saved)
+
+
 def replay(run_dir: str | Path, network=None) -> ReplayReport:
     """Replay a free-running run's record through the in-process engine (see the module docstring).
 
     ``network``: for runs started from Python without a spec (the run directory's spec is
     used otherwise)."""
     from .engine import InProcessEngine
-    from .spec import parse
 
-    if not isinstance(run_dir, (str, os.PathLike)) or not str(run_dir).strip():
-        raise SpecError(f"replay: expected a run directory, got {run_dir!r}")
-    run_dir = Path(run_dir)
-    if run_dir.exists() and not run_dir.is_dir():
-        raise SpecError(f"replay: {run_dir} is a file, expected a run directory")
-    config_file, record_file, params_file = run_dir / "config.json", run_dir / FILE, run_dir / "params.msgpack"
-    for path, what in ((config_file, "a run directory"), (record_file, "a free-running run's record"),
-                       (params_file, "a finished run's parameters")):
-        if not path.is_file():
-            raise SpecError(f"replay: {run_dir} has no {path.name}; expected {what} (train with --clock free)")
-    from .training import read_run_config, spec_of_run
-
-    config = read_run_config(run_dir, "replay")
-    train = config["train"]
-    missing = [k for k in ("trials", "envs_per_trial", "seed", "micro_batches", "episodes") if k not in train]
-    if missing:
-        raise SpecError(f"replay: {config_file} is damaged (its train table has no {missing[0]})")
-    env = dict(config["env"])
-    env_id = env.pop("id", None)
-    if not isinstance(env_id, str):
-        raise SpecError(f"replay: {config_file} is damaged (its env table has no id)")
-    if network is None:
-        raw = spec_of_run(config)
-        if raw is None:
-            raise SpecError(f"replay: {run_dir} was started from Python with parts no spec describes (a Python "
-                            "function, a subclass, an option TOML cannot hold); pass network= to replay()")
-        network = parse(raw, str(config_file)).network
-    try:
-        saved = serialize.loads(params_file.read_bytes())
-    except Exception as error:  # msgpack raises several types for truncated or garbled data
-        raise SpecError(f"replay: {params_file} is damaged ({type(error).__name__}: {error})") from None
-    if not isinstance(saved, dict):
-        raise SpecError(f"replay: {params_file} is damaged (expected a table of coagents' parameters)")
+    run = read_finished_run(run_dir, "replay", network, needs=((FILE, "a free-running run's record"),),
+                            hint=" (train with --clock free)")
+    run_dir, network, env_id, env, train, saved = (run.run_dir, run.network, run.env_id, run.env_kwargs, run.train,
+                                                   run.params)
+    record_file = run_dir / FILE
     restores: list = []
     tick_clock: dict = {}
     try:
