@@ -43,7 +43,10 @@ def evaluate(network: Network, env: str, params: dict, *, env_kwargs: dict | Non
         for batch, (start, stop) in zip(engine.batches, engine.slices):
             for name, group in policies.items():
                 unit = batch.units[name]
+                learned = network.coagent(name).rule.learned_names()  # a rule's own arrays: not the policy's
                 for key, arr in (group.items() if isinstance(group, dict) else [("W", group)]):
+                    if key in learned and key not in unit.policy_param_names:
+                        continue
                     if key not in unit.policy_param_names:
                         raise SpecError(f"params.{name}: unknown parameter {key!r}; expected "
                                         f"{', '.join(unit.policy_param_names)}")

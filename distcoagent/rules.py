@@ -163,9 +163,13 @@ class LearningRule:
     def reset(self, unit, state, mask):
         pass
 
+    def learned_names(self) -> tuple[str, ...]:
+        """The names of the per-trial arrays this rule learns besides the policy (``learned``)."""
+        return ()
+
     def learned(self, state) -> dict[str, np.ndarray]:
         """Per-trial arrays this rule learns besides the policy (reported with the parameters)."""
-        return {}
+        return {name: state[name] for name in self.learned_names()}
 
     def to_config(self) -> dict:
         return {"kind": self.kind}
@@ -209,8 +213,8 @@ class ActorCritic(LearningRule):
         ScaledTraces.init(state, B)
         return state
 
-    def learned(self, state):
-        return {"critic": state["critic"]} if self.critic == "own" else {}
+    def learned_names(self):
+        return ("critic",) if self.critic == "own" else ()
 
     def _value(self, state, x):
         return x.linear(state["critic"])[:, 0]
@@ -287,8 +291,8 @@ class Reinforce(LearningRule):
         state.add("baseline", np.zeros((P,)), TRIAL)
         return state
 
-    def learned(self, state):
-        return {"baseline": state["baseline"]}
+    def learned_names(self):
+        return ("baseline",)
 
     def close(self, unit, state, mask, v_next):
         st = state
@@ -447,8 +451,8 @@ class ExpectedActorCritic(LearningRule):
         instead of keeping a dense trace (the same numbers, far fewer operations)."""
         return self.lam == 0 and unit.encoder.tabular
 
-    def learned(self, state):
-        return {"q": state["q"]}
+    def learned_names(self):
+        return ("q",)
 
     def values(self, unit, state, x, rows=None) -> tuple[np.ndarray, np.ndarray]:
         """(pi(.|x), Q(x, .)) for environments ``rows`` (default all): shapes (R, n)."""

@@ -205,6 +205,23 @@ def test_gradcheck_takes_parameters_as_train_returns_them():
         gradcheck(paper_network(), GRID, kwargs, episodes=50, fd=False, params=result.params, trial=5)
 
 
+def test_parameters_of_rules_that_learn_more_than_a_policy_are_taken_as_train_returns_them():
+    """An own critic (or a baseline) comes with train's params, under the coagent: gradcheck and evaluate
+    take them as they are and use the policy's alone."""
+    from pathlib import Path
+
+    from distcoagent import evaluate, load_spec, train
+
+    spec = load_spec(Path(__file__).resolve().parents[1] / "examples" / "cartpole_linear.toml",
+                     {"trials": 2, "episodes": 3})
+    result = train(spec)
+    assert set(result.params["push"]) == {"W", "critic"}
+    report = gradcheck(spec, episodes=10, fd=False, params=result.params, trial=1)
+    np.testing.assert_array_equal(report.params["push"]["W"], result.params["push"]["W"][1])
+    again = evaluate(spec.network, spec.env_id, result.params, env_kwargs=spec.env_kwargs, episodes=2)
+    np.testing.assert_array_equal(again.params["push"]["W"], result.params["push"]["W"])  # frozen
+
+
 def test_the_report_says_whether_the_estimates_agree_within_their_noise():
     """Mean z^2 near 1 for estimates of the same gradient; far above it for a wrong one (here, the exact
     gradient scaled by 3, with the ACPGT's own standard errors)."""

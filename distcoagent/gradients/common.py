@@ -41,13 +41,15 @@ def trial_params(batch: NetworkBatch, trial: int = 0) -> Gradient:
             for name, unit in batch.units.items()}
 
 
-def normalize_params(batch: NetworkBatch, params: dict | None, trial: int | None = None) -> Gradient:
+def normalize_params(batch: NetworkBatch, params: dict | None, trial: int | None = None,
+                     network=None) -> Gradient:
     """Check user parameters against a batch's shapes; missing coagents/params: trial 0's values.
 
     Each coagent's entry may be ``{param: array}`` or a bare array (for ``"W"``); an array
     may also carry a leading trial axis, of length 1 or, as ``train`` returns them (its
     ``params``, ``params.msgpack``), one per trial, ``trial`` choosing one.  The shared critic's
-    weights there (``"critic"``) are not a policy's and are left out.
+    weights there (``"critic"``), and what a coagent's rule learns besides its policy (an own critic, a
+    baseline: ``network``'s rules say which), are not a policy's and are left out.
     """
     out = trial_params(batch)
     for name, value in (params or {}).items():
@@ -56,7 +58,10 @@ def normalize_params(batch: NetworkBatch, params: dict | None, trial: int | None
         if name not in out:
             raise ValueError(f"params: unknown coagent {name!r}; expected one of {sorted(out)}")
         value = value if isinstance(value, dict) else {"W": value}
+        learned = network.coagent(name).rule.learned_names() if network is not None else ()
         for k, arr in value.items():
+            if k in learned and k not in out[name]:
+                continue  # train's params carry what the rule learns besides the policy (a critic, a baseline)
             if k not in out[name]:
                 raise ValueError(f"params.{name}: unknown parameter {k!r}; expected {sorted(out[name])}")
             arr = np.asarray(arr, dtype=np.float64)

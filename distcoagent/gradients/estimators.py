@@ -100,7 +100,7 @@ def initial_params(network: Network, env_id: str, env_kwargs: dict | None = None
                    params: dict | None = None, trial: int | None = None) -> Gradient:
     """Trial 0's initial policy parameters for ``seed``, overridden by ``params`` (``trial``: which of
     their trials, when they have several; see ``common.normalize_params``)."""
-    return normalize_params(_probe(network, env_id, env_kwargs, seed).batches[0], params, trial)
+    return normalize_params(_probe(network, env_id, env_kwargs, seed).batches[0], params, trial, network)
 
 
 def _chunks(total: int, size: int):
