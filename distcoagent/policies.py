@@ -170,8 +170,9 @@ class Gaussian(Policy):
     def score(self, stats, u):
         mean, std = stats
         z = (u - mean) / std
-        free = std > np.exp(self.min_log_std)  # at the floor the std does not move with log_std: no gradient
-        return {"W": z / std, "log_std": np.where(free, z * z - 1.0, 0.0)}
+        # at the floor the std does not move with log_std; the score stays z^2 - 1 there all the same, so that
+        # a log_std that reached the floor can climb back over it (a zero would hold it there for good)
+        return {"W": z / std, "log_std": z * z - 1.0}
 
     def to_config(self):
         floor = {} if self.min_log_std == Gaussian.min_log_std else {"min_log_std": self.min_log_std}
