@@ -102,6 +102,18 @@ def _run_config(network: Network, env: str, env_kwargs: dict, config: TrainConfi
             "run": {k: getattr(config, k) for k in ("episodes", "trials", "envs_per_trial", "seed", "micro_batches")}}
 
 
+def _hash_before_min_log_std(network: Network, env: str, env_kwargs: dict, config: TrainConfig) -> str | None:
+    """The hash earlier versions gave this run, which recorded no Gaussian's ``min_log_std`` (None if it has
+    no Gaussian with another floor than the default: its hash did not change)."""
+    described = _run_config(network, env, env_kwargs, config)
+    floors = [c["policy"] for c in described["network"]["coagents"] if "min_log_std" in c["policy"]]
+    if not floors:
+        return None
+    for policy in floors:
+        del policy["min_log_std"]
+    return checkpoint.spec_hash(described)
+
+
 def check_run_dir(out: str | Path, *, resume: bool, overwrite: bool) -> Path:
     """The run directory ``out``, checked and left as it is: refused if it is a file, if it holds a run
     (unless resuming or overwriting), if it holds none to resume, or if a run file's name is taken by
@@ -393,6 +405,8 @@ def train(network: Network | RunSpec, env: str | None = None, *, env_kwargs: dic
             config_hash = checkpoint.spec_hash(_run_config(network, env, env_kwargs, config))
             if resume:
                 saved = read_run_config(run_dir)
+                if saved.get("spec_hash") == _hash_before_min_log_std(network, env, env_kwargs, config):
+                    config_hash = saved["spec_hash"]  # a run recorded before the Gaussian floor was: the same run
                 if saved.get("spec_hash") not in (None, config_hash):
                     raise SpecError(f"{named('resume', '--resume')}: {run_dir} was started with another spec (network, "
                                     "environment, "

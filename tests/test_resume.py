@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from distcoagent import checkpoint
@@ -380,3 +381,31 @@ def test_ray_engine_stops_on_sigint_without_crashing_and_resumes_in_process(spec
     resumed = cli("train", "--resume", out, "--engine", "inprocess", "--quiet")  # same state, other engine
     assert resumed.returncode == 0, resumed.stderr
     same_run(reference, out)
+
+
+def test_a_run_recorded_before_the_gaussian_floor_was_resumes_from_python(tmp_path):
+    """Earlier versions recorded no Gaussian's min_log_std, so their hash of a run with another floor was
+    another: such a run, resumed from Python with its network, is still the same run."""
+    from distcoagent import Coagent, Network, train
+    from distcoagent.features import Fourier
+    from distcoagent.policies import Gaussian
+    from distcoagent.rules import ActorCritic
+    from distcoagent.spec import TrainConfig
+    from distcoagent.training import _hash_before_min_log_std
+
+    network = Network([Coagent("torque", ["obs"], Gaussian(1, min_log_std=-3.0), features=Fourier(1),
+                               rule=ActorCritic(0.01, 0.01, 0.5, critic="own"))], action="torque", gamma=0.9)
+    options = dict(env_kwargs={"max_episode_steps": 20}, trials=2, episodes=6, seed=0)
+    out = tmp_path / "run"
+    calls = iter(range(10**6))
+    assert not train(network, "Pendulum-v1", out=out, stop=lambda: next(calls) >= 30, **options).finished
+    legacy = _hash_before_min_log_std(network, "Pendulum-v1", {"max_episode_steps": 20},
+                                      TrainConfig(episodes=6, trials=2, seed=0))
+    config = json.loads((out / "config.json").read_text())  # as the earlier version wrote it
+    del config["network"]["coagents"][0]["policy"]["min_log_std"]
+    config["spec_hash"] = legacy
+    (out / "config.json").write_text(json.dumps(config))
+    state = checkpoint.read(out / checkpoint.FILE)
+    checkpoint.write(out, state, legacy)
+    resumed = train(network, "Pendulum-v1", out=out, resume=True, **options)  # (a gymnasium environment
+    assert resumed.finished and np.isfinite(resumed.returns).all()  # restarts its episodes: not bit for bit)
