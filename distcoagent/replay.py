@@ -66,24 +66,30 @@ class ExecutionLog:
 
 
 def read_records(path: str | Path, restores: list | None = None, tick_clock: dict | None = None) -> list[dict]:
-    """The step records that count, in order (restore markers applied; appended to ``restores``; the tick
-    from which each micro-batch went on on the tick clock put in ``tick_clock``)."""
+    """The step records that count, in order (restore markers applied; appended to ``restores``; the ticks
+    each micro-batch ran on the tick clock put in ``tick_clock``, k -> [[start, end or None], ...]).
+
+    A restore to tick t drops what was written of micro-batch k from t on: its step records, and the
+    spans it ran on the tick clock from t on; a tick clock marker at t opens a span there."""
     records: list[dict] = []
+    spans: dict[int, list] = {}
     with open(path, "rb") as f:
         for value in serialize.iter_loads(f):
             if not isinstance(value, dict):
                 raise ValueError(f"{path}: not an execution record ({type(value).__name__})")
             _check_record(value, path)
             if value.get("kind") == "tick clock":
-                if tick_clock is not None:
-                    tick_clock[value["k"]] = value["tick"]
+                spans.setdefault(value["k"], []).append([value["tick"], None])
             elif value.get("kind") == "restore":
                 k, tick = value["k"], value["tick"]
+                spans[k] = [[a, tick if b is None or b > tick else b] for a, b in spans.get(k, []) if a < tick]
                 records = [r for r in records if r["k"] != k or r["tick"] < tick]
                 if restores is not None:
                     restores.append(value)
             else:
                 records.append(value)
+    if tick_clock is not None:
+        tick_clock.update({k: v for k, v in spans.items() if v})
     return records
 
 
@@ -121,7 +127,7 @@ class ExecutionSchedule:
     steps: dict = field(default_factory=dict)     # (k, tick) -> record
     mismatches: list = field(default_factory=list)
     checked: int = 0
-    tick_clock: dict = field(default_factory=dict)  # k -> the tick from which micro-batch k ran on the tick clock
+    tick_clock: dict = field(default_factory=dict)  # k -> the [start, end or None] spans k ran on the tick clock
 
     @classmethod
     def from_records(cls, records, slices, envs_per_trial, tick_clock=None) -> "ExecutionSchedule":
@@ -132,7 +138,7 @@ class ExecutionSchedule:
 
     def drawn(self, k: int, tick: int) -> bool:
         """Micro-batch k ran this tick on the tick clock: its executions are drawn, as that clock draws them."""
-        return k in self.tick_clock and tick >= self.tick_clock[k]
+        return any(a <= tick and (b is None or tick < b) for a, b in self.tick_clock.get(k, ()))
 
     def at(self, k: int, tick: int, env_index: np.ndarray) -> dict[str, np.ndarray] | None:
         if self.drawn(k, tick):

@@ -453,13 +453,12 @@ def train(network: Network | RunSpec, env: str | None = None, *, env_kwargs: dic
                 observers += [log, saver]
                 if resume:  # the run goes on: the last attempt's failure is history
                     (run_dir / "error.txt").unlink(missing_ok=True)
-                if resume and state is not None and not finished and config.clock == "tick" \
-                        and (run_dir / REPLAY_FILE).exists():  # a free run goes on on the tick clock: replay follows
-                    from .replay import ExecutionLog
+                if resume and not finished and config.clock == "tick" and (run_dir / REPLAY_FILE).exists():
+                    from .replay import ExecutionLog  # a free run goes on on the tick clock: replay follows
 
-                    executions = ExecutionLog(run_dir / REPLAY_FILE)
-                    for k, part in enumerate(state["batches"]):
-                        executions.mark_tick_clock(k, int(part["env"]["tick"]))
+                    executions = ExecutionLog(run_dir / REPLAY_FILE)  # (from its start if it had no checkpoint)
+                    for k in range(len(runner.slices)):
+                        executions.mark_tick_clock(k, int(state["batches"][k]["env"]["tick"]) if state else 0)
             if run_dir is not None and getattr(runner, "placement", None):
                 _write_json(run_dir / "placement.json", {"actors": runner.placement})
             if finished:

@@ -339,6 +339,35 @@ def test_a_resumed_record_drops_a_cut_short_last_record_and_damage_is_named(tmp_
     assert path.read_bytes() == damaged + _record(2)
 
 
+def test_spans_on_the_tick_clock_follow_every_resume(tmp_path):
+    """Free, then resumed on the tick clock at 5, then again at 8: drawn from 5 on. Free, tick clock at 5,
+    then resumed free at 8: drawn on 5..7 only, the free records from 8 on count."""
+    from distcoagent.replay import ExecutionLog, ExecutionSchedule, read_records
+
+    def schedule(path):
+        spans = {}
+        records = read_records(path, [], spans)
+        return ExecutionSchedule.from_records(records, [(0, 1)], 2, spans), spans
+
+    twice = tmp_path / "twice.msgpack"
+    log = ExecutionLog(twice)
+    log.append([serialize.loads(_record(t)) for t in range(5)])
+    log.mark_tick_clock(0, 5)
+    ExecutionLog(twice).mark_tick_clock(0, 8)
+    plan, spans = schedule(twice)
+    assert spans == {0: [[5, 8], [8, None]]}
+    assert [plan.drawn(0, t) for t in (4, 5, 7, 8, 100)] == [False, True, True, True, True]
+    back = tmp_path / "back.msgpack"
+    log = ExecutionLog(back)
+    log.append([serialize.loads(_record(t)) for t in range(5)])
+    log.mark_tick_clock(0, 5)
+    log.mark_restore(0, 8)  # a plain (free-running) resume from the tick clock's checkpoint at 8
+    log.append([serialize.loads(_record(t)) for t in range(8, 11)])
+    plan, spans = schedule(back)
+    assert spans == {0: [[5, 8]]} and [plan.drawn(0, t) for t in (4, 5, 7, 8, 10)] == [False, True, True, False, False]
+    assert plan.at(0, 9, np.arange(2)) is not None  # the recorded free-running step
+
+
 def test_replay_of_a_damaged_run_directory_names_the_file(tmp_path, capsys):
     """``distcoagent replay`` exits 1 only for "not identical": a config, parameters or record that cannot
     be read is exit 2 and one line naming the file (the files here: a tick-clock run's, plus a record)."""
