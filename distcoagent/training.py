@@ -18,6 +18,7 @@ import json
 import math
 import os
 import time
+import warnings
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -183,41 +184,64 @@ def prepare_run_dir(out: str | Path, *, resume: bool, overwrite: bool, held=None
     return held
 
 
-LOCK_FILE = ".distcoagent.lock"
+class _NoHold:
+    """Where the filesystem cannot lock (NFS without a lock daemon, some FUSE mounts) or no ``fcntl``."""
+
+    def close(self) -> None:
+        pass
 
 
 def hold_run_dir(run_dir: Path, flag: str):
-    """This process's hold on ``run_dir`` (an open file with an advisory ``flock`` on ``LOCK_FILE``, which
-    ends with the process however it ends, ``kill -9`` too), or a SpecError naming who holds it: two
-    processes training in one run directory (a run and its resume, an ``--overwrite`` of a live run) would
-    mix or delete each other's files."""
-    import fcntl
-
+    """This process's hold on ``run_dir``: an advisory ``flock`` on the directory itself (no file is made),
+    which ends with the process however it ends, ``kill -9`` too; close it when the run is over.  A SpecError
+    names who holds it: two processes training in one run directory (a run and its resume, an
+    ``--overwrite`` of a live run) would mix or delete each other's files.  A filesystem that cannot lock
+    gets a warning, and the run goes on as before locks were taken."""
     try:
-        handle = open(run_dir / LOCK_FILE, "ab")
+        import fcntl
+    except ImportError:  # not a POSIX system
+        return _NoHold()
+    try:
+        handle = os.open(run_dir, os.O_RDONLY)
     except OSError as error:
-        raise SpecError(f"{flag}: {run_dir / LOCK_FILE} cannot be opened ({error.strerror or error})") from None
+        raise SpecError(f"{flag}: {run_dir} cannot be opened ({error.strerror or error})") from None
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
+    except BlockingIOError:
         holder = _lock_holder(handle)
-        handle.close()
+        os.close(handle)
         raise SpecError(f"{flag}: {run_dir} is in use by {holder}, which is training in it; expected a run "
                         "directory no other process is using: wait for that process to end, or stop it "
                         "(its run can then be resumed)") from None
-    return handle
+    except OSError as error:  # ENOLCK, ENOSYS, EOPNOTSUPP...: this filesystem does not lock
+        os.close(handle)
+        warnings.warn(f"{run_dir}: the filesystem does not lock ({error.strerror or error}); nothing stops "
+                      "another process from training in this run directory at the same time", stacklevel=2)
+        return _NoHold()
+    return _Hold(handle)
 
 
-def _lock_holder(handle) -> str:
-    """Who holds the flock on ``handle``'s file, from /proc/locks (Linux, same machine), else a vaguer name."""
-    inode = os.fstat(handle.fileno()).st_ino
+class _Hold:
+    def __init__(self, fd: int):
+        self.fd = fd
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+def _lock_holder(fd: int) -> str:
+    """Who holds the flock on ``fd``'s file, from /proc/locks (Linux, same machine), else a vaguer name."""
+    stat = os.fstat(fd)
+    where = f"{os.major(stat.st_dev):02x}:{os.minor(stat.st_dev):02x}:{stat.st_ino}"
     try:
         with open("/proc/locks") as locks:
             for line in locks:
                 fields = line.split()
                 if "FLOCK" in fields and "->" not in fields:
                     at = fields.index("FLOCK")
-                    if len(fields) > at + 4 and fields[at + 4].rsplit(":", 1)[-1] == str(inode):
+                    if len(fields) > at + 4 and fields[at + 4] == where:
                         return f"process {fields[at + 3]}"
     except OSError:
         pass

@@ -158,7 +158,7 @@ def test_a_refused_command_changes_nothing_in_the_run_directory(spec, tmp_path, 
     (out / checkpoint.FILE).mkdir()
     code, err = run("train", "--resume", out, "--quiet")
     assert code == 2 and f"{checkpoint.FILE} is not a file" in err, err
-    assert not list(out.glob(".*.tmp"))  # no checkpoint's temporary file: no training
+    assert not any(p.name.startswith(".") for p in out.iterdir())  # no checkpoint's temporary file, no lock file
 
 
 @pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["SIGINT", "SIGTERM"])
@@ -409,3 +409,19 @@ def test_a_run_recorded_before_the_gaussian_floor_was_resumes_from_python(tmp_pa
     checkpoint.write(out, state, legacy)
     resumed = train(network, "Pendulum-v1", out=out, resume=True, **options)  # (a gymnasium environment
     assert resumed.finished and np.isfinite(resumed.returns).all()  # restarts its episodes: not bit for bit)
+
+
+def test_a_filesystem_that_cannot_lock_warns_and_trains(tmp_path, monkeypatch):
+    """NFS without a lock daemon answers flock with ENOLCK: that is no process holding the run directory."""
+    import errno
+    import fcntl
+
+    from distcoagent import load_spec, train
+
+    def no_locks(fd, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    spec = load_spec(ROOT / "examples" / "paper_gridworld.toml", {"trials": 2, "episodes": 2})
+    with pytest.warns(UserWarning, match="the filesystem does not lock"):
+        assert train(spec, out=tmp_path / "run").finished
