@@ -272,6 +272,26 @@ def _line(error) -> str:
     return text if len(text) <= MAX_MESSAGE else f"{text[:MAX_MESSAGE // 2]} ... {text[-MAX_MESSAGE // 4:]}"
 
 
+def _stdout_closed() -> bool:
+    """Standard output's reader has gone (a pipe whose read end is closed polls as an error); then point it
+    at /dev/null, so that Python's flush at exit does not report it a second time."""
+    import os
+    import select
+
+    try:
+        fd = sys.stdout.fileno()
+        poller = select.poll()
+        poller.register(fd, select.POLLOUT)
+        if not any(events & select.POLLERR for _, events in poller.poll(0)):
+            return False
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, fd)
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):  # no file descriptor behind it (a notebook), no poll
+        return False
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -285,10 +305,10 @@ def main(argv: list[str] | None = None) -> int:
     except SpecError as error:
         print(f"distcoagent {args.command}: error: {_line(error)}", file=sys.stderr)
         return 2
-    except BrokenPipeError:  # stdout closed early (`validate --json | head`): stop quietly, as `yes | head` does (a ConnectionError)
-        import os
-
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+    except BrokenPipeError as error:  # (a ConnectionError) stdout closed early (`validate --json | head`): stop
+        if not _stdout_closed():     # quietly, as `yes | head` does; any other pipe is an error like others
+            print(f"distcoagent {args.command}: error: {error.strerror or error}", file=sys.stderr)
+            return 2
         return 141
     except ConnectionError as error:  # --address where no Ray cluster answers
         print(f"distcoagent {args.command}: error: {_line(error)}", file=sys.stderr)

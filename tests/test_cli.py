@@ -75,6 +75,20 @@ def test_a_reader_that_stops_early_ends_the_command_quietly():
     assert proc.returncode == 141 and "Broken pipe" not in stderr and "Error" not in stderr, stderr
 
 
+def test_a_broken_pipe_that_is_not_stdout_is_an_error(monkeypatch, capsys):
+    """A pipe to another process that died is not a reader that stopped: one error line, exit 2."""
+    import errno
+
+    from distcoagent import cli as command_line
+
+    def broken(spec):
+        raise BrokenPipeError(errno.EPIPE, "Broken pipe")
+
+    monkeypatch.setattr(command_line, "check_env", broken)
+    assert command_line.main(["validate", EXAMPLE]) == 2
+    assert capsys.readouterr().err.strip() == "distcoagent validate: error: Broken pipe"
+
+
 def test_help_describes_every_option():
     top = cli("--help")
     assert top.returncode == 0 and "train" in top.stdout and "validate" in top.stdout
