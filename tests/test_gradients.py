@@ -203,6 +203,8 @@ def test_gradcheck_takes_parameters_as_train_returns_them():
         gradcheck(paper_network(), GRID, kwargs, episodes=50, fd=False, params=result.params)
     with pytest.raises(ValueError, match=r"trial: expected 0\.\.2"):
         gradcheck(paper_network(), GRID, kwargs, episodes=50, fd=False, params=result.params, trial=5)
+    with pytest.raises(ValueError, match=r"trial: chooses among params="):
+        gradcheck(paper_network(), GRID, kwargs, episodes=50, fd=False, train_episodes=3, trial=1)
 
 
 def test_parameters_of_rules_that_learn_more_than_a_policy_are_taken_as_train_returns_them():
@@ -235,3 +237,8 @@ def test_the_report_says_whether_the_estimates_agree_within_their_noise():
     report.gradients["exact"] = {n: {k: 3 * v for k, v in g.items()} for n, g in report.gradients["exact"].items()}
     assert report.mean_square_z["acpgt_vs_exact"]["mean_z2"] > 10
     assert "agreement: mean z^2" in report.table() and "mean_square_z" in report.to_dict()
+    report.stderr["acpgt"] = {n: {k: np.full_like(v, np.inf) for k, v in g.items()}  # one sample: no error known
+                              for n, g in report.stderr["acpgt"].items()}
+    unknown = report.mean_square_z["acpgt_vs_exact"]
+    assert unknown["mean_z2"] is None and unknown["coordinates"] == 0 and unknown["noiseless_differ"] == 0
+    json.dumps(report.mean_square_z, allow_nan=False)  # JSON: no NaN where no mean exists

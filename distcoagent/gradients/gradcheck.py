@@ -50,12 +50,12 @@ class GradcheckReport:
             for b in methods[i + 1:]:
                 diff = flatten(self.gradients[a]) - flatten(self.gradients[b])
                 var = sum(flatten(self.stderr[m]) ** 2 if m in self.stderr else np.zeros(diff.size) for m in (a, b))
-                noisy = var > 0
+                noisy, noiseless = np.isfinite(var) & (var > 0), var == 0  # (an infinite or NaN error: neither)
                 z2 = diff[noisy] ** 2 / var[noisy]
-                scale = np.maximum(np.abs(flatten(self.gradients[a])), np.abs(flatten(self.gradients[b])))[~noisy]
-                differ = np.abs(diff[~noisy])
+                scale = np.maximum(np.abs(flatten(self.gradients[a])), np.abs(flatten(self.gradients[b])))[noiseless]
+                differ = np.abs(diff[noiseless])
                 differ[differ <= 1e-9 * (1.0 + scale)] = 0.0  # rounding is no difference
-                out[f"{a}_vs_{b}"] = {"mean_z2": float(z2.mean()) if z2.size else float("nan"),
+                out[f"{a}_vs_{b}"] = {"mean_z2": float(z2.mean()) if z2.size else None,
                                       "coordinates": int(z2.size), "noiseless_differ": int(np.sum(differ > 0)),
                                       "noiseless_largest": float(differ.max()) if differ.size else 0.0}
         return out
@@ -95,7 +95,8 @@ class GradcheckReport:
             for k, v in self.mean_square_z.items():
                 apart = (f"; {v['noiseless_differ']} without noise differ by up to {v['noiseless_largest']:.3g}"
                          if v["noiseless_differ"] else "")
-                lines.append(f"  {k:<22}{v['mean_z2']:>12.3f}   over {v['coordinates']} coordinates{apart}")
+                value = "-" if v["mean_z2"] is None else f"{v['mean_z2']:.3f}"
+                lines.append(f"  {k:<22}{value:>12}   over {v['coordinates']} coordinates{apart}")
         if self.distance_to_exact:
             lines += ["", "euclidean distance to the exact gradient"]
             lines += [f"  {k:<22}{v:>12.6f}" for k, v in self.distance_to_exact.items()]
@@ -167,11 +168,13 @@ def gradcheck(spec_or_network, env_id: str | None = None, env_kwargs: dict | Non
     if params is not None and not isinstance(params, dict):
         raise ValueError(f"params: expected a dict of each coagent's parameters (as train returns them), got "
                          f"{type(params).__name__}")
+    if trial is not None and (isinstance(trial, bool) or not isinstance(trial, (int, np.integer)) or trial < 0):
+        raise ValueError(f"trial: expected an integer >= 0, got {trial!r}")
+    if trial is not None and params is None:
+        raise ValueError("trial: chooses among params= given with a trial axis; expected params too")
     network, env_id, env_kwargs, seed = resolve(spec_or_network, env_id, env_kwargs, seed)
     if params is None and train_episodes > 0:
         params = trained_params(network, env_id, env_kwargs, train_episodes, 1, seed)[0]
-    if trial is not None and (isinstance(trial, bool) or not isinstance(trial, (int, np.integer)) or trial < 0):
-        raise ValueError(f"trial: expected an integer >= 0, got {trial!r}")
     params = initial_params(network, env_id, env_kwargs, seed, params, trial)
     gradients, stderr, counts, J, seconds = {}, {}, {}, {}, {}
     if exact:  # first: a network or env that cannot be solved fails before any sampling
