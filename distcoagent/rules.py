@@ -136,11 +136,16 @@ class LearningRule:
     kind = "frozen"
     uses_shared_critic = False
 
-    def __repr__(self) -> str:  # the frozen rule, every Coagent's default (the rules below are dataclasses)
-        return f"{type(self).__name__}()"
+    def __repr__(self) -> str:  # the frozen rule is every Coagent's default (the rules below are dataclasses)
+        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in vars(self).items())})"
 
-    def __eq__(self, other) -> bool:
-        return type(other) is type(self)
+    def __eq__(self, other) -> bool:  # the same kind with the same settings (a subclass may have some)
+        if type(other) is not type(self):
+            return False
+        try:
+            return other is self or bool(vars(self) == vars(other))
+        except ValueError:  # settings that do not compare to one bool (arrays)
+            return False
 
     def __hash__(self) -> int:
         return hash(type(self))

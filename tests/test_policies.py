@@ -77,3 +77,17 @@ def test_features_shapes_and_bounds():
     assert tiles.shape == (2, 4 * 16) and np.all(tiles.sum(axis=1) == 4)
     with pytest.raises(ValueError, match="finite observation bounds"):
         Fourier(2)(obs, InputSpace(dim=2, low=np.array([-np.inf] * 2), high=np.array([np.inf] * 2)))
+
+
+def test_learning_rules_compare_by_kind_and_settings():
+    """The frozen rule (every Coagent's default) equals itself and reads as what it is; a rule of a user's
+    own, with settings, equals another only with the same ones."""
+    from distcoagent.rules import LearningRule
+
+    class Scaled(LearningRule):
+        def __init__(self, step):
+            self.step = step
+
+    assert LearningRule() == LearningRule() and repr(LearningRule()) == "LearningRule()"
+    assert Scaled(0.1) == Scaled(0.1) and Scaled(0.1) != Scaled(0.5) and Scaled(0.1) != LearningRule()
+    assert repr(Scaled(0.1)) == "Scaled(step=0.1)" and hash(Scaled(0.1)) == hash(Scaled(0.1))
