@@ -18,44 +18,41 @@ from .network import Network, SpecError
 
 def evaluate(network: Network, env: str, params: dict, *, env_kwargs: dict | None = None, episodes: int = 100,
              envs_per_trial: int = 1, seed: int = 1) -> TrainResult:
-    """``params`` as ``train`` returns them (per coagent, arrays with a leading trial axis; the shared
-    critic's ``"critic"`` is not a policy's and is left out), run frozen for ``episodes`` episodes per
-    environment.  The trials are as many as the parameters have."""
+    """``params`` as ``train`` returns them (per coagent, arrays with a leading trial axis; what is not a
+    policy's, the shared critic's weights or a rule's own critic, is left out), each trial's run frozen
+    for ``episodes`` episodes per environment.  The trials are as many as the parameters have."""
+    from .gradients.common import freeze, normalize_params  # (slow to import: only when used)
+
     if not isinstance(params, dict):
         raise SpecError(f"params: expected train's params (a dict per coagent), got {type(params).__name__}")
-    policies = {name: group for name, group in params.items() if name != "critic" or name in network.order}
-    missing = [name for name in network.order if name not in policies]
-    unknown = [name for name in policies if name not in network.order]
-    if missing or unknown:
-        raise SpecError(f"params: expected one entry per coagent ({', '.join(network.order)}); "
-                        + (f"missing {missing[0]!r}" if missing else f"{unknown[0]!r} is not a coagent"))
-    sizes = {np.shape(arr)[0] if np.ndim(arr) else None for group in policies.values()
-             for arr in (group.values() if isinstance(group, dict) else [group])}
-    if len(sizes) != 1 or None in sizes:
-        raise SpecError(f"params: expected arrays with one leading trial axis of the same length, got lengths "
-                        f"{sorted(s for s in sizes if s is not None)}")
-    trials = sizes.pop()
-    from .gradients.common import freeze  # (the gradients package is slow to import: only when used)
-
     frozen = freeze(network)
+    with InProcessEngine(frozen, env, env_kwargs or {}, trials=1, envs_per_trial=1, seed=seed) as probe:
+        one = probe.batches[0]  # each trial's shapes
+        shapes = {name: {k: v.shape for k, v in group.items()} for name, group in normalize_params(
+            one, {}, None, network).items()}
+        trials = _trials(params, shapes)
+        try:
+            sets = [normalize_params(one, params, t if trials > 1 else None, network) for t in range(trials)]
+        except ValueError as error:
+            raise SpecError(str(error)) from None
     with InProcessEngine(frozen, env, env_kwargs or {}, trials=trials, envs_per_trial=envs_per_trial,
                          seed=seed) as engine:
         for batch, (start, stop) in zip(engine.batches, engine.slices):
-            for name, group in policies.items():
-                unit = batch.units[name]
-                learned = network.coagent(name).rule.learned_names()  # a rule's own arrays: not the policy's
-                for key, arr in (group.items() if isinstance(group, dict) else [("W", group)]):
-                    if key in learned and key not in unit.policy_param_names:
-                        continue
-                    if key not in unit.policy_param_names:
-                        raise SpecError(f"params.{name}: unknown parameter {key!r}; expected "
-                                        f"{', '.join(unit.policy_param_names)}")
-                    arr = np.asarray(arr, dtype=np.float64)[start:stop]
-                    if arr.shape != unit.params[key].shape:
-                        raise SpecError(f"params.{name}.{key}: shape {arr.shape[1:]} per trial, expected "
-                                        f"{unit.params[key].shape[1:]} for this network on {env}")
-                    unit.params[key][...] = arr
+            for t in range(start, stop):
+                for name, group in sets[t].items():
+                    for key, value in group.items():
+                        batch.units[name].params[key][t - start] = value
         return engine.train(episodes)
+
+
+def _trials(params: dict, shapes: dict) -> int:
+    """How many trials' parameters ``params`` holds: the leading axis they have beyond one trial's shapes."""
+    for name, group in params.items():
+        for key, value in (group.items() if isinstance(group, dict) else [("W", group)]):
+            want = shapes.get(name, {}).get(key)
+            if want is not None and np.ndim(value) == len(want) + 1:
+                return int(np.shape(value)[0])
+    return 1
 
 
 def evaluate_run(run_dir: str | Path, *, episodes: int = 100, seed: int | None = None,

@@ -136,7 +136,7 @@ def check_run_dir(out: str | Path, *, resume: bool, overwrite: bool) -> Path:
         raise SpecError(f"{flag}: {run_dir} does not exist; expected the run directory of a run to continue")
     if resume and not holds_run:
         raise SpecError(f"{flag}: {run_dir} is not a run directory (it has no config.json)")
-    if resume and not (run_dir / checkpoint.FILE).exists() and _finished_by_summary(run_dir):
+    if resume and not (run_dir / checkpoint.FILE).exists() and _summary(run_dir).get("finished") is True:
         raise SpecError(f"{flag}: {run_dir} has finished (summary.json) and has no {checkpoint.FILE} to go on "
                         "from: there is nothing to resume, and training it again would replace its results; "
                         f"expected a run that stopped before its end (a new run: another "
@@ -248,11 +248,13 @@ def _lock_holder(fd: int) -> str:
     return "another process"
 
 
-def _finished_by_summary(run_dir: Path) -> bool:
+def _summary(run_dir: Path) -> dict:
+    """A run directory's summary.json, or {} if there is none to read."""
     try:
-        return json.loads((run_dir / "summary.json").read_text()).get("finished") is True
-    except (OSError, ValueError, AttributeError):
-        return False
+        summary = json.loads((run_dir / "summary.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return summary if isinstance(summary, dict) else {}
 
 
 def _a_runs_config(path: Path) -> bool:
@@ -271,10 +273,7 @@ def _a_runs_config(path: Path) -> bool:
 
 def _finished_by(run_dir: Path, engine: str) -> str:
     """The engine a finished run's summary names (``engine`` if it has none to read)."""
-    try:
-        finisher = json.loads((run_dir / "summary.json").read_text()).get("engine")
-    except (OSError, ValueError, AttributeError):
-        return engine
+    finisher = _summary(run_dir).get("engine")
     return finisher if isinstance(finisher, str) and finisher.strip() else engine
 
 
