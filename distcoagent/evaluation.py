@@ -62,7 +62,15 @@ def evaluate_run(run_dir: str | Path, *, episodes: int = 100, seed: int | None =
     from Python with parts no spec describes."""
     from .replay import read_finished_run
 
+    from .envs import FOURROOMS_ID
+
     run = read_finished_run(run_dir, "evaluate", network)
     seed = run.train["seed"] + 1 if seed is None else seed
-    return evaluate(run.network, run.env_id, run.params, env_kwargs=run.env_kwargs, episodes=episodes,
-                    envs_per_trial=run.train["envs_per_trial"], seed=seed)
+    result = evaluate(run.network, run.env_id, run.params, env_kwargs=run.env_kwargs, episodes=episodes,
+                      envs_per_trial=run.train["envs_per_trial"], seed=seed)
+    moves = run.env_kwargs.get("goal_move_episode", 1000) if run.env_id == FOURROOMS_ID else 0
+    if moves and run.train["episodes"] > moves:  # the task changes with the episode count
+        result.extra["note"] = (f"Four Rooms moved the run's goal after its episode {moves}; these fresh "
+                                "environments start with the first goal (the east doorway) and move it after "
+                                f"{moves} episodes to a cell seed {seed} chooses: not the task the run ended on")
+    return result

@@ -210,3 +210,19 @@ def test_saved_state_continues_identically_and_finished_envs_can_be_dropped():
         assert all(np.array_equal(u[2:4], v) for u, v in zip(x, y))
     batched.expand(part, saved, np.array([1]), 2, 3)
     assert np.array_equal(part.cells[2:4], full.cells[2:4]) and part.cells.shape == (6,)
+
+
+def test_evaluating_a_run_that_saw_the_goal_move_says_the_task_differs(tmp_path):
+    import dataclasses
+    from pathlib import Path
+
+    from distcoagent import evaluate_run, load_spec, train
+
+    spec = load_spec(Path(__file__).resolve().parents[1] / "examples" / "option_critic_fourrooms.toml",
+                     {"trials": 1, "episodes": 4})
+    moved = dataclasses.replace(spec, env_kwargs={**spec.env_kwargs, "goal_move_episode": 2, "max_steps": 50})
+    train(moved, out=tmp_path / "moved")
+    assert "not the task the run ended on" in evaluate_run(tmp_path / "moved", episodes=1).extra["note"]
+    still = dataclasses.replace(spec, env_kwargs={**spec.env_kwargs, "goal_move_episode": 10, "max_steps": 50})
+    train(still, out=tmp_path / "still")
+    assert "note" not in evaluate_run(tmp_path / "still", episodes=1).extra

@@ -16,6 +16,8 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
+    import sys
+
     import numpy as np
 
     from ..checks import whole
@@ -39,4 +41,6 @@ def run(args) -> int:
         print(f"  trial {t}: {value:.4f}")
     if trials > 20:
         print(f"  ... {trials - 20} more (min {per_trial.min():.4f}, max {per_trial.max():.4f})")
+    if result.extra.get("note"):
+        print(f"note: {result.extra['note']}", file=sys.stderr)
     return 0
