@@ -40,9 +40,14 @@ RASTER_ENVS = 4  # environments whose executions a run directory's metrics.jsonl
 
 
 def make_engine(network: Network, env_id: str, env_kwargs: dict, config: TrainConfig, ray_options: dict | None = None,
-                raster: RasterSpec | None = None, free_options: dict | None = None, record: Path | None = None):
+                raster: RasterSpec | None = None, free_options: dict | None = None, record: Path | None = None,
+                threads: int | None = None):
     """The engine named by ``config.engine`` and ``config.clock``, built for the run (``ray_options``:
-    RayEngine placement; ``free_options``: the [free] table; ``record``: the free-running record)."""
+    RayEngine placement; ``free_options``: the [free] table; ``record``: the free-running record;
+    ``threads``: the in-process engine's, default ``DISTCOAGENT_THREADS`` or every CPU)."""
+    if threads is not None and (config.engine != "inprocess" or config.clock != "tick"):
+        raise SpecError(f"threads: only the in-process engine runs trials on threads; got {threads!r} with the "
+                        f"{config.engine} engine" + (" on the free-running clock" if config.clock == "free" else ""))
     common = dict(trials=config.trials, envs_per_trial=config.envs_per_trial, seed=config.seed,
                   micro_batches=config.micro_batches, raster=raster)
     if config.clock == "free":
@@ -58,7 +63,7 @@ def make_engine(network: Network, env_id: str, env_kwargs: dict, config: TrainCo
     if config.address is not None:
         hint = named('engine="ray"', "--engine ray")
         raise SpecError(f"address: only the ray engine joins a cluster; add {hint}")
-    return InProcessEngine(network, env_id, env_kwargs, **common)
+    return InProcessEngine(network, env_id, env_kwargs, threads=threads, **common)
 
 
 RUN_FILES = ("config.json", "returns.csv", "curve.csv", "counters.json", "params.msgpack", "summary.json",
@@ -348,7 +353,7 @@ def train(network: Network | RunSpec, env: str | None = None, *, env_kwargs: dic
           progress: Callable[[int], None] | None = None, metrics_every: float = 2.0, resume: bool = False,
           overwrite: bool = False, checkpoint_every: int | float | str | None = "300s",
           stop: Callable[[], bool] | None = None, observers: Sequence[Observer] = (), clock: str | None = None,
-          free_options: dict | None = None) -> TrainResult:
+          free_options: dict | None = None, threads: int | None = None) -> TrainResult:
     """Train ``network`` on gymnasium env ``env``; keyword arguments override a spec's [train]
     (``ray_options``, its [ray] table: placement for the Ray engine).
 
@@ -358,6 +363,8 @@ def train(network: Network | RunSpec, env: str | None = None, *, env_kwargs: dic
     (episodes, or "SECONDSs"), at the end, and when ``stop()`` ends the run early; the result
     then has ``finished=False`` and ``resume`` finishes it, with the same numbers as one
     uninterrupted run.  ``observers`` (``contract.Observer``) watch the run besides.
+    ``threads``: the in-process engine's threads (the numbers are the same on any number; default
+    ``DISTCOAGENT_THREADS``, else every CPU this process may use).
     ``clock="free"`` (with ``engine="ray"``) runs without a tick barrier (``freerun``;
     ``free_options``: its [free] table); the run directory then also gets the execution record
     that ``replay`` checks.
@@ -449,7 +456,7 @@ def train(network: Network | RunSpec, env: str | None = None, *, env_kwargs: dic
         finished = state is not None and state.get("episodes") is None  # the run had finished: only its results
         # a finished run starts no engine (no Ray for nothing); its results keep the engine that finished it
         runner = None if finished else make_engine(network, env, env_kwargs, config, ray_options, raster,
-                                                   free_options, record)
+                                                   free_options, record, threads)
         try:
             if state is not None and not finished:  # a finished run needs only its results
                 try:

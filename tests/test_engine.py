@@ -187,3 +187,17 @@ def test_discrete_spaces_that_do_not_start_at_zero_are_counted_from_it():
         result = engine.train(60)
     assert result.params["act"]["W"].shape == (2, 3, 2)
     assert result.returns[..., -10:].mean() > result.returns[..., :10].mean() + 1  # it learns action 0 (-1 + 1)
+
+
+def test_train_takes_the_in_process_engines_threads():
+    from distcoagent import load_spec, train
+    from distcoagent.network import SpecError
+
+    from pathlib import Path
+
+    spec = load_spec(Path(__file__).resolve().parents[1] / "examples" / "paper_gridworld.toml",
+                     {"trials": 6, "episodes": 20})
+    one, two = train(spec, threads=1), train(spec, threads=2)
+    assert np.array_equal(one.returns, two.returns) and np.array_equal(one.params["act"]["W"], two.params["act"]["W"])
+    with pytest.raises(SpecError, match="threads: only the in-process engine runs trials on threads"):
+        train(spec, engine="ray", threads=2)
