@@ -5,7 +5,7 @@ some Python calls per coagent.  Trials share nothing, so when a micro-batch is o
 ``kernels.block`` runs, the engine hands it ``ticks`` at once: each trial's ticks run one after the
 other, then the next trial's.  The kind: one environment per trial, the native gridworld, every
 coagent on a kernel (tabular softmax or bernoulli, constant execution probability, frozen or
-actor-critic with the shared critic), a tabular shared critic or none, no episode keys, no raster.
+actor-critic with the shared critic), a tabular shared critic or none, no episode keys.
 
 Every number is the one the tick-by-tick calls give (the same arithmetic from the same kernel
 pieces; ``tests/test_blocks.py`` compares results and states), and a block ends at a tick boundary:
@@ -22,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from . import kernels
-from .coagent import NonFiniteError, parse_input
+from .coagent import EXECUTION_SLOT, NonFiniteError, parse_input
 from .network import SpecError
 
 
@@ -85,7 +85,7 @@ class TickBlocks:
 
         network = env_side.network
         critic = env_side.critic
-        if (coagent_side.envs_per_trial != 1 or coagent_side.key_base is not None or coagent_side.raster is not None
+        if (coagent_side.envs_per_trial != 1 or coagent_side.key_base is not None
                 or type(env_side.env) is not GridWorldBatch or getattr(env_side.env, "_kernel", None) is None
                 or len(network.action_coagents) != 1 or set(coagent_side.units) != set(network.order)
                 or (critic is not None and not critic.encoder.tabular)):
@@ -183,6 +183,8 @@ class TickBlocks:
                 unit._last_update = (close_delta[i], close_stamp[i] == latest)
         if critic is not None and any((t + 1) % m == 0 for t in range(t0, min(end, t0 + m))):
             critic.last_delta = (critic_delta, critic_active)
+        if side.raster is not None:
+            self._record_raster(t0, end, stop_at)
         env.tick = end
         env.obs_changed = end % m == 0
         side.active, side.current_tick = env.current_active, end - 1
@@ -190,6 +192,24 @@ class TickBlocks:
         if book.finished:
             env.phase = "flush"
         return end - t0
+
+    def _record_raster(self, t0: int, end: int, stop_at: np.ndarray) -> None:
+        """The raster of the block's last ticks (at most its window), as tick by tick would record it: a
+        constant execution probability makes each draw a function of (coagent, environment, tick) alone, so
+        the block need not record them; a trial is active up to ``stop_at`` (the tick after its last)."""
+        side, raster = self.side, self.side.raster
+        present = np.flatnonzero(np.isin(side.env_index, raster.spec.env_ids))
+        if present.size == 0 or end <= t0:
+            return
+        ticks = np.arange(max(t0, end - raster.spec.window), end, dtype=np.int64)
+        active = ticks[:, None] < stop_at[present][None, :]
+        executed = np.zeros(side.env_index.shape[0], dtype=bool)
+        for unit in self.units:
+            draws = unit.stream.uniform(side.env_index[present][None, :], ticks[:, None], EXECUTION_SLOT)
+            bits = (draws < unit.kernel.beta) & active
+            for t, row in zip(ticks.tolist(), bits):
+                executed[present] = row
+                raster.record(t, side.env_index, unit.name, executed)
 
     def _locals(self, n: int) -> list[tuple]:
         """Each range's arena, counters and error slot, made once, on cache lines no other range writes."""

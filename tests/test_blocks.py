@@ -206,3 +206,31 @@ def test_threads_report_the_failure_the_tick_by_tick_order_meets_first(small_ran
         assert one.counters == four.counters and np.array_equal(one.returns, four.returns, equal_nan=True)
         assert not differences(one.params, four.params)
     assert len(rows) > 1, "every seed failed the same way: the test cannot tell ranges apart"
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_blocks_give_the_raster_tick_by_tick_records(case):
+    """A run directory records a raster for its dashboard: blocks run such runs too (they ran tick by tick,
+    on one thread, 3-6x slower), and give its last window as the tick-by-tick calls record it (a trial cut
+    out sooner or later between the two is absent from one side only, at its last ticks)."""
+    from distcoagent.tick import RasterSpec
+
+    make, env_kwargs, options = CASES[case]
+    sampled = RasterSpec((0, 2, 4), window=64)
+    rasters = []
+    for observers in ((), (EveryTick(),)):
+        with InProcessEngine(make(), GRID, env_kwargs, seed=4, raster=sampled, **options) as engine:
+            engine.train(6, observers=observers)
+            rasters.append(engine.metrics().raster)
+            assert any(b is not None for b in engine._blocks or []) == (not observers), case
+    blocked, by_tick = rasters
+    common = set(blocked) & set(by_tick)
+    assert len(common) >= 32, (case, sorted(blocked)[:3], sorted(by_tick)[:3])
+    whole = 0
+    for tick in common:
+        a, b = blocked[tick], by_tick[tick]
+        both = [e for e in a["envs"] if e in b["envs"]]
+        for name in (n for n in a if n != "envs"):
+            assert [a[name][a["envs"].index(e)] for e in both] == [b[name][b["envs"].index(e)] for e in both]
+        whole += a == b
+    assert whole >= len(common) // 2, (case, whole, len(common))
