@@ -76,8 +76,9 @@ def _train(args) -> int:
                             "spec with --out RUN_DIR --overwrite)")
         fixed = [k for k in ("episodes", "trials", "seed", "envs_per_trial", "micro_batches") if overrides[k] is not None]
         if fixed:
-            raise SpecError(f"--{fixed[0].replace('_', '-')}: a resumed run keeps its own; only --engine, --address "
-                            "and the Ray placement flags may change")
+            raise SpecError(f"--{fixed[0].replace('_', '-')}: a resumed run keeps its own; only --engine, --address, "
+                            "--clock, the Ray placement and free-running flags, --checkpoint-every, --dashboard "
+                            "and --quiet may change")
         out = Path(args.resume)
         config_file = out / "config.json"
         if not config_file.is_file():
