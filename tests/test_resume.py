@@ -46,7 +46,7 @@ inputs = ["bit_a", "bit_b"]
 policy = { kind = "softmax", n = 4 }
 
 [train]
-episodes = 60
+episodes = 300
 trials = 1500
 seed = 4
 micro_batches = 2
@@ -264,7 +264,7 @@ def test_a_run_started_from_python_resumes_from_the_command_line(spec, reference
 
     out, run = tmp_path / "run", load_spec(spec)
     calls = []
-    stopped = train(run.network, run.env_id, env_kwargs=run.env_kwargs, episodes=60, trials=1500, seed=4,
+    stopped = train(run.network, run.env_id, env_kwargs=run.env_kwargs, episodes=300, trials=1500, seed=4,
                     micro_batches=2, out=out, stop=lambda: len(calls.append(1) or calls) > 3)
     assert not stopped.finished and json.loads((out / "config.json").read_text())["spec"] is None
     resumed = cli("train", "--resume", out, "--quiet")
