@@ -307,10 +307,10 @@ def test_a_resumed_run_reads_as_running_and_its_figures_keep_their_target(tmp_pa
     from distcoagent import load_spec, train
 
     spec = load_spec(Path(__file__).resolve().parents[1] / "examples" / "paper_gridworld.toml",
-                     {"trials": 4, "episodes": 30})
+                     {"trials": 4, "episodes": 300})
     out = tmp_path / "run"
     calls = iter(range(10**9))
-    train(spec, out=out, stop=lambda: next(calls) >= 200, metrics_every=0.0)
+    assert not train(spec, out=out, stop=lambda: next(calls) >= 3, metrics_every=0.0).finished
     log = out / "metrics.jsonl"
     interrupted = len(log.read_bytes())
     follower = RunFollower(out)
@@ -321,7 +321,7 @@ def test_a_resumed_run_reads_as_running_and_its_figures_keep_their_target(tmp_pa
     records = [json.loads(line) for line in log.read_text().splitlines()]
     assert [r["kind"] for r in records].count("start") == 1
     metrics = [r for r in records if r["kind"] == "metrics"]
-    assert len(metrics) >= 2 and all(r["episodes_total"] == 30 for r in metrics)
+    assert len(metrics) >= 2 and all(r["episodes_total"] == 300 for r in metrics)
     written = log.read_bytes()
     seen = tmp_path / "seen"  # the file as a dashboard saw it just after the resume record
     seen.mkdir()
