@@ -157,6 +157,8 @@ def plot(curves: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     tasks = sorted({c["task"] for c in curves})
+    if not tasks:  # (--only throughput with no earlier results: no learning curves to draw)
+        return
     fig, axes = plt.subplots(len(tasks), 2, figsize=(10, 3.6 * len(tasks)), dpi=100, squeeze=False)
     for row, task in enumerate(tasks):
         for c in (c for c in curves if c["task"] == task):

@@ -83,11 +83,13 @@ def run_agents(runs: int, episodes: int, seed: int = 0, workers: int | None = No
         return dict(zip(agents, pool.map(run_agent, jobs)))
 
 
-def window(lengths: np.ndarray, end: int, size: int = TAIL) -> dict:
-    """Mean steps to goal over episodes (end - size, end] of every run, with a 95% half-width over runs."""
-    per_run = lengths[:, max(0, end - size):end].mean(axis=1)
-    half = 1.96 * per_run.std(ddof=1) / np.sqrt(per_run.size) if per_run.size > 1 else 0.0
-    return {"episodes": [max(0, end - size) + 1, end], "mean": float(per_run.mean()), "ci95": float(half)}
+def window(lengths: np.ndarray, end: int, size: int = TAIL, start: int = 0) -> dict:
+    """Mean steps to goal over episodes (max(start, end - size), end] of every run, with a 95% half-width over
+    runs (None with one run: it is not known)."""
+    first = max(start, end - size)
+    per_run = lengths[:, first:end].mean(axis=1)
+    half = 1.96 * per_run.std(ddof=1) / np.sqrt(per_run.size) if per_run.size > 1 else None
+    return {"episodes": [first + 1, end], "mean": float(per_run.mean()), "ci95": None if half is None else float(half)}
 
 
 def summarize(results: dict[str, StudyRun], episodes: int, seed: int, goal_move: int) -> dict:
@@ -104,7 +106,7 @@ def summarize(results: dict[str, StudyRun], episodes: int, seed: int, goal_move:
             entry["before_move"] = window(r.lengths, goal_move)
             entry["before_move"]["ratio_to_optimum"] = entry["before_move"]["mean"] / before
             end = min(goal_move + RECOVERY, episodes)
-            entry["after_move"] = window(r.lengths, end)
+            entry["after_move"] = window(r.lengths, end, start=goal_move)  # never episodes before the move
             entry["after_move"]["ratio_to_optimum"] = entry["after_move"]["mean"] / after
             within = np.flatnonzero(_smoothed(mean[goal_move:]) <= 2 * after)
             entry["episodes_to_recover_2x"] = int(within[0]) + 1 if within.size else None
@@ -172,8 +174,9 @@ def report(args) -> int:
         for key, label in (("before_move", "before move"), ("after_move", "after move")):
             if key in entry:
                 w = entry[key]
-                parts.append(f"{label} (episodes {w['episodes'][0]}-{w['episodes'][1]}) {w['mean']:.2f} "
-                             f"+- {w['ci95']:.2f} = {w['ratio_to_optimum']:.2f}x optimum")
+                band = "" if w["ci95"] is None else f" +- {w['ci95']:.2f}"  # (one run: no band)
+                parts.append(f"{label} (episodes {w['episodes'][0]}-{w['episodes'][1]}) {w['mean']:.2f}"
+                             f"{band} = {w['ratio_to_optimum']:.2f}x optimum")
         print("  " + "; ".join(parts))
     print(f"wrote {args.out}/option_critic_steps.png, option_critic_duration.png, option_critic_options.png "
           f"and option_critic.json")

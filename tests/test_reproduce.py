@@ -255,3 +255,12 @@ def test_reports_and_figures_go_only_where_they_may(cli, tmp_path, capsys, monke
         err = capsys.readouterr().err
         assert f"--out: {locked} is not writable" in err and len(err.strip().splitlines()) == 1, err
     assert not sampled and list(locked.iterdir()) == []
+
+
+def test_the_window_after_the_goal_move_starts_after_it():
+    from distcoagent.reproduce_option_critic import window
+
+    lengths = np.array([[100.0] * 5 + [10.0] * 6, [100.0] * 5 + [20.0] * 6])
+    after = window(lengths, 11, start=5)
+    assert after["episodes"] == [6, 11] and after["mean"] == 15.0
+    assert window(lengths[:1], 11, start=5)["ci95"] is None  # one run: no band, not a band of 0
