@@ -157,10 +157,11 @@ features = { kind = "fourier", order = 1, low = [-2.4, -3, -0.21, -3], high = [2
     assert "push" in err and "continuous" in err
 
 
-def test_reproduce_command(cli, tmp_path):
+def test_reproduce_command(cli, tmp_path, capsys):
     assert cli(["reproduce", "fig6", "--trials", "2", "--episodes", "2", "--out", str(tmp_path),
                 "--workers", "1"]) == 0
     assert (tmp_path / "fig6.png").exists()
+    assert "last 2 " in capsys.readouterr().out  # the episodes there are, not "last 10"
 
 
 def test_reproduce_fig5_command_prints_where_each_line_ends(cli, tmp_path, capsys):

@@ -90,7 +90,7 @@ def run(args) -> int:
         summary = reproduce.fig6(trials=args.trials or 10_000, episodes=args.episodes or 200, seed=args.seed,
                                  out=args.out, workers=args.workers)
         print(f"fig6: {summary['trials']} trials x {summary['episodes']} episodes in {summary['seconds']:.1f} s; "
-              f"mean return: episode 1 {summary['first_episode_mean']:.2f}, last 10 "
+              f"mean return: episode 1 {summary['first_episode_mean']:.2f}, last {min(10, summary['episodes'])} "
               f"{summary['final_mean_last10']:.2f}; optimal {summary['optimal_return']:g}")
     print(f"wrote {args.out}/{args.figure}.png and {args.out}/{args.figure}.json")
     return 0
