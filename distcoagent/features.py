@@ -119,21 +119,16 @@ class Raw(ObservationFeatures):
         return np.asarray(obs, dtype=np.float64).reshape(obs.shape[0], -1)
 
 
-def discrete_problem(features, space: InputSpace) -> str | None:
-    """Why ``features`` that map a continuous observation (Fourier, tile coding) do not apply to ``space``,
-    or None: a discrete observation is read one-hot, and those features would be silently unused."""
-    if hasattr(features, "low") and space.discrete:
-        return (f"{type(features).__name__} maps a continuous (Box) observation; this environment's observation "
-                f"is discrete ({space.n} values), read one-hot: leave features out")
-    return None
-
-
 def bounds_problem(features, space: InputSpace) -> str | None:
     """Why ``features`` (Fourier, tile coding) cannot map observations of ``space`` onto the unit box,
-    or None: bounds from the features table, else the environment's Box, finite, one per dimension
-    (or one for all), high above low.  Checked when a network meets its environment."""
-    if not hasattr(features, "low") or space.discrete:
+    or None: a continuous observation (a discrete one is read one-hot, and the features would be silently
+    unused), bounds from the features table, else the environment's Box, finite, one per dimension (or
+    one for all), high above low.  Checked when a network meets its environment."""
+    if not hasattr(features, "low"):
         return None
+    if space.discrete:
+        return (f"{type(features).__name__} maps a continuous (Box) observation; this environment's observation "
+                f"is discrete ({space.n} values), read one-hot: leave features out")
     kind = type(features).__name__
     low, high = _bounds(features, space)
     for name, given, value in (("low", features.low, low), ("high", features.high, high)):

@@ -17,7 +17,7 @@ from . import batched, kernels
 from .batched import FIELDS_OF, TRIAL, ArrayDict
 from .checks import is_number, lam, step
 from .coagent import Coagent, parse_input
-from .features import Encoder, InputSpace, ObservationFeatures, bounds_problem, discrete_problem
+from .features import Encoder, InputSpace, ObservationFeatures, bounds_problem
 from .policies import Gaussian
 from .rules import ScaledTraces
 
@@ -186,7 +186,7 @@ class Network:
                                 f"{[i for i, s in zip(c.inputs, spaces[c.name]) if not s.discrete]} are "
                                 "continuous (use fourier, tile or raw features)")
             if any(s is obs for s in spaces[c.name]) and c.features is not None and not isinstance(c.features, str):
-                problem = discrete_problem(c.features, obs) or bounds_problem(c.features, obs)
+                problem = bounds_problem(c.features, obs)
                 if problem is not None:
                     raise SpecError(f"coagents.{c.name}.features: {problem}")
             table = getattr(c.execution, "probabilities", None)
@@ -206,7 +206,7 @@ class Network:
                     raise SpecError(f"coagents.{c.name}.initial: expected {out.n} probabilities summing "
                                     f"to 1, got {list(c.initial)}")
         if self.critic is not None and self.critic.features is not None:
-            problem = discrete_problem(self.critic.features, obs) or bounds_problem(self.critic.features, obs)
+            problem = bounds_problem(self.critic.features, obs)
             if problem is not None:
                 raise SpecError(f"critic.features: {problem}")
         if action_space is not None:
