@@ -50,16 +50,16 @@ class DamagedStream(ValueError):
     """Bytes that are not values ``dumps`` wrote: damage, not a value cut short at the end."""
 
 
-def iter_loads(stream):
-    """The values ``dumps`` wrote one after another into a binary ``stream``: a last one cut short (a full
-    disk, a killed writer) is dropped; bytes that do not decode raise DamagedStream, naming the byte where
-    the damage starts (what follows it cannot be read)."""
+def _values_and_ends(stream):
+    """(value, offset just after it) for each value ``dumps`` wrote into ``stream``: a last one cut short (a full
+    disk, a killed writer) ends the stream; bytes that do not decode raise DamagedStream, naming the byte
+    where the damage starts (what follows it cannot be read)."""
     unpacker = msgpack.Unpacker(stream, object_hook=_decode, raw=False, strict_map_key=False)
     good = 0
     try:
         for value in unpacker:
             good = unpacker.tell()
-            yield value
+            yield value, good
     except msgpack.OutOfData:
         return
     except ValueError as error:  # msgpack's FormatError, StackError, ExtraData; a UnicodeDecodeError
@@ -67,16 +67,19 @@ def iter_loads(stream):
             from None
 
 
+def iter_loads(stream):
+    """The values ``dumps`` wrote one after another into a binary ``stream`` (see ``_values_and_ends``)."""
+    for value, _ in _values_and_ends(stream):
+        yield value
+
+
 def whole_values_end(stream) -> int | None:
     """The offset just after the last value of ``stream`` that decodes whole (where a value cut short at the
     end starts), or None if the stream is damaged before its end (cutting there would lose what follows)."""
-    unpacker = msgpack.Unpacker(stream, object_hook=_decode, raw=False, strict_map_key=False)
     end = 0
     try:
-        for _ in unpacker:
-            end = unpacker.tell()
-    except msgpack.OutOfData:
-        pass
-    except ValueError:
+        for _, end in _values_and_ends(stream):
+            pass
+    except DamagedStream:
         return None
     return end

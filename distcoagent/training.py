@@ -189,13 +189,6 @@ def prepare_run_dir(out: str | Path, *, resume: bool, overwrite: bool, held=None
     return held
 
 
-class _NoHold:
-    """Where the filesystem cannot lock (NFS without a lock daemon, some FUSE mounts) or no ``fcntl``."""
-
-    def close(self) -> None:
-        pass
-
-
 def hold_run_dir(run_dir: Path, flag: str):
     """This process's hold on ``run_dir``: an advisory ``flock`` on the directory itself (no file is made),
     which ends with the process however it ends, ``kill -9`` too; close it when the run is over.  A SpecError
@@ -205,7 +198,7 @@ def hold_run_dir(run_dir: Path, flag: str):
     try:
         import fcntl
     except ImportError:  # not a POSIX system
-        return _NoHold()
+        return _Hold(None)
     try:
         handle = os.open(run_dir, os.O_RDONLY)
     except OSError as error:
@@ -222,12 +215,15 @@ def hold_run_dir(run_dir: Path, flag: str):
         os.close(handle)
         warnings.warn(f"{run_dir}: the filesystem does not lock ({error.strerror or error}); nothing stops "
                       "another process from training in this run directory at the same time", stacklevel=2)
-        return _NoHold()
+        return _Hold(None)
     return _Hold(handle)
 
 
 class _Hold:
-    def __init__(self, fd: int):
+    """The directory's flock, held while ``fd`` is open (None: nothing held, where the filesystem cannot
+    lock, e.g. NFS without a lock daemon, or there is no ``fcntl``)."""
+
+    def __init__(self, fd: int | None):
         self.fd = fd
 
     def close(self) -> None:
