@@ -46,7 +46,7 @@ inputs = ["bit_a", "bit_b"]
 policy = { kind = "softmax", n = 4 }
 
 [train]
-episodes = 300
+episodes = 1500
 trials = 1500
 seed = 4
 micro_batches = 2
@@ -166,7 +166,7 @@ def test_a_signal_writes_a_checkpoint_and_resume_finishes_the_same_run(spec, ref
     out = tmp_path / "run"
     proc = start("train", spec, "--out", out, "--quiet")
     wait_for_file(proc, out / "metrics.jsonl")
-    time.sleep(0.5)
+    time.sleep(0.1)
     proc.send_signal(sig)
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == code, stderr
@@ -204,7 +204,7 @@ def test_a_metrics_record_cut_short_is_dropped_when_the_run_resumes(spec, refere
     out = tmp_path / "run"
     proc = start("train", spec, "--out", out, "--quiet")
     wait_for_file(proc, out / "metrics.jsonl")
-    time.sleep(0.5)
+    time.sleep(0.1)
     proc.send_signal(signal.SIGINT)
     proc.communicate(timeout=120)
     log = out / "metrics.jsonl"
@@ -264,7 +264,7 @@ def test_a_run_started_from_python_resumes_from_the_command_line(spec, reference
 
     out, run = tmp_path / "run", load_spec(spec)
     calls = []
-    stopped = train(run.network, run.env_id, env_kwargs=run.env_kwargs, episodes=300, trials=1500, seed=4,
+    stopped = train(run.network, run.env_id, env_kwargs=run.env_kwargs, episodes=1500, trials=1500, seed=4,
                     micro_batches=2, out=out, stop=lambda: len(calls.append(1) or calls) > 3)
     assert not stopped.finished and json.loads((out / "config.json").read_text())["spec"] is None
     resumed = cli("train", "--resume", out, "--quiet")
