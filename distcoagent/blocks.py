@@ -203,9 +203,10 @@ class TickBlocks:
             return
         ticks = np.arange(max(t0, end - raster.spec.window), end, dtype=np.int64)
         active = ticks[:, None] < stop_at[present][None, :]
+        envs = side.env_index[present][None, :]
         executed = np.zeros(side.env_index.shape[0], dtype=bool)
         for unit in self.units:
-            draws = unit.stream.uniform(side.env_index[present][None, :], ticks[:, None], EXECUTION_SLOT)
+            draws = unit.stream.uniform(envs, ticks[:, None], EXECUTION_SLOT)
             bits = (draws < unit.kernel.beta) & active
             for t, row in zip(ticks.tolist(), bits):
                 executed[present] = row

@@ -21,15 +21,14 @@ def evaluate(network: Network, env: str, params: dict, *, env_kwargs: dict | Non
     """``params`` as ``train`` returns them (per coagent, arrays with a leading trial axis; what is not a
     policy's, the shared critic's weights or a rule's own critic, is left out), each trial's run frozen
     for ``episodes`` episodes per environment.  The trials are as many as the parameters have."""
-    from .gradients.common import freeze, normalize_params  # (slow to import: only when used)
+    from .gradients.common import freeze, normalize_params, trial_params  # (slow to import: only when used)
 
     if not isinstance(params, dict):
         raise SpecError(f"params: expected train's params (a dict per coagent), got {type(params).__name__}")
     frozen = freeze(network)
     with InProcessEngine(frozen, env, env_kwargs or {}, trials=1, envs_per_trial=1, seed=seed) as probe:
         one = probe.batches[0]  # each trial's shapes
-        shapes = {name: {k: v.shape for k, v in group.items()} for name, group in normalize_params(
-            one, {}, None, network).items()}
+        shapes = {name: {k: v.shape for k, v in group.items()} for name, group in trial_params(one).items()}
         trials = _trials(params, shapes)
         try:
             sets = [normalize_params(one, params, t if trials > 1 else None, network) for t in range(trials)]
@@ -60,9 +59,8 @@ def evaluate_run(run_dir: str | Path, *, episodes: int = 100, seed: int | None =
     """``evaluate`` a run directory's final parameters on its environment, its trials and envs_per_trial;
     ``seed``: by default one past the run's (fresh environments and draws).  ``network``: for runs started
     from Python with parts no spec describes."""
-    from .replay import read_finished_run
-
     from .envs import FOURROOMS_ID
+    from .replay import read_finished_run
 
     run = read_finished_run(run_dir, "evaluate", network)
     seed = run.train["seed"] + 1 if seed is None else seed

@@ -48,11 +48,13 @@ class GymBatch:
     def reset(self, restart: int = 0):
         """Reset every env; ``restart`` > 0 (the n-th restart after a restore) reseeds them afresh."""
         if self._keyed:
-            obs = self.vector.reset()[0]  # each env seeds its own episodes
-            return obs if self._obs_start is None else obs - self._obs_start
+            return self._seen(self.vector.reset()[0])  # each env seeds its own episodes
         seeds = self._seeds if not restart else [
             env_seed(self._seed * 1_000_003 + restart, self._offset + b) for b in range(self.num_envs)]
-        obs, _ = self.vector.reset(seed=seeds)
+        return self._seen(self.vector.reset(seed=seeds)[0])
+
+    def _seen(self, obs):
+        """Observations as the coagents count them (from 0; see the function ``_from_zero``)."""
         return obs if self._obs_start is None else obs - self._obs_start
 
     def step(self, actions):
@@ -61,9 +63,8 @@ class GymBatch:
         if self._action_start is not None:
             actions = np.asarray(actions) + self._action_start
         obs, reward, terminated, truncated, _ = self.vector.step(actions)
-        if self._obs_start is not None:
-            obs = obs - self._obs_start
-        return obs, np.asarray(reward, dtype=np.float64), np.asarray(terminated), np.asarray(truncated)
+        return self._seen(obs), np.asarray(reward, dtype=np.float64), np.asarray(terminated), \
+            np.asarray(truncated)
 
     def transition_model(self):
         model = getattr(self.single.unwrapped, "transition_model", None)

@@ -45,11 +45,13 @@ class GradcheckReport:
         Coordinates where neither has noise are left out; those that differ are counted apart
         (``noiseless_differ``, with the largest difference), as no noise can explain them."""
         methods = list(self.gradients)
+        flat = {m: flatten(g) for m, g in self.gradients.items()}
+        var_of = {m: flatten(self.stderr[m]) ** 2 if m in self.stderr else np.zeros(flat[m].size) for m in methods}
         out = {}
         for i, a in enumerate(methods):
             for b in methods[i + 1:]:
-                diff = flatten(self.gradients[a]) - flatten(self.gradients[b])
-                var = sum(flatten(self.stderr[m]) ** 2 if m in self.stderr else np.zeros(diff.size) for m in (a, b))
+                diff = flat[a] - flat[b]
+                var = var_of[a] + var_of[b]
                 finite = np.isfinite(var)  # (an infinite or NaN error: neither noisy nor noiseless)
                 typical = np.median(var[finite & (var > 0)]) if np.any(finite & (var > 0)) else 0.0
                 # an error a trillion times under the typical one rests on one or two nonzero samples (a
@@ -57,7 +59,7 @@ class GradcheckReport:
                 noiseless = finite & (var <= 1e-12 * typical)
                 noisy = finite & ~noiseless
                 z2 = diff[noisy] ** 2 / var[noisy]
-                scale = np.maximum(np.abs(flatten(self.gradients[a])), np.abs(flatten(self.gradients[b])))[noiseless]
+                scale = np.maximum(np.abs(flat[a]), np.abs(flat[b]))[noiseless]
                 differ = np.abs(diff[noiseless])
                 differ[differ <= 1e-9 * (1.0 + scale)] = 0.0  # rounding is no difference
                 out[f"{a}_vs_{b}"] = {"mean_z2": float(z2.mean()) if z2.size else None,
