@@ -64,7 +64,7 @@ def _train(args) -> int:
     overrides = {"episodes": args.episodes, "trials": args.trials, "seed": args.seed, "engine": args.engine,
                  "envs_per_trial": args.envs_per_trial, "micro_batches": args.micro_batches,
                  "address": args.address}
-    ray_overrides = {"coagents_per_actor": args.coagents_per_actor, "placement": args.placement,
+    ray_overrides = {"layout": args.layout, "coagents_per_actor": args.coagents_per_actor, "placement": args.placement,
                      "transport": args.transport, "replicas": args.replicas}
     overrides["clock"] = args.clock
     free_overrides = _free_flags(args)
@@ -77,8 +77,8 @@ def _train(args) -> int:
         fixed = [k for k in ("episodes", "trials", "seed", "envs_per_trial", "micro_batches") if overrides[k] is not None]
         if fixed:
             raise SpecError(f"--{fixed[0].replace('_', '-')}: a resumed run keeps its own; only --engine, --address, "
-                            "--clock, the Ray placement and free-running flags, --checkpoint-every, --dashboard "
-                            "and --quiet may change")
+                            "--clock, the Ray layout, placement and free-running flags, --checkpoint-every, "
+                            "--dashboard and --quiet may change")
         out = Path(args.resume)
         config_file = out / "config.json"
         if not config_file.is_file():
@@ -226,6 +226,10 @@ def build_parser() -> argparse.ArgumentParser:
                                       "instead of starting a local Ray")
     p.add_argument("--micro-batches", type=int, help="split trials into this many micro-batches "
                                                       "(pipelined on Ray; results do not change)")
+    p.add_argument("--layout", choices=["coagents", "trials"],
+                   help="with --engine ray: coagents (default): an actor per coagent, outputs passed every tick; "
+                        "trials: an actor per micro-batch running the whole network at the in-process engine's "
+                        "speed, for large studies (spec: ray.layout)")
     p.add_argument("--coagents-per-actor", type=int, help="with --engine ray: pack this many coagents into "
                                                           "one actor (default 1; spec: ray.coagents_per_actor)")
     p.add_argument("--placement", choices=["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"],

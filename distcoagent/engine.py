@@ -158,6 +158,10 @@ class InProcessEngine(Engine):
         self._cuts: list = [[] for _ in self.slices]  # per micro-batch: the compactions to undo
         self.partial: TrainResult | None = None  # what a failed run had produced
         self._blocks: list[TickBlocks] | None = None  # see _tick_blocks
+        self._block_ticks = 1  # ticks of the next block: growing, up to about BLOCK_SECONDS of work
+        # stop ``train`` once the engine's tick reaches this (None: never): a shard of a larger run
+        # (``ray_engine.sharded``) stops where the others do, so that their states make one run's
+        self.tick_limit: int | None = None
 
     @property
     def batches(self) -> list[NetworkBatch]:
@@ -183,14 +187,17 @@ class InProcessEngine(Engine):
         cuts = self._cuts
         done_before = self._episodes_done()
         blocks = None if tickers or self.forced is not None else self._tick_blocks()  # forced: tick by tick
-        block_ticks = 1  # ticks per block: growing, up to about BLOCK_SECONDS of work
+        limit = self.tick_limit
         try:
-            while not all(env.phase == "done" for env in self.env_sides):
+            while not all(env.phase == "done" for env in self.env_sides) and (limit is None or
+                                                                            self.tick_count < limit):
                 if blocks is not None and kernels.enabled():
+                    ticks = self._block_ticks if limit is None else min(self._block_ticks, limit - self.tick_count)
                     started = time.perf_counter()
-                    self._run_blocks(blocks, block_ticks)
+                    self._run_blocks(blocks, ticks)
                     spent = time.perf_counter() - started
-                    block_ticks = max(1, min(4 * block_ticks, int(block_ticks * BLOCK_SECONDS / max(spent, 1e-9))))
+                    self._block_ticks = max(1, min(4 * self._block_ticks,
+                                                   int(ticks * BLOCK_SECONDS / max(spent, 1e-9))))
                 for k, (env, side) in enumerate(zip(self.env_sides, self.coagent_sides)):
                     if blocks is not None and kernels.enabled() and env.phase == "running":
                         continue  # ran as a block above

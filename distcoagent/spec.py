@@ -65,7 +65,14 @@ ENGINES = ("inprocess", "ray")
 CLOCKS = ("tick", "free")
 RAY_OPTIONS = {"coagents_per_actor", "groups", "resources", "env_resources", "cpus_per_actor", "placement",
                "transport", "max_inflight", "connect_timeout", "ready_timeout", "timeout", "replicas",
-               "replica_resources", "max_recoveries", "snapshot_every", "ticks_per_execution"}
+               "replica_resources", "max_recoveries", "snapshot_every", "ticks_per_execution", "layout",
+               "threads_per_actor", "shard_resources"}
+# [ray] layout: "coagents" (RayEngine: an actor per coagent group) or "trials" (ShardedEngine: an actor per
+# micro-batch, running the whole network); the options that only one of them takes
+LAYOUTS = ("coagents", "trials")
+COAGENT_LAYOUT_ONLY = ("coagents_per_actor", "groups", "resources", "env_resources", "transport", "max_inflight",
+                       "replicas", "replica_resources", "ticks_per_execution")
+TRIAL_LAYOUT_ONLY = ("threads_per_actor", "shard_resources")
 MAX_SEED = INT64_MAX
 # ranges that the kind classes do not check themselves: (kind, argument) -> lowest value
 LOWEST = {("fourier", "order"): 0, ("tile", "tilings"): 1, ("tile", "tiles"): 1, ("driven", "when"): 0}
@@ -358,6 +365,9 @@ def _check_ray_against(ray: dict, network: Network, config: TrainConfig) -> None
         resource_requests(groups, ray.get("resources"), network)
     except PlacementError as error:
         raise SpecError(f"ray.{error}") from None
+    if config.clock == "free" and ray.get("layout") == "trials":
+        raise SpecError("ray.layout: \"trials\" runs whole networks in lockstep on the logical tick; the free-running "
+                        "clock needs an actor per coagent (layout \"coagents\", the default)")
     replicas = ray.get("replicas", 1)
     batches = min(config.micro_batches, config.trials)  # trial_slices' count, without building them
     if config.engine == "ray" and replicas > batches:
@@ -392,6 +402,8 @@ def _check_ray(ray: dict, where: str = "ray") -> None:
               else strings(v, w),
               "env_resources": lambda v, w: _amounts(v, w),
               "replicas": lambda v, w: integer(v, w, 1), "max_recoveries": lambda v, w: integer(v, w, 0),
+              "layout": lambda v, w: string(v, w, LAYOUTS), "threads_per_actor": lambda v, w: integer(v, w, 1),
+              "shard_resources": lambda v, w: _amounts(v, w),
               "snapshot_every": lambda v, w: number(v, w, 0),
               "replica_resources": lambda v, w: [_amounts(r, f"{w}[{i}]") for i, r in enumerate(v)]
               if isinstance(v, list) and v else _amounts(v, w)}
@@ -404,6 +416,13 @@ def _check_ray(ray: dict, where: str = "ray") -> None:
                 _amounts(amounts, f"{prefix}resources.{name}")
         elif key in checks:  # an option without a check here is checked by RayEngine
             checks[key](value, f"{prefix}{key}")
+    layout = ray.get("layout", "coagents")
+    wrong = [k for k in (COAGENT_LAYOUT_ONLY if layout == "trials" else TRIAL_LAYOUT_ONLY) if k in ray]
+    if wrong:
+        other = "coagents" if layout == "trials" else "trials"
+        raise SpecError(f"{prefix}{wrong[0]}: only with {prefix}layout = \"{other}\" (the layout here is "
+                        f"\"{layout}\": " + ("an actor per micro-batch runs the whole network)" if layout == "trials"
+                                              else "an actor per coagent group)"))
 
 
 def _true_or_false(value, where: str) -> None:

@@ -50,16 +50,22 @@ def make_engine(network: Network, env_id: str, env_kwargs: dict, config: TrainCo
                         f"{config.engine} engine" + (" on the free-running clock" if config.clock == "free" else ""))
     common = dict(trials=config.trials, envs_per_trial=config.envs_per_trial, seed=config.seed,
                   micro_batches=config.micro_batches, raster=raster)
+    options = dict(ray_options or {})
+    layout = options.pop("layout", "coagents")
     if config.clock == "free":
         from .ray_engine.free import FreeRunningEngine
 
         free = free_options or {}
         return FreeRunningEngine(network, env_id, env_kwargs, address=config.address, env_rate=free.get("env_rate"),
-                                 coagents=free.get("coagents"), record=record, **common, **(ray_options or {}))
+                                 coagents=free.get("coagents"), record=record, **common, **options)
+    if config.engine == "ray" and layout == "trials":
+        from .ray_engine.sharded import ShardedEngine
+
+        return ShardedEngine(network, env_id, env_kwargs, address=config.address, **common, **options)
     if config.engine == "ray":
         from .ray_engine import RayEngine
 
-        return RayEngine(network, env_id, env_kwargs, address=config.address, **common, **(ray_options or {}))
+        return RayEngine(network, env_id, env_kwargs, address=config.address, **common, **options)
     if config.address is not None:
         hint = named('engine="ray"', "--engine ray")
         raise SpecError(f"address: only the ray engine joins a cluster; add {hint}")

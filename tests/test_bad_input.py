@@ -113,6 +113,13 @@ def test_box_features_with_bounds_are_accepted():
     ({"ray": {"replicas": 2}, "train": {"engine": "ray", "trials": 4}}, r"^ray\.replicas",
      "2 replicas need at least 2 micro-batches"),
     ({"free": {"coagents": [1]}}, r"^free\.coagents", "expected a table of coagent names"),
+    ({"ray": {"layout": "diagonal"}}, r"^ray\.layout", "expected one of coagents, trials"),
+    ({"ray": {"layout": "trials", "coagents_per_actor": 2}}, r"^ray\.coagents_per_actor",
+     r'only with ray\.layout = "coagents" \(the layout here is "trials": an actor per micro-batch'),
+    ({"ray": {"threads_per_actor": 2}}, r"^ray\.threads_per_actor", r'only with ray\.layout = "trials"'),
+    ({"ray": {"layout": "trials", "threads_per_actor": 0}}, r"^ray\.threads_per_actor", "expected an integer >= 1"),
+    ({"ray": {"layout": "trials"}, "train": {"engine": "ray", "clock": "free"}}, r"^ray\.layout",
+     "the free-running clock needs an actor per coagent"),
     ({"coagent__0__name": "b" * 65}, r"coagent\[0\]\.name", "at most 64 printable characters"),
     ({"coagent__0__name": "bit\nnext"}, r"coagent\[0\]\.name", "at most 64 printable characters"),
 ])

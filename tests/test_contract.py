@@ -12,10 +12,11 @@ from distcoagent.contract import Engine, Observer  # noqa: E402
 from distcoagent.engine import InProcessEngine  # noqa: E402
 from distcoagent.network import SpecError  # noqa: E402
 from distcoagent.ray_engine import RayEngine  # noqa: E402
+from distcoagent.ray_engine.sharded import ShardedEngine  # noqa: E402
 from distcoagent.tick import RasterSpec  # noqa: E402
 from ray_networks import GRID, assert_identical, cartpole, option_critic, paper, recurrent  # noqa: E402
 
-ENGINES = ["inprocess", "ray"]
+ENGINES = ["inprocess", "ray", "ray-sharded"]
 
 
 pytestmark = pytest.mark.usefixtures("local_ray")
@@ -25,6 +26,8 @@ def build(kind, network, env_id=GRID, env_kwargs=None, **options) -> Engine:
     env_kwargs = {"size": 4} if env_kwargs is None else env_kwargs
     if kind == "ray":
         return RayEngine(network, env_id, env_kwargs, **options)
+    if kind == "ray-sharded":  # the Ray engine's trials layout: an actor per micro-batch
+        return ShardedEngine(network, env_id, env_kwargs, **options)
     return InProcessEngine(network, env_id, env_kwargs, **options)
 
 
@@ -70,6 +73,7 @@ def test_train_returns_a_whole_result_and_reports_progress(kind):
 # and the recurrent one's (which adds the previous outputs), and it is restored in-process by default.
 STOPS = [pytest.param("inprocess", paper, (1, 9, 40), id="paper-inprocess"),
          pytest.param("ray", paper, (9,), id="paper-ray"),
+         pytest.param("ray-sharded", paper, (9, 40), id="paper-ray-sharded"),
          pytest.param("ray", paper, (1, 40), id="paper-first-and-late-ticks-ray", marks=pytest.mark.slow),
          *[pytest.param(kind, make, stops, id=f"{name}-{kind}") for kind in ENGINES
            for name, make, stops in [("recurrent", recurrent, (7,))]],

@@ -14,6 +14,7 @@ ray = pytest.importorskip("ray")
 
 from distcoagent.contract import Observer  # noqa: E402
 from distcoagent.ray_engine import RayEngine, RecoveryError, StallError  # noqa: E402
+from distcoagent.ray_engine.sharded import ShardedEngine  # noqa: E402
 from ray_networks import GRID, assert_identical, in_process, paper  # noqa: E402
 
 OPTIONS = dict(trials=6, envs_per_trial=2, seed=21, micro_batches=2)
@@ -80,11 +81,13 @@ def sigkill(name):
 
 
 @pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning")  # no error from a dropped result
-@pytest.mark.parametrize("name,how", [("coagent:bit_b", kill_actor), ("env:1", sigkill)],
-                         ids=["ray.kill a coagent actor", "SIGKILL the environment actor"])
+@pytest.mark.parametrize("name,how", [("coagent:bit_b", kill_actor), ("env:1", sigkill), ("shard:1", sigkill)],
+                         ids=["ray.kill a coagent actor", "SIGKILL the environment actor",
+                              "SIGKILL a shard actor of the trials layout"])
 def test_a_lost_actor_is_replaced_and_the_run_is_bit_identical(expected, caplog, name, how):
     saboteur = Saboteur(how(name))
-    engine = RayEngine(paper(), GRID, {"size": 5}, snapshot_every=SNAPSHOT_EVERY, **OPTIONS)
+    kind = ShardedEngine if name.startswith("shard:") else RayEngine
+    engine = kind(paper(), GRID, {"size": 5}, snapshot_every=SNAPSHOT_EVERY, **OPTIONS)
     try:
         with caplog.at_level(logging.WARNING, logger="distcoagent"):
             result = engine.train(EPISODES, observers=[saboteur])
@@ -97,6 +100,8 @@ def test_a_lost_actor_is_replaced_and_the_run_is_bit_identical(expected, caplog,
     assert name in logged and f"atomic tick {record['tick']}" in logged and "recovered" in logged
     if name.startswith("coagent:"):
         assert "coagent(s) bit_b" in logged
+    if name.startswith("shard:"):
+        assert "trials 3..5" in logged
     assert_identical(expected, result)
 
 

@@ -181,7 +181,7 @@ class RayEngine(Engine):
 
         given = locals()
         try:  # as a spec's [ray] table (tuples as its lists)
-            _check_ray({k: as_lists(given[k]) for k in RAY_OPTIONS if given[k] is not None}, "")
+            _check_ray({k: as_lists(given[k]) for k in RAY_OPTIONS if given.get(k) is not None}, "")
         except SpecError as error:
             raise PlacementError(str(error)) from None
         if transport not in TRANSPORTS:
@@ -248,28 +248,59 @@ class RayEngine(Engine):
 
     # ------------------------------------------------------------------ construction
     def _build(self, custom, env_resources, cpus_per_actor, placement):
-        import ray
-        from ray.util.placement_group import placement_group, remove_placement_group
-        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
-
         R, G, K = self.replicas, len(self.groups), len(self.slices)
-        n_actors = R * G + K
-        totals = ray.cluster_resources()
-        nodes = [node["Resources"] for node in ray.nodes() if node["Alive"]]
-        if not nodes:  # e.g. the head stopped during a run: say so, not that no node has room
-            raise ConnectionError("the Ray cluster has no node alive (was its head stopped?); a run directory "
-                                  "keeps its last checkpoint: start the cluster again and resume")
-        if cpus_per_actor is None:  # so that all the actors would fit even on the smallest node
-            smallest = min((n.get("CPU", 0.0) for n in nodes if n.get("CPU", 0.0) > 0), default=0.0)
-            cpus_per_actor = min(1.0, math.floor(100 * smallest / n_actors) / 100)
-        self.cpus_per_actor = float(cpus_per_actor)
         suffix = [f"/{r}" if R > 1 else "" for r in range(R)]
         labels = [f"coagent actor {'+'.join(g)!r}{suffix[r]}" for r in range(R) for g in self.groups] + \
                  [f"environment actor {k}" for k in range(K)]
         extras = [{**custom[g], **self.replica_resources[r]} for r in range(R) for g in range(G)] + \
                  [{**env_resources, **self.replica_resources[self.replica_of[k]]} for k in range(K)]
+        actor_names = [f"coagent:{'+'.join(g)}{suffix[r]}" for r in range(R) for g in self.groups] + \
+                      [f"env:{k}" for k in range(K)]
+        options = self._place(labels, extras, actor_names, cpus_per_actor, placement)
+
+        net = self.network
+        level = levels(net)
+        cur, prev = used_sources(net)
+        group_of = {n: g for g, names in enumerate(self.groups) for n in names}
+        self.plans = []
+        for g, names in enumerate(self.groups):
+            outside = [m for m in net.order if group_of[m] != g]
+            exports = {n for n in names if n in net.action_coagents or any(n in cur[m] for m in outside)}
+            prev_exports = {n for n in names if any(n in prev[m] for m in outside)}
+            by_level = {}
+            for n in names:
+                by_level.setdefault(level[n], []).append(n)
+            self.plans.append({"levels": by_level, "exports": exports, "prev_exports": prev_exports})
+        shards = [[self.slices[k] for k in range(K) if self.replica_of[k] == r] for r in range(R)]
+        self.local_index = [self.replica_of[:k].count(self.replica_of[k]) for k in range(K)]
+        self.actors = [self._coagent_actor(options(r * G + g), g, names, plan, shards[r])
+                       for r in range(R) for g, (names, plan) in enumerate(zip(self.groups, self.plans))]
+        self.env_actors = [self._env_actor(options(R * G + k), k, a, b) for k, (a, b) in enumerate(self.slices)]
+        self._await_ready(self.actors + self.env_actors, labels, actor_names)
+        self._graph(level, cur, prev, group_of)
+
+    def _place(self, labels: list[str], extras: list[dict], actor_names: list[str], cpus_per_actor, placement):
+        """Resources for the actors (``labels``: what each holds, for messages; ``extras``: each one's custom
+        resources), checked against the cluster before any actor starts, and a placement group if asked.
+        Sets ``cpus_per_actor`` (default: what lets all the actors fit even on the smallest node) and the
+        actors' ``requests``; returns ``options(i)``, the i-th actor's Ray options."""
+        import ray
+        from ray.util.placement_group import placement_group, remove_placement_group
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        n_actors = len(labels)
+        totals = ray.cluster_resources()
+        nodes = [node["Resources"] for node in ray.nodes() if node["Alive"]]
+        if not nodes:  # e.g. the head stopped during a run: say so, not that no node has room
+            raise ConnectionError("the Ray cluster has no node alive (was its head stopped?); a run directory "
+                                  "keeps its last checkpoint: start the cluster again and resume")
+        if cpus_per_actor is None:
+            smallest = min((n.get("CPU", 0.0) for n in nodes if n.get("CPU", 0.0) > 0), default=0.0)
+            cpus_per_actor = self._default_cpus(smallest, n_actors)
+        self.cpus_per_actor = float(cpus_per_actor)
         requests = [{**({"CPU": self.cpus_per_actor} if self.cpus_per_actor > 0 else {}), **extra}
                     for extra in extras]
+        self.requests = requests
         check_resources(list(zip(labels, requests)), totals, nodes)
         strategies = [None] * n_actors
         if placement is not None:
@@ -292,8 +323,6 @@ class RayEngine(Engine):
 
         # a fresh namespace after each recovery: the names of killed actors may not be free yet
         namespace = self.namespace if not self.recoveries else f"{self.namespace}-r{len(self.recoveries)}"
-        actor_names = [f"coagent:{'+'.join(g)}{suffix[r]}" for r in range(R) for g in self.groups] + \
-                      [f"env:{k}" for k in range(K)]
 
         def options(i):
             request = dict(requests[i])
@@ -303,36 +332,28 @@ class RayEngine(Engine):
                 opts["scheduling_strategy"] = strategies[i]
             return opts
 
-        net = self.network
-        level = levels(net)
-        cur, prev = used_sources(net)
-        group_of = {n: g for g, names in enumerate(self.groups) for n in names}
-        self.plans = []
-        for g, names in enumerate(self.groups):
-            outside = [m for m in net.order if group_of[m] != g]
-            exports = {n for n in names if n in net.action_coagents or any(n in cur[m] for m in outside)}
-            prev_exports = {n for n in names if any(n in prev[m] for m in outside)}
-            by_level = {}
-            for n in names:
-                by_level.setdefault(level[n], []).append(n)
-            self.plans.append({"levels": by_level, "exports": exports, "prev_exports": prev_exports})
-        shards = [[self.slices[k] for k in range(K) if self.replica_of[k] == r] for r in range(R)]
-        self.local_index = [self.replica_of[:k].count(self.replica_of[k]) for k in range(K)]
-        self.actors = [self._coagent_actor(options(r * G + g), g, names, plan, shards[r])
-                       for r in range(R) for g, (names, plan) in enumerate(zip(self.groups, self.plans))]
-        self.env_actors = [self._env_actor(options(R * G + k), k, a, b) for k, (a, b) in enumerate(self.slices)]
-        everyone = self.actors + self.env_actors
-        refs = [self._ready(a) for a in everyone]
+        return options
+
+    @staticmethod
+    def _default_cpus(smallest: float, n_actors: int) -> float:
+        """CPUs per actor when none are asked: at most one, so that all would fit on the smallest node."""
+        return min(1.0, math.floor(100 * smallest / n_actors) / 100)
+
+    def _await_ready(self, actors: list, labels: list[str], actor_names: list[str]) -> None:
+        """Wait for the actors to start (``ready_timeout``), naming those that could not; records where
+        each runs (``placement``), or raises an actor's construction error."""
+        import ray
+
+        refs = [self._ready(a) for a in actors]
         ready, _ = ray.wait(refs, num_returns=len(refs), timeout=self.ready_timeout)
         if len(ready) < len(refs):
-            waiting = [f"{labels[i]} ({_fmt(requests[i])})" for i, r in enumerate(refs) if r not in ready]
+            waiting = [f"{labels[i]} ({_fmt(self.requests[i])})" for i, r in enumerate(refs) if r not in ready]
             raise PlacementError(f"{len(waiting)} actor(s) could not start within {self.ready_timeout:g} s: "
                                  f"{'; '.join(waiting)}. Each fits on some node, but not all together: the "
                                  "nodes with those resources are full (lower cpus_per_actor or spread the "
                                  "custom resources)")
         self.actor_names = actor_names
         self.placement = dict(zip(actor_names, ray.get(refs)))  # raises an actor's construction error
-        self._graph(level, cur, prev, group_of)
 
     def _ready(self, actor):
         """The actor's answer to where it runs, once started; told whether it will run in a compiled graph."""
