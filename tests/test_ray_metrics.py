@@ -33,10 +33,14 @@ def scrape(port: int) -> dict[tuple[str, str, str], float]:
     return out
 
 
-@pytest.mark.parametrize("clock", ["tick", "free"])
-def test_per_coagent_metrics_reach_the_endpoint_with_the_engines_values(metrics_port, clock):
-    run = f"metrics-{clock}"
-    if clock == "free":
+@pytest.mark.parametrize("kind", ["tick", "free", "trials layout"])
+def test_per_coagent_metrics_reach_the_endpoint_with_the_engines_values(metrics_port, kind):
+    run = f"metrics-{kind.replace(' ', '-')}"
+    if kind == "trials layout":  # the shards export their coagents' figures as coagent actors do
+        from distcoagent.ray_engine.sharded import ShardedEngine
+
+        engine = ShardedEngine(paper(), GRID, {"size": 5}, trials=16, seed=2, run_name=run, micro_batches=2)
+    elif kind == "free":
         from distcoagent.ray_engine.free import FreeRunningEngine
 
         # 10 steps a second: every coagent executes even on a loaded machine (with two busy processes
@@ -46,7 +50,7 @@ def test_per_coagent_metrics_reach_the_endpoint_with_the_engines_values(metrics_
     else:
         engine = RayEngine(paper(), GRID, {"size": 5}, trials=16, seed=2, run_name=run)
     try:
-        result = engine.train(20 if clock == "tick" else 3)
+        result = engine.train(3 if kind == "free" else 20)
     finally:
         engine.close()
     assert all(c["executions"] > 0 for c in result.counters.values()), result.counters
