@@ -8,6 +8,7 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
+from distcoagent.engine import InProcessEngine  # noqa: E402
 from distcoagent.ray_engine import RayEngine  # noqa: E402
 from ray_networks import GRID, paper  # noqa: E402
 
@@ -18,8 +19,9 @@ def metrics_port(local_ray) -> int:
     return local_ray
 
 
-def scrape(port: int) -> dict[tuple[str, str, str], float]:
-    """{(name, coagent, run): value} of the distcoagent series (summed over Ray's own tags)."""
+def scrape(port: int, each: bool = False) -> dict[tuple[str, str, str], float]:
+    """{(name, coagent, run): value} of the distcoagent series, summed over Ray's own tags (the exporting
+    worker's among them); ``each``: the list of the workers' values instead."""
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
     out = {}
     for line in text.splitlines():
@@ -29,7 +31,10 @@ def scrape(port: int) -> dict[tuple[str, str, str], float]:
             if "le" in labels:
                 continue
             key = (m.group(1), labels.get("coagent", ""), labels.get("run", ""))
-            out[key] = out.get(key, 0.0) + float(m.group(3))
+            if each:
+                out.setdefault(key, []).append(float(m.group(3)))
+            else:
+                out[key] = out.get(key, 0.0) + float(m.group(3))
     return out
 
 
@@ -65,8 +70,20 @@ def test_per_coagent_metrics_reach_the_endpoint_with_the_engines_values(metrics_
             break
         time.sleep(1)
     assert {k: got.get(k) for k in want} == want
+    # a gauge is each exporting actor's own figure: one coagent actor, or one per shard of the trials layout
+    # (each shard's rate is that of its trials, as the in-process engine computes it for them alone)
+    shards = [(0, 16)] if kind != "trials layout" else [(0, 8), (8, 16)]
+    each = scrape(metrics_port, each=True)
     for name in result.counters:
-        rate = got[("ray_distcoagent_coagent_execution_rate", name, run)]
-        assert rate == pytest.approx(result.counters[name]["executions"] / result.counters[name]["ticks"], rel=1e-9)
+        expected = []
+        for a, b in shards:
+            if (a, b) == (0, 16):
+                counters = result.counters[name]
+            else:
+                with InProcessEngine(paper(), GRID, {"size": 5}, trials=b - a, first_trial=a, seed=2) as part:
+                    counters = part.train(20).counters[name]
+            expected.append(counters["executions"] / counters["ticks"])
+        rates = each[("ray_distcoagent_coagent_execution_rate", name, run)]
+        assert sorted(rates) == pytest.approx(sorted(expected), rel=1e-9), (name, rates, expected)
         assert ("ray_distcoagent_coagent_param_norm", name, run) in got
         assert got[("ray_distcoagent_coagent_ticks_between_executions_count", name, run)] >= 1
