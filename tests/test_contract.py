@@ -73,7 +73,7 @@ def test_train_returns_a_whole_result_and_reports_progress(kind):
 # and the recurrent one's (which adds the previous outputs), and it is restored in-process by default.
 STOPS = [pytest.param("inprocess", paper, (1, 9, 40), id="paper-inprocess"),
          pytest.param("ray", paper, (9,), id="paper-ray"),
-         pytest.param("ray-sharded", paper, (9, 40), id="paper-ray-sharded"),
+         pytest.param("ray-sharded", paper, (9,), id="paper-ray-sharded"),
          pytest.param("ray", paper, (1, 40), id="paper-first-and-late-ticks-ray", marks=pytest.mark.slow),
          *[pytest.param(kind, make, stops, id=f"{name}-{kind}") for kind in ENGINES
            for name, make, stops in [("recurrent", recurrent, (7,))]],
