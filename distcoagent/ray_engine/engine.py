@@ -295,8 +295,7 @@ class RayEngine(Engine):
             raise ConnectionError("the Ray cluster has no node alive (was its head stopped?); a run directory "
                                   "keeps its last checkpoint: start the cluster again and resume")
         if cpus_per_actor is None:
-            smallest = min((n.get("CPU", 0.0) for n in nodes if n.get("CPU", 0.0) > 0), default=0.0)
-            cpus_per_actor = self._default_cpus(smallest, n_actors)
+            cpus_per_actor = self._default_cpus([n.get("CPU", 0.0) for n in nodes if n.get("CPU", 0.0) > 0], n_actors)
         self.cpus_per_actor = float(cpus_per_actor)
         requests = [{**({"CPU": self.cpus_per_actor} if self.cpus_per_actor > 0 else {}), **extra}
                     for extra in extras]
@@ -335,9 +334,10 @@ class RayEngine(Engine):
         return options
 
     @staticmethod
-    def _default_cpus(smallest: float, n_actors: int) -> float:
-        """CPUs per actor when none are asked: at most one, so that all would fit on the smallest node."""
-        return min(1.0, math.floor(100 * smallest / n_actors) / 100)
+    def _default_cpus(nodes: list[float], n_actors: int) -> float:
+        """CPUs per actor when none are asked (``nodes``: each node's CPUs): at most one, so that all the
+        actors would fit on the smallest node."""
+        return min(1.0, math.floor(100 * min(nodes, default=0.0) / n_actors) / 100)
 
     def _await_ready(self, actors: list, labels: list[str], actor_names: list[str]) -> None:
         """Wait for the actors to start (``ready_timeout``), naming those that could not; records where

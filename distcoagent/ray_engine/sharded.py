@@ -127,8 +127,8 @@ class ShardedEngine(RayEngine):
 
     micro_batches: the shards (actors), each a contiguous range of trials.
     threads_per_actor: threads each shard runs its blocks on (default: its CPUs, at least one).
-    cpus_per_actor: CPUs each shard reserves (default: the smallest node's CPUs over the shards,
-        whole CPUs when there are enough, else a share).
+    cpus_per_actor: CPUs each shard reserves (default: the most whole CPUs with which every shard finds
+        a node, so that the shards spread over the cluster; with fewer CPUs than shards, a share).
     placement: None, or a placement-group strategy ("PACK", "SPREAD", ...), a bundle per shard.
     shard_resources: custom resources every shard asks for (to keep the run on some nodes).
     address, connect_timeout, ready_timeout, timeout, raster, max_recoveries, snapshot_every,
@@ -192,10 +192,13 @@ class ShardedEngine(RayEngine):
 
     # ------------------------------------------------------------------ construction
     @staticmethod
-    def _default_cpus(smallest: float, n_actors: int) -> float:
-        """Whole CPUs per shard where the smallest node has them, else a share (all fit on it)."""
-        whole = math.floor(smallest / n_actors)
-        return float(whole) if whole >= 1 else math.floor(100 * smallest / n_actors) / 100
+    def _default_cpus(nodes: list[float], n_actors: int) -> float:
+        """CPUs per shard when none are asked (``nodes``: each node's CPUs): the most whole CPUs with which
+        every shard still finds a node (so shards spread over the cluster, each on CPUs of its own); with
+        fewer CPUs than shards, a share, so that all would fit on the smallest node."""
+        whole = max((c for c in range(1, int(max(nodes, default=0.0)) + 1)
+                     if sum(math.floor(n / c) for n in nodes) >= n_actors), default=0)
+        return float(whole) if whole else math.floor(100 * min(nodes, default=0.0) / n_actors) / 100
 
     def _build(self, cpus_per_actor, placement, resources):
         import ray
