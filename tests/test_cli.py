@@ -127,13 +127,6 @@ def test_train_on_the_ray_engine_matches_the_in_process_engine(tmp_path):
     assert cli("train", EXAMPLE, *common, "--out", str(tmp_path / "local")).returncode == 0
     assert (tmp_path / "ray" / "returns.csv").read_text() == (tmp_path / "local" / "returns.csv").read_text()
     assert json.loads((tmp_path / "ray" / "config.json").read_text())["ray"] == {"coagents_per_actor": 2}
-    # the trials layout: an actor per micro-batch running the whole network
-    sharded = cli("train", EXAMPLE, *common, "--engine", "ray", "--layout", "trials", "--micro-batches", "2",
-                  "--out", str(tmp_path / "sharded"))
-    assert sharded.returncode == 0, sharded.stderr
-    assert "ray-sharded" in sharded.stdout
-    assert (tmp_path / "sharded" / "returns.csv").read_text() == (tmp_path / "local" / "returns.csv").read_text()
-    assert json.loads((tmp_path / "sharded" / "config.json").read_text())["ray"] == {"layout": "trials"}
 
 
 def test_only_the_semaphores_of_an_exited_raylet_are_removed(tmp_path):

@@ -27,7 +27,7 @@ def records(run_dir: Path, kind: str) -> list[dict]:
     return [r for r in map(json.loads, lines) if r["kind"] == kind]
 
 
-@pytest.mark.parametrize("engine,trials,episodes", [("inprocess", 2000, 80), ("ray", 8, 25)])
+@pytest.mark.parametrize("engine,trials,episodes", [("inprocess", 2000, 80), ("ray", 8, 12)])
 def test_the_page_follows_a_real_run(browser, tmp_path, engine, trials, episodes):  # noqa: F811
     run_dir = tmp_path / f"paper_{engine}"
     outcome = {}

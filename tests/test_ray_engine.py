@@ -1,6 +1,8 @@
 """The Ray engine agrees bit for bit with the in-process engine (as gymnasium's sync and async vector
 envs agree), whatever the packing, micro-batching and transport; bad placements and addresses fail fast."""
+import json
 import time
+from pathlib import Path
 
 import pytest
 
@@ -200,3 +202,20 @@ def test_nonfinite_reward_surfaces_as_the_core_error():
             engine.train(2)
     finally:
         engine.close()
+
+
+def test_the_command_lines_trials_layout_matches_the_in_process_engine(tmp_path, capsys):
+    """``--layout trials``: an actor per micro-batch running the whole network (here on the tests' shared
+    Ray, which ``train`` joins), the in-process engine's returns to the byte, the layout in config.json."""
+    from distcoagent.cli import main
+
+    example = str(Path(__file__).resolve().parents[1] / "examples" / "paper_gridworld.toml")
+    common = ["--episodes", "4", "--trials", "3", "--seed", "4", "--micro-batches", "2", "--quiet"]
+    assert main(["train", example, *common, "--engine", "ray", "--layout", "trials",
+                 "--out", str(tmp_path / "sharded")]) == 0
+    assert "ray-sharded" in capsys.readouterr().out
+    assert main(["train", example, *common, "--out", str(tmp_path / "local")]) == 0
+    assert (tmp_path / "sharded" / "returns.csv").read_text() == (tmp_path / "local" / "returns.csv").read_text()
+    assert json.loads((tmp_path / "sharded" / "config.json").read_text())["ray"] == {"layout": "trials"}
+    placement = json.loads((tmp_path / "sharded" / "placement.json").read_text())["actors"]
+    assert sorted(placement) == ["shard:0", "shard:1"]
