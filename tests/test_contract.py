@@ -68,14 +68,17 @@ def test_train_returns_a_whole_result_and_reports_progress(kind):
 
 
 # stop points: the first tick, one in the first episodes, one near the end; on Ray (about 20 s per
-# stop point) the middle one runs by default and the other two with -m slow. The option-critic network
+# stop point) the middle one runs by default and the other two with -m slow. The trials layout's
+# shards are in-process engines: the recurrent network's previous outputs, which they keep as the
+# in-process engine does, are saved and restored through them with -m slow. The option-critic network
 # on Ray (14 s) runs with -m slow too: its state on Ray travels the same way as the paper network's
 # and the recurrent one's (which adds the previous outputs), and it is restored in-process by default.
 STOPS = [pytest.param("inprocess", paper, (1, 9, 40), id="paper-inprocess"),
          pytest.param("ray", paper, (9,), id="paper-ray"),
          pytest.param("ray-sharded", paper, (9,), id="paper-ray-sharded"),
          pytest.param("ray", paper, (1, 40), id="paper-first-and-late-ticks-ray", marks=pytest.mark.slow),
-         *[pytest.param(kind, make, stops, id=f"{name}-{kind}") for kind in ENGINES
+         *[pytest.param(kind, make, stops, id=f"{name}-{kind}",
+                        marks=[pytest.mark.slow] if kind == "ray-sharded" else []) for kind in ENGINES
            for name, make, stops in [("recurrent", recurrent, (7,))]],
          pytest.param("inprocess", option_critic, (5,), id="option-critic-inprocess"),
          pytest.param("ray", option_critic, (5,), id="option-critic-ray", marks=pytest.mark.slow)]
@@ -168,7 +171,8 @@ def test_observers_see_every_tick_metrics_and_the_end(kind):
     assert ticks == sorted(ticks)
 
 
-@pytest.mark.parametrize("kind", ENGINES)
+# the trials layout's shards restore their episodes with the in-process engine's code: -m slow
+@pytest.mark.parametrize("kind", ["inprocess", "ray", pytest.param("ray-sharded", marks=pytest.mark.slow)])
 def test_a_gymnasium_env_restarts_its_episodes_after_a_restore(kind):
     options = dict(env_id="CartPole-v1", env_kwargs={}, trials=2, seed=0)
     with build(kind, cartpole(), **options) as first:
@@ -181,7 +185,9 @@ def test_a_gymnasium_env_restarts_its_episodes_after_a_restore(kind):
     assert all(c["episodes"] >= 2 * 3 for c in result.counters.values())  # the cut episode counts too
 
 
-@pytest.mark.parametrize("kind", ENGINES)
+# restore's first step on every engine is the same check (engine.check_state): the Ray engines' cases,
+# which spend their time starting actors, run with -m slow
+@pytest.mark.parametrize("kind", ["inprocess", *[pytest.param(k, marks=pytest.mark.slow) for k in ENGINES[1:]]])
 def test_a_state_from_another_layout_is_refused_naming_the_field(kind):
     with build("inprocess", paper(), trials=2, seed=0) as other:
         other.train(1)

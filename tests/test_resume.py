@@ -361,7 +361,10 @@ def test_damaged_or_foreign_checkpoints_get_one_clear_error_and_the_run_director
     assert resumed.returncode == 2 and "--episodes" in resumed.stderr
 
 
-@pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["SIGINT", "SIGTERM"])
+# SIGINT on a Ray run from the command line also runs by default in test_freerun_ray (the free-running
+# engine, the same command-line handler); here with -m slow (20 s)
+@pytest.mark.parametrize("sig,code", [pytest.param(signal.SIGINT, 130, marks=pytest.mark.slow), (signal.SIGTERM, 143)],
+                         ids=["SIGINT", "SIGTERM"])
 def test_ray_engine_stops_on_sigint_without_crashing_and_resumes_in_process(spec, reference, tmp_path, sig, code):
     """SIGTERM too (a preempted node, ``docker stop``): ``ray.init`` puts its own handler, exiting at once, in
     place of the command line's; the run must still finish its tick and write a checkpoint."""
