@@ -58,9 +58,12 @@ def cli(*args, cwd=None, timeout=300):
                           text=True, cwd=cwd or ROOT, timeout=timeout)
 
 
-def start(*args, cwd=None):
+def start(*args, cwd=None, nice=False):
+    """The command line in a subprocess; ``nice``: at the lowest priority (a run kept training only to hold
+    its directory takes no CPU from the rest of the suite)."""
     return subprocess.Popen([sys.executable, "-m", "distcoagent.cli", *map(str, args)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, cwd=cwd or ROOT)
+                            stderr=subprocess.PIPE, text=True, cwd=cwd or ROOT,
+                            preexec_fn=(lambda: os.nice(19)) if nice else None)
 
 
 @pytest.fixture(scope="module")
@@ -181,7 +184,8 @@ def test_a_run_directory_is_used_by_one_process_at_a_time(spec, tmp_path):
     """While a run trains, a resume or an --overwrite of its directory is refused, naming the process
     (two writers mixed their files, or deleted a live run's); a killed writer's temporary file goes."""
     out = tmp_path / "run"
-    proc = start("train", spec, "--out", out, "--episodes", "1000000", "--trials", "2", "--micro-batches", "1", "--quiet")
+    proc = start("train", spec, "--out", out, "--episodes", "1000000", "--trials", "2", "--micro-batches", "1", "--quiet",
+                 nice=True)
     wait_for_file(proc, out / "metrics.jsonl")
     for args in (["--resume", out], [spec, "--out", out, "--overwrite", "--seed", "9"], [spec, "--out", out]):
         other = cli("train", *args, "--quiet")

@@ -220,6 +220,15 @@ class RayEngine(Engine):
         network.input_spaces(self.observation_space, self.action_space)
         self.groups = coagent_groups(network, coagents_per_actor, groups)
         custom = resource_requests(self.groups, resources, network)
+        self._start((custom, dict(env_resources or {}), cpus_per_actor, placement), address, connect_timeout,
+                    max_recoveries, snapshot_every, export_metrics, run_name)
+
+    def _start(self, build_args: tuple, address, connect_timeout, max_recoveries, snapshot_every, export_metrics,
+               run_name) -> None:
+        """The engine's run clock, its recovery record and its actors: Ray joined (or started here, see
+        ``connect``) and ``_build(*build_args)``, everything released again if that fails."""
+        if isinstance(max_recoveries, bool) or not isinstance(max_recoveries, int) or max_recoveries < 0:
+            raise SpecError(f"max_recoveries: expected an integer >= 0, got {max_recoveries!r}")
         self.tick_count = 0
         self.episodes: int | None = None  # the run in progress (None: none)
         self.seconds = 0.0
@@ -229,17 +238,16 @@ class RayEngine(Engine):
         self.namespace = f"distcoagent-{self.run_id}"
         self.placement: dict[str, dict] = {}  # actor name -> node it runs on
         self.actors, self.env_actors, self.dag, self.placement_group = [], [], None, None
+        self.actor_names: list[str] = []
         self._broken = None
-        if not isinstance(max_recoveries, int) or max_recoveries < 0:
-            raise SpecError(f"max_recoveries: expected an integer >= 0, got {max_recoveries!r}")
         self.max_recoveries, self.snapshot_every = max_recoveries, float(snapshot_every)
         self.export_metrics = bool(export_metrics)
         self.run_name = run_name
         self.recoveries: list[dict] = []  # what happened: dead actors, their coagents, the tick
         self._snapshot: dict | None = None  # the run's state at its last snapshot (recovery restores it)
         self.partial: TrainResult | None = None  # what a failed run had at its last snapshot
-        self._build_args = (custom, dict(env_resources or {}), cpus_per_actor, placement)
-        self._started_ray = connect(address, connect_timeout, runtime_env=module_runtime_env(env_id))
+        self._build_args = build_args
+        self._started_ray = connect(address, connect_timeout, runtime_env=module_runtime_env(self.env_id))
         try:
             self._build(*self._build_args)
         except BaseException:
@@ -488,24 +496,30 @@ class RayEngine(Engine):
         seconds = min([EXECUTION_SECONDS] + [o.metrics_every for o in clock.observers])
         state = {"pending": deque(), "finished": False, "done_before": self._done_reported, "seconds": seconds}
         with self._accounting():
-            if self._snapshot is None or self._snapshot["tick"] != self.tick_count:
-                self._snapshot = self.state()
-            last_snapshot = time.monotonic()
-            while not state["finished"]:
-                try:
-                    with self._watch():
-                        stopping = self._advance(state, progress, tickers, clock, stop)
-                        if not state["finished"] and time.monotonic() - last_snapshot >= self.snapshot_every:
-                            self._drain(state, tickers)
-                            self._snapshot, last_snapshot = self.state(), time.monotonic()
-                    if stopping:
-                        break
-                except ActorLost as lost:
-                    self._recover(lost, state)
-                    last_snapshot = time.monotonic()
-            with self._watch():
-                self._drain(state, tickers)
+            self._loop(state, lambda: self._advance(state, progress, tickers, clock, stop),
+                       lambda: self._drain(state, tickers))
         return self._finish(observers)
+
+    def _loop(self, state: dict, advance: Callable[[], bool], drain: Callable[[], None]) -> None:
+        """``advance()`` until ``state["finished"]`` or it returns True (stop), with a snapshot every
+        ``snapshot_every`` seconds (after ``drain()``: nothing in flight) and recovery from a lost actor."""
+        if self._snapshot is None or self._snapshot["tick"] != self.tick_count:
+            self._snapshot = self.state()
+        last_snapshot = time.monotonic()
+        while not state["finished"]:
+            try:
+                with self._watch():
+                    stopping = advance()
+                    if not state["finished"] and time.monotonic() - last_snapshot >= self.snapshot_every:
+                        drain()
+                        self._snapshot, last_snapshot = self.state(), time.monotonic()
+                if stopping:
+                    break
+            except ActorLost as lost:
+                self._recover(lost, state)
+                last_snapshot = time.monotonic()
+        with self._watch():
+            drain()
 
     def _open(self, episodes: int, observers, begin: Callable[[], object]) -> MetricsClock:
         """The start of a ``train`` call: a new run (``begin`` starts it in the actors) or the one in

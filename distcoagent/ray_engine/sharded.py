@@ -21,7 +21,6 @@ observer that wants every tick: the shards then run tick by tick), takes a snaps
 from __future__ import annotations
 
 import math
-import uuid
 import time
 from collections import deque
 from typing import Callable, Sequence
@@ -33,9 +32,8 @@ from ..engine import InProcessEngine, check_counts, check_network, check_state, 
 from ..network import Network, SpecError
 from ..tick import Feedback
 from .actors import where
-from .cluster import connect, module_runtime_env
-from .engine import RAY_TIMEOUT, ActorLost, RayEngine
-from .placement import STRATEGIES, PlacementError
+from .engine import RAY_TIMEOUT, RayEngine
+from .placement import PlacementError
 
 CHUNK_SECONDS = 0.5  # a chunk of ticks lasts about this long (progress, metrics, stops come between chunks)
 
@@ -146,21 +144,16 @@ class ShardedEngine(RayEngine):
                  run_name: str | None = None):
         check_network(network, env_id, env_kwargs)
         check_counts(trials, envs_per_trial)
-        if threads_per_actor is not None and (isinstance(threads_per_actor, bool) or
-                                              not isinstance(threads_per_actor, int) or threads_per_actor < 1):
-            raise SpecError(f"threads_per_actor: expected a positive integer, got {threads_per_actor!r}")
-        if placement is not None and placement not in STRATEGIES:
-            raise PlacementError(f"placement: expected None or one of {STRATEGIES}, got {placement!r}")
-        if cpus_per_actor is not None and (isinstance(cpus_per_actor, bool) or
-                                           not isinstance(cpus_per_actor, (int, float)) or cpus_per_actor < 0):
-            raise PlacementError(f"cpus_per_actor: expected a number >= 0, got {cpus_per_actor!r}")
-        if shard_resources is not None and (not isinstance(shard_resources, dict) or not all(
-                isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0
-                for k, v in shard_resources.items())):
-            raise PlacementError(f"shard_resources: expected {{resource name: amount >= 0}}, asked by every shard, "
-                                 f"got {shard_resources!r}")
-        if not isinstance(max_recoveries, int) or isinstance(max_recoveries, bool) or max_recoveries < 0:
-            raise SpecError(f"max_recoveries: expected an integer >= 0, got {max_recoveries!r}")
+        from ..spec import _check_ray, as_lists
+
+        given = {"layout": "trials", "threads_per_actor": threads_per_actor, "cpus_per_actor": cpus_per_actor,
+                 "placement": placement, "shard_resources": shard_resources, "connect_timeout": connect_timeout,
+                 "ready_timeout": ready_timeout, "timeout": timeout, "max_recoveries": max_recoveries,
+                 "snapshot_every": snapshot_every}
+        try:  # as a spec's [ray] table with layout = "trials"
+            _check_ray({k: as_lists(v) for k, v in given.items() if v is not None}, "")
+        except SpecError as error:
+            raise PlacementError(str(error)) from None
         self.network, self.env_id, self.env_kwargs = network, env_id, dict(env_kwargs or {})
         self.trials, self.envs_per_trial, self.seed = int(trials), int(envs_per_trial), seed
         self.slices = trial_slices(self.trials, micro_batches)
@@ -168,27 +161,8 @@ class ShardedEngine(RayEngine):
         self.timeout, self.ready_timeout, self.raster = timeout, ready_timeout, raster
         InProcessEngine(network, env_id, dict(env_kwargs or {}), trials=1, envs_per_trial=self.envs_per_trial,
                         seed=seed, threads=1).close()  # spec errors here, before any Ray work
-        self.tick_count, self.episodes, self.seconds = 0, None, 0.0
-        self._started: float | None = None
-        self._done_reported = 0
-        self.run_id = uuid.uuid4().hex[:8]
-        self.namespace = f"distcoagent-{self.run_id}"
-        self.placement: dict[str, dict] = {}
-        self.actors, self.env_actors, self.dag, self.placement_group = [], [], None, None
-        self.actor_names: list[str] = []
-        self._broken = None
-        self.max_recoveries, self.snapshot_every = max_recoveries, float(snapshot_every)
-        self.export_metrics, self.run_name = bool(export_metrics), run_name
-        self.recoveries: list[dict] = []
-        self._snapshot: dict | None = None
-        self.partial: TrainResult | None = None
-        self._build_args = (cpus_per_actor, placement, dict(shard_resources or {}))
-        self._started_ray = connect(address, connect_timeout, runtime_env=module_runtime_env(env_id))
-        try:
-            self._build(*self._build_args)
-        except BaseException:
-            self.close()
-            raise
+        self._start((cpus_per_actor, placement, dict(shard_resources or {})), address, connect_timeout,
+                    max_recoveries, snapshot_every, export_metrics, run_name)
 
     # ------------------------------------------------------------------ construction
     @staticmethod
@@ -235,22 +209,10 @@ class ShardedEngine(RayEngine):
         tickers = [o for o in observers if o.wants_ticks]
         clock = self._open(episodes, observers, lambda: self._call("begin", int(episodes), self.tick_count))
         seconds = min([CHUNK_SECONDS] + [o.metrics_every for o in clock.observers])
-        run = {"pending": deque(), "finished": False, "ticks": 1}
+        run = {"pending": deque(), "finished": False, "ticks": 1}  # nothing is ever in flight between chunks
         with self._accounting():
-            if self._snapshot is None or self._snapshot["tick"] != self.tick_count:
-                self._snapshot = self.state()
-            last_snapshot = time.monotonic()
-            while not run["finished"]:
-                try:
-                    with self._watch():
-                        stopping = self._chunk(run, int(episodes), seconds, progress, tickers, clock, stop)
-                        if not run["finished"] and time.monotonic() - last_snapshot >= self.snapshot_every:
-                            self._snapshot, last_snapshot = self.state(), time.monotonic()
-                    if stopping:
-                        break
-                except ActorLost as lost:
-                    self._recover(lost, run)
-                    last_snapshot = time.monotonic()
+            self._loop(run, lambda: self._chunk(run, int(episodes), seconds, progress, tickers, clock, stop),
+                       lambda: None)
         return self._finish(observers)
 
     def _chunk(self, run: dict, episodes: int, seconds: float, progress, tickers, clock, stop) -> bool:
