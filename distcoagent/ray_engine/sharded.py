@@ -93,9 +93,7 @@ class ShardWorker:
                 engine.train(episodes, observers=[collector] if collector else ())
             finally:
                 engine.tick_limit = None
-        if self.exporters is not None:
-            self.exporters[0].maybe_export(engine.coagent_sides)
-            self.exporters[1].maybe_export(engine.env_sides[0])
+        self._export()
         env = engine.env_sides[0]
         return {"tick": engine.tick_count, "finished": env.phase == "done",
                 "episodes_done": int(env.book.count.min()) if env.book is not None else 0,
@@ -113,11 +111,19 @@ class ShardWorker:
         engine._expand(engine._cuts)
         return engine.env_sides[0].metrics(), engine.coagent_sides[0].metrics()
 
-    def result(self) -> TrainResult:
+    def result(self) -> tuple[dict, dict]:
+        """The micro-batch's results as the default layout's workers give them (``EnvironmentSide.result``,
+        ``CoagentSide.result``), for ``RayEngine._assemble``."""
+        engine = self.engine
+        engine._expand(engine._cuts)
+        self._export(force=True)
+        return engine.env_sides[0].result(), engine.coagent_sides[0].result()
+
+    def _export(self, force: bool = False) -> None:
+        """Ray's metrics of this shard's coagents and run (at most once a second unless ``force``)."""
         if self.exporters is not None:
-            self.exporters[0].maybe_export(self.engine.coagent_sides, force=True)
-            self.exporters[1].maybe_export(self.engine.env_sides[0], force=True)
-        return self.engine._result()
+            self.exporters[0].maybe_export(self.engine.coagent_sides, force=force)
+            self.exporters[1].maybe_export(self.engine.env_sides[0], force=force)
 
 
 class ShardedEngine(RayEngine):
@@ -242,19 +248,9 @@ class ShardedEngine(RayEngine):
     # ------------------------------------------------------------------ results, state, metrics
     def _result(self) -> TrainResult:
         parts = self._call("result")
-        E = self.envs_per_trial
-        counters, params = {}, {}
-        for name in self.network.order:
-            counters[name] = {k: sum(p.counters[name][k] for p in parts) for k in parts[0].counters[name]}
-            params[name] = {k: np.concatenate([p.params[name][k] for p in parts]) for k in parts[0].params[name]}
-        if "critic" in parts[0].params:
-            params["critic"] = {"w": np.concatenate([p.params["critic"]["w"] for p in parts])}
         extra = {"layout": "trials", "micro_batches": len(self.slices), "cpus_per_actor": self.cpus_per_actor,
                  "threads": self.actor_threads, "placement": self.placement, "namespace": self.namespace}
-        return TrainResult(np.concatenate([p.returns for p in parts]).reshape(self.trials, E, -1),
-                           np.concatenate([p.lengths for p in parts]).reshape(self.trials, E, -1),
-                           counters, params, self.tick_count, self.seconds, self.name, extra,
-                           finished=all(p.finished for p in parts))
+        return self._assemble([env for env, _ in parts], [coagents for _, coagents in parts], extra)
 
     def state(self) -> dict:
         """The whole run: the shards' states (each one micro-batch's), as one engine's."""
