@@ -1,6 +1,7 @@
 """The trials layout's two Ray-free parts: the in-process engine stopping exactly at a tick (the
 shards' lockstep) and the CPUs each shard reserves by default. The layout itself, on Ray, runs in
-tests/test_contract.py (every contract case), test_ray_faults.py, test_ray_metrics.py and test_cli.py."""
+tests/test_contract.py (every contract case), test_ray_faults.py, test_ray_metrics.py and test_ray_engine.py
+(the command line)."""
 import numpy as np
 import pytest
 
